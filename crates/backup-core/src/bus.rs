@@ -1,0 +1,598 @@
+//! JetStream wiring: the `BACKUPS` stream, one durable pull consumer per
+//! service, publishing with `Nats-Msg-Id`, and the worker loop that turns a
+//! handler's [`Outcome`] into an ack, a delayed nak or a terminate.
+//!
+//! Retries: connecting retries with backoff until it succeeds or shutdown
+//! (only a refused authentication is final). A handler that asks to retry
+//! gets its message redelivered after the delay it chose; a handler that
+//! runs longer than `ack_wait` keeps its message with progress acks; a
+//! service killed mid-work loses nothing because the message was not acked.
+//! A payload that cannot be decoded is terminated and reported as
+//! `dump.failed`, so it is neither retried forever nor fatal.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, AckKind, consumer, stream};
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::events::{self, DumpFailed, Event, EventHeader, Origin, Stage, subject};
+use crate::names::{BackupId, DatabaseName};
+use crate::retry::Backoff;
+
+/// Name of the stream that captures every subject of the pipeline.
+pub const STREAM: &str = "BACKUPS";
+
+/// JetStream's deduplication window. Long enough that a publish retried
+/// after a NATS restart or a service crash is still recognised.
+pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(30 * 60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("NATS refused the credentials at {url}: {cause}")]
+    Auth { url: String, cause: String },
+    #[error("invalid NATS settings: {0}")]
+    Config(String),
+    #[error("NATS is unreachable at {url}: {cause}")]
+    Unreachable { url: String, cause: String },
+    #[error("JetStream request failed: {0}")]
+    JetStream(String),
+    #[error("shutdown requested")]
+    Shutdown,
+}
+
+impl BusError {
+    pub fn is_transient(&self) -> bool {
+        matches!(self, BusError::Unreachable { .. } | BusError::JetStream(_))
+    }
+}
+
+fn js_error(e: impl std::fmt::Display) -> BusError {
+    BusError::JetStream(crate::one_line(&e.to_string()))
+}
+
+/// How to reach NATS. Secrets are redacted in `Debug`.
+#[derive(Debug, Clone)]
+pub struct NatsOptions {
+    pub url: String,
+    pub creds_file: Option<PathBuf>,
+    pub token: Option<SecretString>,
+    pub user: Option<String>,
+    pub password: Option<SecretString>,
+}
+
+impl NatsOptions {
+    pub fn local(url: &str) -> Self {
+        Self {
+            url: url.to_owned(),
+            creds_file: None,
+            token: None,
+            user: None,
+            password: None,
+        }
+    }
+
+    async fn connect_options(&self, name: &str) -> Result<async_nats::ConnectOptions, BusError> {
+        let base = match &self.creds_file {
+            Some(path) => async_nats::ConnectOptions::with_credentials_file(path.clone())
+                .await
+                .map_err(|e| {
+                    BusError::Config(format!("cannot read NATS_CREDS {}: {e}", path.display()))
+                })?,
+            None => async_nats::ConnectOptions::new(),
+        };
+        let mut options = base
+            .name(name)
+            .connection_timeout(Duration::from_secs(5))
+            // After the first connection, the client reconnects by itself
+            // forever; we only log the transitions.
+            .max_reconnects(None)
+            .event_callback(|event| async move {
+                match event {
+                    async_nats::Event::Connected => tracing::info!("NATS connection restored"),
+                    async_nats::Event::Disconnected => {
+                        tracing::warn!("NATS connection lost; reconnecting")
+                    }
+                    other => tracing::debug!(event = %other, "NATS event"),
+                }
+            });
+        if let Some(token) = &self.token {
+            options = options.token(token.expose_secret().to_owned());
+        }
+        if let (Some(user), Some(password)) = (&self.user, &self.password) {
+            options = options.user_and_password(user.clone(), password.expose_secret().to_owned());
+        }
+        Ok(options)
+    }
+}
+
+/// A connection to NATS with its JetStream context.
+#[derive(Debug, Clone)]
+pub struct Bus {
+    client: async_nats::Client,
+    js: jetstream::Context,
+}
+
+impl Bus {
+    /// Connects, retrying with backoff while NATS is unreachable; gives up
+    /// only on shutdown or on a refused authentication.
+    pub async fn connect(
+        options: &NatsOptions,
+        name: &str,
+        shutdown: &CancellationToken,
+    ) -> Result<Bus, BusError> {
+        let backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let connect_options = options.connect_options(name).await?;
+            match connect_options.connect(options.url.as_str()).await {
+                Ok(client) => {
+                    let js = jetstream::new(client.clone());
+                    tracing::info!(url = %options.url, "connected to NATS");
+                    return Ok(Bus { client, js });
+                }
+                Err(e) => {
+                    use async_nats::ConnectErrorKind as Kind;
+                    let cause = crate::one_line(&e.to_string());
+                    match e.kind() {
+                        Kind::Authentication | Kind::AuthorizationViolation => {
+                            return Err(BusError::Auth {
+                                url: options.url.clone(),
+                                cause,
+                            });
+                        }
+                        Kind::ServerParse => {
+                            return Err(BusError::Config(format!(
+                                "NATS_URL {}: {cause}",
+                                options.url
+                            )));
+                        }
+                        _ => {}
+                    }
+                    let delay = backoff.delay(attempt);
+                    tracing::warn!(url = %options.url, %cause, attempt, retry_in = ?delay, "NATS unreachable; retrying");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return Err(BusError::Shutdown),
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// [`Bus::connect`] for a service's `main`: `None` when shutdown came
+    /// first, which is a clean exit rather than an error.
+    pub async fn connect_service(
+        options: &NatsOptions,
+        name: &str,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<Bus>, BusError> {
+        match Self::connect(options, name, shutdown).await {
+            Ok(bus) => Ok(Some(bus)),
+            Err(BusError::Shutdown) => Ok(None),
+            Err(error) => Err(error),
+        }
+    }
+
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+
+    pub fn jetstream(&self) -> &jetstream::Context {
+        &self.js
+    }
+
+    /// Creates the `BACKUPS` stream, or brings an existing one up to date.
+    /// Every service calls this at start-up so none depends on another.
+    pub async fn ensure_stream(&self) -> Result<stream::Stream, BusError> {
+        let config = stream_config();
+        let mut stream = self
+            .js
+            .get_or_create_stream(config.clone())
+            .await
+            .map_err(js_error)?;
+        let current = stream.info().await.map_err(js_error)?.config.clone();
+        if current.subjects != config.subjects
+            || current.duplicate_window != config.duplicate_window
+            || current.max_age != config.max_age
+        {
+            tracing::info!("updating the {STREAM} stream configuration");
+            self.js.update_stream(config).await.map_err(js_error)?;
+        }
+        Ok(stream)
+    }
+
+    /// Publishes `event` with `Nats-Msg-Id: msg_id` and waits for JetStream
+    /// to store it. Returns the stream sequence (the original one when the
+    /// server recognised a duplicate).
+    pub async fn publish<E: Serialize>(
+        &self,
+        subject: &str,
+        msg_id: &str,
+        event: &E,
+    ) -> Result<u64, BusError> {
+        let payload = serde_json::to_vec(event).map_err(js_error)?;
+        self.publish_raw(subject, msg_id, payload.into()).await
+    }
+
+    pub async fn publish_raw(
+        &self,
+        subject: &str,
+        msg_id: &str,
+        payload: bytes::Bytes,
+    ) -> Result<u64, BusError> {
+        let publish = jetstream::message::PublishMessage::build()
+            .payload(payload)
+            .message_id(msg_id);
+        let ack = self
+            .js
+            .send_publish(subject.to_owned(), publish)
+            .await
+            .map_err(js_error)?
+            .await
+            .map_err(js_error)?;
+        if ack.duplicate {
+            tracing::debug!(subject, msg_id, "duplicate publish recognised by JetStream");
+        }
+        Ok(ack.sequence)
+    }
+
+    /// Publishes a `dump.failed`, logging (not failing) if even that fails:
+    /// the caller is already on an error path and will nak the message.
+    pub async fn publish_failure(&self, failure: &DumpFailed) {
+        let msg_id = format!(
+            "{}:failed:{}:{}",
+            failure.header.backup_id, failure.stage, failure.attempt
+        );
+        tracing::error!(
+            database = %failure.header.database,
+            backup_id = %failure.header.backup_id,
+            stage = %failure.stage,
+            attempt = failure.attempt,
+            will_retry = failure.will_retry,
+            error = %failure.error,
+            "stage failed"
+        );
+        if let Err(error) = self.publish(subject::FAILED, &msg_id, failure).await {
+            tracing::error!(%error, "could not publish dump.failed");
+        }
+    }
+
+    /// The durable pull consumer `spec` describes, created or updated.
+    pub async fn durable_consumer(
+        &self,
+        spec: &ConsumerSpec,
+    ) -> Result<consumer::PullConsumer, BusError> {
+        let stream = self.ensure_stream().await?;
+        let config = consumer::pull::Config {
+            // Both: servers before 2.10 key durables on `durable_name`,
+            // the client names its requests after `name`.
+            name: Some(spec.durable.to_owned()),
+            durable_name: Some(spec.durable.to_owned()),
+            description: Some(format!("{} worker", spec.durable)),
+            filter_subject: spec.filter_subject.to_owned(),
+            ack_policy: consumer::AckPolicy::Explicit,
+            ack_wait: spec.ack_wait,
+            max_deliver: spec.max_deliver,
+            max_ack_pending: spec.max_ack_pending,
+            // Applies only when the consumer is created: a first start (or
+            // a consumer deleted by hand) picks up the last day, such as a
+            // trigger published while the service was not yet running, but
+            // does not replay a year of history.
+            deliver_policy: consumer::DeliverPolicy::ByStartTime {
+                start_time: time_days_ago(1),
+            },
+            ..Default::default()
+        };
+        match stream
+            .get_consumer::<consumer::pull::Config>(spec.durable)
+            .await
+        {
+            Ok(existing) => {
+                let mut existing = existing;
+                let current = existing.info().await.map_err(js_error)?.config.clone();
+                if current.ack_wait != config.ack_wait
+                    || current.max_deliver != config.max_deliver
+                    || current.filter_subject != config.filter_subject
+                    || current.max_ack_pending != config.max_ack_pending
+                {
+                    tracing::info!(consumer = spec.durable, "updating consumer configuration");
+                    stream.update_consumer(config).await.map_err(js_error)
+                } else {
+                    Ok(existing)
+                }
+            }
+            Err(_) => stream
+                .get_or_create_consumer(spec.durable, config)
+                .await
+                .map_err(js_error),
+        }
+    }
+}
+
+fn time_days_ago(days: i64) -> time::OffsetDateTime {
+    time::OffsetDateTime::now_utc() - time::Duration::days(days)
+}
+
+fn stream_config() -> stream::Config {
+    stream::Config {
+        name: STREAM.to_owned(),
+        description: Some("PostgreSQL backup pipeline: triggers and stage events".into()),
+        subjects: vec!["backup.>".into(), "dump.>".into()],
+        retention: stream::RetentionPolicy::Limits,
+        storage: stream::StorageType::File,
+        duplicate_window: DUPLICATE_WINDOW,
+        // Events are small; a year of history feeds status, digests and the
+        // dead man's switch.
+        max_age: Duration::from_secs(400 * 24 * 3600),
+        discard: stream::DiscardPolicy::Old,
+        ..Default::default()
+    }
+}
+
+/// How a service consumes its subject.
+#[derive(Debug, Clone)]
+pub struct ConsumerSpec {
+    /// Durable consumer name, one per service.
+    pub durable: &'static str,
+    pub filter_subject: &'static str,
+    /// Without an ack or a progress ack for this long, JetStream redelivers.
+    pub ack_wait: Duration,
+    /// Deliveries before the message is given up (the last attempt reports
+    /// `will_retry: false`).
+    pub max_deliver: i64,
+    /// Messages in flight at once for this consumer.
+    pub max_ack_pending: i64,
+    /// Stage reported when a message on this subject is malformed.
+    pub stage: Stage,
+}
+
+impl ConsumerSpec {
+    pub const fn new(durable: &'static str, filter_subject: &'static str, stage: Stage) -> Self {
+        Self {
+            durable,
+            filter_subject,
+            ack_wait: Duration::from_secs(60),
+            max_deliver: 12,
+            max_ack_pending: 1,
+            stage,
+        }
+    }
+}
+
+/// What to do with a message once its handler is done.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Done (succeeded, or failed for good and reported): ack.
+    Ack,
+    /// Try again later: nak with this delay.
+    Retry(Duration),
+    /// Never deliver again (already reported): terminate.
+    Drop,
+}
+
+/// Facts about the delivery being handled.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub subject: String,
+    pub stream_sequence: u64,
+    /// 1 on the first delivery.
+    pub attempt: u32,
+    pub max_deliver: i64,
+    /// When JetStream stored the message.
+    pub published: DateTime<Utc>,
+}
+
+impl Delivery {
+    /// Whether JetStream will deliver this message again after a nak.
+    pub fn can_retry(&self) -> bool {
+        i64::from(self.attempt) < self.max_deliver
+    }
+}
+
+/// A service's message handler.
+pub trait Handler: Send + Sync {
+    /// The payload type of the consumed subject.
+    type Message: Send;
+
+    fn decode(&self, subject: &str, payload: &[u8]) -> Result<Self::Message, events::DecodeError>;
+
+    fn handle(
+        &self,
+        message: Self::Message,
+        delivery: &Delivery,
+        shutdown: &CancellationToken,
+    ) -> impl Future<Output = Outcome> + Send;
+}
+
+/// Runs `handler` over the consumer's messages, one at a time, until
+/// shutdown. On shutdown the unit in flight gets `grace` to finish; then it
+/// is dropped (child processes are killed, partial files removed by their
+/// guards) and released with a nak so another instance picks it up at once.
+pub async fn run_worker<H: Handler>(
+    bus: &Bus,
+    spec: &ConsumerSpec,
+    handler: &H,
+    shutdown: CancellationToken,
+    grace: Duration,
+) -> Result<(), BusError> {
+    let consumer = loop {
+        match bus.durable_consumer(spec).await {
+            Ok(consumer) => break consumer,
+            Err(error) if error.is_transient() => {
+                tracing::warn!(%error, "cannot set up the consumer yet; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                }
+            }
+            Err(error) => return Err(error),
+        }
+    };
+    tracing::info!(
+        consumer = spec.durable,
+        subject = spec.filter_subject,
+        "waiting for work"
+    );
+    let fetch_backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(15));
+    let mut fetch_failures = 0u32;
+    while !shutdown.is_cancelled() {
+        let batch = consumer
+            .fetch()
+            .max_messages(1)
+            .expires(Duration::from_secs(5))
+            .messages()
+            .await;
+        let mut batch = match batch {
+            Ok(batch) => {
+                fetch_failures = 0;
+                batch
+            }
+            Err(error) => {
+                fetch_failures += 1;
+                let delay = fetch_backoff.delay(fetch_failures);
+                tracing::warn!(error = %crate::one_line(&error.to_string()), retry_in = ?delay, "fetch failed");
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(delay) => continue,
+                }
+            }
+        };
+        let next = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            next = batch.next() => next,
+        };
+        match next {
+            None => {}
+            Some(Err(error)) => {
+                tracing::debug!(error = %crate::one_line(&error.to_string()), "fetch returned no message");
+            }
+            Some(Ok(message)) => process(bus, spec, handler, &message, &shutdown, grace).await,
+        }
+    }
+    tracing::info!(consumer = spec.durable, "stopped taking work");
+    Ok(())
+}
+
+async fn process<H: Handler>(
+    bus: &Bus,
+    spec: &ConsumerSpec,
+    handler: &H,
+    message: &jetstream::Message,
+    shutdown: &CancellationToken,
+    grace: Duration,
+) {
+    let delivery = match message.info() {
+        Ok(info) => Delivery {
+            subject: message.subject.to_string(),
+            stream_sequence: info.stream_sequence,
+            attempt: u32::try_from(info.delivered).unwrap_or(u32::MAX),
+            max_deliver: spec.max_deliver,
+            published: DateTime::from_timestamp(info.published.unix_timestamp(), 0)
+                .unwrap_or_else(Utc::now),
+        },
+        Err(error) => {
+            tracing::error!(%error, "message without JetStream metadata; terminating it");
+            let _ = message.ack_with(AckKind::Term).await;
+            return;
+        }
+    };
+    let decoded = match handler.decode(&message.subject, &message.payload) {
+        Ok(decoded) => decoded,
+        Err(error) => {
+            reject_poison(bus, spec, message, &delivery, &error).await;
+            return;
+        }
+    };
+
+    // The handler runs while this loop keeps the message alive with progress
+    // acks; on shutdown it gets `grace` to finish before being dropped.
+    let work = handler.handle(decoded, &delivery, shutdown);
+    tokio::pin!(work);
+    let mut heartbeat = tokio::time::interval(spec.ack_wait / 4);
+    heartbeat.tick().await;
+    let mut deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
+    let outcome = loop {
+        tokio::select! {
+            outcome = &mut work => break Some(outcome),
+            _ = heartbeat.tick() => {
+                if let Err(error) = message.ack_with(AckKind::Progress).await {
+                    tracing::warn!(%error, "progress ack failed");
+                }
+            }
+            _ = shutdown.cancelled(), if deadline.is_none() => {
+                tracing::info!(grace = ?grace, "shutdown: giving the unit in flight time to finish");
+                deadline = Some(Box::pin(tokio::time::sleep(grace)));
+            }
+            _ = async { deadline.as_mut().expect("guarded").await }, if deadline.is_some() => {
+                break None;
+            }
+        }
+    };
+    let (kind, what) = match outcome {
+        Some(Outcome::Ack) => (AckKind::Ack, "acked"),
+        Some(Outcome::Retry(delay)) => (AckKind::Nak(Some(delay)), "released for a retry"),
+        Some(Outcome::Drop) => (AckKind::Term, "terminated"),
+        None => {
+            tracing::warn!(
+                seq = delivery.stream_sequence,
+                "unit in flight abandoned at shutdown; it will be redelivered"
+            );
+            (AckKind::Nak(None), "released at shutdown")
+        }
+    };
+    if let Err(error) = message.double_ack_with(kind).await {
+        tracing::warn!(%error, seq = delivery.stream_sequence, "could not confirm the ack; the message may be redelivered");
+    } else {
+        tracing::debug!(seq = delivery.stream_sequence, "message {what}");
+    }
+}
+
+/// A payload that cannot be decoded will never decode: terminate it so it
+/// is not redelivered, and report it.
+async fn reject_poison(
+    bus: &Bus,
+    spec: &ConsumerSpec,
+    message: &jetstream::Message,
+    delivery: &Delivery,
+    error: &events::DecodeError,
+) {
+    let (database, backup_id) = events::salvage_ids(&message.payload);
+    let backup_id = backup_id.unwrap_or_else(|| {
+        BackupId::try_from(format!(
+            "rejected-{}-{}",
+            spec.filter_subject, delivery.stream_sequence
+        ))
+        .expect("subjects and numbers are valid id characters")
+    });
+    let database = database
+        .unwrap_or_else(|| DatabaseName::try_from("unknown".to_owned()).expect("valid name"));
+    let failure = DumpFailed {
+        header: EventHeader::now(backup_id, database),
+        origin: Origin::default(),
+        stage: spec.stage,
+        error: format!(
+            "rejected {} message (stream sequence {}): {error}",
+            delivery.subject, delivery.stream_sequence
+        ),
+        artifact: None,
+        attempt: delivery.attempt,
+        will_retry: false,
+        aborted: None,
+    };
+    bus.publish_failure(&failure).await;
+    if let Err(error) = message.double_ack_with(AckKind::Term).await {
+        tracing::warn!(%error, "could not terminate the rejected message");
+    }
+}
+
+/// Decodes a typed event, for handlers whose subject carries one.
+pub fn decode_event<E: Event>(payload: &[u8]) -> Result<E, events::DecodeError> {
+    E::decode(payload)
+}

@@ -1,0 +1,235 @@
+//! Configuration shared by every binary: clap argument groups that read the
+//! environment, and secrets that come from `NAME` or `NAME_FILE` (Docker
+//! secrets) and stay redacted. Secrets are deliberately not clap flags, so
+//! they can never be passed on a command line where `ps` would show them.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use secrecy::SecretString;
+
+pub use secrecy::ExposeSecret;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{name} and {name}_FILE are both set; keep one")]
+    Ambiguous { name: String },
+    #[error("cannot read {name}_FILE {path}: {source}")]
+    SecretFile {
+        name: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{name} is not valid unicode")]
+    NotUnicode { name: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Reads a secret from `name`, or from the file named by `<name>_FILE`.
+/// A single trailing newline in the file is dropped (editors add one).
+pub fn secret_from_env(name: &str) -> Result<Option<SecretString>, ConfigError> {
+    let file_var = format!("{name}_FILE");
+    // Compose passes unset optional variables as empty strings, and an
+    // unused channel's Docker secret as an empty file: both mean "not set".
+    let direct = std::env::var_os(name).filter(|v| !v.is_empty());
+    let file = std::env::var_os(&file_var).filter(|v| !v.is_empty());
+    match (direct, file) {
+        (Some(_), Some(_)) => Err(ConfigError::Ambiguous { name: name.into() }),
+        (Some(value), None) => value
+            .into_string()
+            .map(|v| Some(SecretString::from(v)))
+            .map_err(|_| ConfigError::NotUnicode { name: name.into() }),
+        (None, Some(path)) => read_secret_file(name, Path::new(&path)),
+        (None, None) => Ok(None),
+    }
+}
+
+/// Like [`secret_from_env`], but the secret must be present.
+pub fn required_secret(name: &str) -> Result<SecretString, ConfigError> {
+    secret_from_env(name)?
+        .ok_or_else(|| ConfigError::Invalid(format!("{name} (or {name}_FILE) must be set")))
+}
+
+fn read_secret_file(name: &str, path: &Path) -> Result<Option<SecretString>, ConfigError> {
+    let mut text = std::fs::read_to_string(path).map_err(|source| ConfigError::SecretFile {
+        name: name.into(),
+        path: path.into(),
+        source,
+    })?;
+    if text.ends_with('\n') {
+        text.pop();
+        if text.ends_with('\r') {
+            text.pop();
+        }
+    }
+    Ok((!text.is_empty()).then(|| SecretString::from(text)))
+}
+
+/// Parses durations such as `26h`, `90s`, `1h 30m` (humantime syntax).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text)
+        .map_err(|e| format!("{text:?} is not a duration ({e}); try 90s, 15m or 26h"))
+}
+
+/// Output format of the logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Flags every service shares.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CommonArgs {
+    /// NATS server URL.
+    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+    /// NATS credentials file (JWT + nkey).
+    #[arg(long, env = "NATS_CREDS")]
+    pub nats_creds: Option<PathBuf>,
+    /// NATS user name; the password comes from NATS_PASSWORD or NATS_PASSWORD_FILE.
+    #[arg(long, env = "NATS_USER")]
+    pub nats_user: Option<String>,
+    /// Log output: text for people, json for log collectors.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    /// How long SIGTERM waits for the unit in flight before releasing it for redelivery.
+    #[arg(long, env = "SHUTDOWN_GRACE", default_value = "20s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+}
+
+/// Help text appended to every binary, listing the secret variables.
+pub const SECRETS_HELP: &str = "Secrets are read from the environment only, never from flags: \
+NATS_TOKEN, NATS_PASSWORD and each service's own (PGPASSWORD, SFTP_KEY_PASSPHRASE, \
+VERIFY_DATABASE_URL, SMTP_URL...). Each may instead be given as <NAME>_FILE, the path of a \
+file holding the value.";
+
+impl CommonArgs {
+    /// Resolves the NATS connection settings, reading secrets from the environment.
+    pub fn nats_options(&self) -> Result<crate::bus::NatsOptions, ConfigError> {
+        let password = secret_from_env("NATS_PASSWORD")?;
+        if password.is_some() && self.nats_user.is_none() {
+            return Err(ConfigError::Invalid(
+                "NATS_PASSWORD is set but NATS_USER is not".into(),
+            ));
+        }
+        Ok(crate::bus::NatsOptions {
+            url: self.nats_url.clone(),
+            creds_file: self.nats_creds.clone(),
+            token: secret_from_env("NATS_TOKEN")?,
+            user: self.nats_user.clone(),
+            password,
+        })
+    }
+}
+
+/// Splits a comma-separated list, ignoring blanks.
+pub fn comma_list(text: &str) -> Vec<String> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::ExposeSecret;
+
+    #[test]
+    fn secret_files_lose_one_trailing_newline() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        std::fs::write(&path, "hunter2\n").unwrap();
+        assert_eq!(
+            read_secret_file("X", &path)
+                .unwrap()
+                .expect("present")
+                .expose_secret(),
+            "hunter2"
+        );
+        // An empty file (an unused channel's Docker secret) means "not set".
+        std::fs::write(&path, "\n").unwrap();
+        assert!(read_secret_file("X", &path).unwrap().is_none());
+        let err = read_secret_file("X", &dir.path().join("missing"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("X_FILE"), "{err}");
+    }
+
+    #[test]
+    fn redacted_in_debug() {
+        let secret = SecretString::from("hunter2".to_owned());
+        assert!(!format!("{secret:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(
+            parse_duration("26h").unwrap(),
+            Duration::from_secs(26 * 3600)
+        );
+        assert!(parse_duration("soon").is_err());
+    }
+}
+
+/// Parses `gzip`, `zstd`, `gzip:9`, `zstd:19` into a codec and an optional level.
+pub fn parse_compression(text: &str) -> Result<(crate::names::Compression, Option<u32>), String> {
+    use crate::names::Compression;
+    let (codec, level) = match text.split_once(':') {
+        Some((codec, level)) => (codec, Some(level)),
+        None => (text, None),
+    };
+    let (codec, range) = match codec.trim() {
+        "gzip" => (Compression::Gzip, 1..=9),
+        "zstd" => (Compression::Zstd, 1..=22),
+        other => {
+            return Err(format!(
+                "unknown compression {other:?}; use gzip or zstd, optionally with :LEVEL"
+            ));
+        }
+    };
+    let level = match level {
+        None => None,
+        Some(level) => {
+            let level: u32 = level
+                .trim()
+                .parse()
+                .map_err(|_| format!("compression level {level:?} is not a number"))?;
+            if !range.contains(&level) {
+                return Err(format!(
+                    "compression level {level} is outside {}..={}",
+                    range.start(),
+                    range.end()
+                ));
+            }
+            Some(level)
+        }
+    };
+    Ok((codec, level))
+}
+
+/// Runs a binary's fallible body and turns an error into one line on
+/// stderr and exit status 2, the convention every binary follows for bad
+/// configuration and fatal errors.
+pub fn exit_status(name: &str, result: anyhow_like::Result) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(error = %error, "{name} stopped");
+            #[allow(clippy::print_stderr)]
+            {
+                eprintln!("{name}: {}", crate::one_line(&error));
+            }
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+/// Errors reach [`exit_status`] already formatted (`format!("{e:#}")` of an
+/// `anyhow::Error`), so this crate does not depend on anyhow.
+pub mod anyhow_like {
+    pub type Result = std::result::Result<(), String>;
+}

@@ -1,0 +1,553 @@
+//! `backupctl` binary: parses the command and runs it. Exit codes: 0 done
+//! (for `trigger --wait`: verified), 1 the backup failed, 2 bad usage or
+//! configuration, 3 timed out waiting. `restore`: 0 restored and the row
+//! counts match the manifest, 1 the restore or a check failed, 2 bad usage,
+//! configuration, or a refusal (non-empty target, no confirmation).
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use backup_core::bus::Bus;
+use backup_core::config::{CommonArgs, SECRETS_HELP, parse_duration};
+use backup_core::names::{ArtifactName, DatabaseName, Tag};
+use backup_core::sftp::SftpArgs;
+use backupctl::trigger::{TriggerError, WaitResult};
+use clap::{Parser, Subcommand};
+
+/// Operate the backup pipeline: trigger backups, see their status, list what is on the remote.
+#[derive(Debug, Parser)]
+#[command(version, after_help = SECRETS_HELP)]
+struct Cli {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Give up when NATS cannot be reached within this time (exit 2).
+    #[arg(long, default_value = "15s", value_parser = parse_duration, global = true)]
+    connect_timeout: Duration,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Ask the dumper for a backup now (all configured databases unless --database).
+    Trigger {
+        #[arg(long)]
+        database: Option<DatabaseName>,
+        /// Label kept with the backup; `pre-deploy` backups are never pruned.
+        #[arg(long)]
+        tag: Option<Tag>,
+        /// Free text recorded in the events and the manifest.
+        #[arg(long)]
+        reason: Option<String>,
+        /// Follow the backup and exit 0 only once it is verified.
+        #[arg(long)]
+        wait: bool,
+        /// Give up waiting after this long (exit 3).
+        #[arg(long, default_value = "2h", value_parser = parse_duration)]
+        timeout: Duration,
+    },
+    /// Per database, the last verified backup and what is failing; per service, whether it is alive.
+    /// Exits 1 when something needs attention.
+    Status {
+        /// One JSON document for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the backups on the SFTP server.
+    List {
+        #[command(flatten)]
+        sftp: SftpArgs,
+        #[arg(long)]
+        database: Option<DatabaseName>,
+        /// One JSON document for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Restore a backup from the SFTP server into a database, then compare row counts.
+    ///
+    /// The target is RESTORE_TARGET_URL (or RESTORE_TARGET_URL_FILE), which is preferred
+    /// because it may hold a password; --target-url is accepted when it holds none.
+    Restore {
+        #[command(flatten)]
+        sftp: SftpArgs,
+        /// The newest verified backup of --database.
+        #[arg(
+            long,
+            conflicts_with = "artifact",
+            required_unless_present = "artifact"
+        )]
+        latest: bool,
+        /// The artifact to restore (a name from `backupctl list`).
+        artifact: Option<ArtifactName>,
+        #[arg(long)]
+        database: DatabaseName,
+        /// postgresql:// URL of the database to restore into (RESTORE_TARGET_URL wins).
+        #[arg(long)]
+        target_url: Option<String>,
+        /// Create the target database first.
+        #[arg(long)]
+        create: bool,
+        /// Restore into a database that already has tables.
+        #[arg(long)]
+        force: bool,
+        /// Parallel jobs of pg_restore (custom format).
+        #[arg(long, default_value_t = 2)]
+        jobs: u32,
+        /// Do not ask for confirmation (required when stdin is not a terminal).
+        #[arg(long)]
+        yes: bool,
+        /// age identities for encrypted artifacts.
+        #[arg(long, env = "AGE_IDENTITY_FILE")]
+        age_identity_file: Option<PathBuf>,
+    },
+    /// Show what retention would delete and why (the pruner service does the deleting).
+    Prune {
+        #[command(flatten)]
+        sftp: SftpArgs,
+        #[command(flatten)]
+        retention: pruner::RetentionArgs,
+        #[arg(long)]
+        database: Option<DatabaseName>,
+        /// Required: backupctl only shows the plan.
+        #[arg(long)]
+        dry_run: bool,
+        /// One JSON document for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    backup_core::telemetry::init_with_default(cli.common.log_format, "warn");
+    match run(cli).await {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!(
+                "backupctl: {}",
+                backup_core::one_line(&format!("{error:#}"))
+            );
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Unlike the services, which wait for NATS forever, the CLI gives up.
+async fn connect(
+    nats: &backup_core::bus::NatsOptions,
+    within: Duration,
+    shutdown: &backup_core::shutdown::CancellationToken,
+) -> anyhow::Result<Bus> {
+    match tokio::time::timeout(within, Bus::connect(nats, "backupctl", shutdown)).await {
+        Ok(bus) => bus.context("NATS"),
+        Err(_) => anyhow::bail!(
+            "NATS is unreachable at {} (gave up after {within:?})",
+            nats.url
+        ),
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Trigger {
+            database,
+            tag,
+            reason,
+            wait,
+            timeout,
+        } => {
+            let nats = cli.common.nats_options().context("NATS settings")?;
+            let shutdown = backup_core::shutdown::on_signals();
+            let bus = connect(&nats, cli.connect_timeout, &shutdown).await?;
+            let (request_id, seq) =
+                backupctl::trigger::publish(&bus, database, tag, reason).await?;
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "trigger {request_id} accepted (stream sequence {seq})")?;
+            if !wait {
+                return Ok(ExitCode::SUCCESS);
+            }
+            drop(out);
+            let result = backupctl::trigger::wait(&bus, &request_id, seq, timeout, |line| {
+                let _ = writeln!(std::io::stdout().lock(), "{line}");
+            })
+            .await;
+            match result {
+                Ok(WaitResult::Verified(_)) => Ok(ExitCode::SUCCESS),
+                Ok(WaitResult::Failed(causes)) => {
+                    for cause in causes {
+                        eprintln!("backupctl: {cause}");
+                    }
+                    Ok(ExitCode::from(1))
+                }
+                Err(TriggerError::Timeout(after)) => {
+                    eprintln!(
+                        "backupctl: no outcome within {after:?}; the pipeline goes on (see backupctl status)"
+                    );
+                    Ok(ExitCode::from(3))
+                }
+                Err(error) => Err(error.into()),
+            }
+        }
+        Command::Status { json } => {
+            let nats = cli.common.nats_options().context("NATS settings")?;
+            let shutdown = backup_core::shutdown::on_signals();
+            let bus = connect(&nats, cli.connect_timeout, &shutdown).await?;
+            let status = backupctl::status::collect(&bus).await?;
+            let mut out = std::io::stdout().lock();
+            if json {
+                serde_json::to_writer_pretty(&mut out, &status)?;
+                writeln!(out)?;
+            } else {
+                let now = chrono::Utc::now();
+                for db in &status.databases {
+                    let last = match (&db.last_verified_artifact, db.last_verified_at) {
+                        (Some(artifact), Some(at)) => {
+                            format!(
+                                "last verified {artifact} ({} ago)",
+                                backupctl::status::age(at, now)
+                            )
+                        }
+                        _ => "never verified".to_owned(),
+                    };
+                    writeln!(out, "{}: {last}", db.database)?;
+                    for (stage, error) in &db.failing {
+                        writeln!(out, "  FAILING at {stage}: {error}")?;
+                    }
+                    for backup in &db.in_flight {
+                        writeln!(out, "  in flight: {backup}")?;
+                    }
+                }
+                for s in &status.services {
+                    writeln!(
+                        out,
+                        "service {:<9} {} (pending {}, working on {})",
+                        s.service,
+                        if s.alive { "alive" } else { "NOT RUNNING" },
+                        s.pending,
+                        s.working_on
+                    )?;
+                }
+            }
+            Ok(if status.healthy() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        Command::List {
+            sftp,
+            database,
+            json,
+        } => {
+            let settings = sftp.settings().context("SFTP settings")?;
+            let remote = remote_sftp::SftpRemote::connect(&settings)
+                .await
+                .context("SFTP")?;
+            let databases = match database {
+                Some(db) => vec![db],
+                None => backupctl::list::remote_databases(&remote, &sftp)
+                    .await
+                    .context("listing SFTP_DIR")?,
+            };
+            let entries = backupctl::list::catalog(&remote, &sftp, &databases)
+                .await
+                .context("listing backups")?;
+            let _ = remote.close().await;
+            let mut out = std::io::stdout().lock();
+            if json {
+                serde_json::to_writer_pretty(&mut out, &entries)?;
+                writeln!(out)?;
+            } else {
+                writeln!(
+                    out,
+                    "{:<45} {:>12}  {:<25} {:<9} TAG",
+                    "ARTIFACT", "BYTES", "TAKEN (UTC)", "VERIFIED"
+                )?;
+                for e in &entries {
+                    writeln!(
+                        out,
+                        "{:<45} {:>12}  {:<25} {:<9} {}",
+                        e.artifact,
+                        e.size_bytes,
+                        e.taken_at,
+                        if e.verified { "yes" } else { "no" },
+                        e.tag.as_deref().unwrap_or("-")
+                    )?;
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Restore {
+            sftp,
+            latest,
+            artifact,
+            database,
+            target_url,
+            create,
+            force,
+            jobs,
+            yes,
+            age_identity_file,
+        } => {
+            let choice = match (latest, artifact) {
+                (_, Some(name)) => backupctl::restore::Choice::Named(name),
+                _ => backupctl::restore::Choice::Latest,
+            };
+            run_restore(RestoreCommand {
+                sftp,
+                choice,
+                database,
+                target_url,
+                create,
+                force,
+                jobs,
+                yes,
+                age_identity_file,
+            })
+            .await
+        }
+        Command::Prune {
+            sftp,
+            retention,
+            database,
+            dry_run,
+            json,
+        } => {
+            if !dry_run {
+                eprintln!(
+                    "backupctl: prune only shows the plan; pass --dry-run (the pruner service deletes)"
+                );
+                return Ok(ExitCode::from(2));
+            }
+            let policy = retention
+                .policy()
+                .map_err(anyhow::Error::msg)
+                .context("retention policy")?;
+            let settings = sftp.settings().context("SFTP settings")?;
+            let remote = remote_sftp::SftpRemote::connect(&settings)
+                .await
+                .context("SFTP")?;
+            let databases = match database {
+                Some(db) => vec![db],
+                None => pruner::list_databases(&remote, &sftp)
+                    .await
+                    .context("listing SFTP_DIR")?,
+            };
+            let now = chrono::Utc::now();
+            let mut decisions = Vec::new();
+            let mut brakes = Vec::new();
+            for db in &databases {
+                let plan = pruner::plan_database(&remote, &sftp, &policy, db, now)
+                    .await
+                    .with_context(|| format!("reading the backups of {db}"))?;
+                plan.log(true);
+                decisions.extend(backupctl::prune::decisions(&plan));
+                if let Some(brake) = backupctl::prune::brake(&plan) {
+                    brakes.push(brake);
+                }
+            }
+            let _ = remote.close().await;
+            let mut out = std::io::stdout().lock();
+            if json {
+                serde_json::to_writer_pretty(
+                    &mut out,
+                    &serde_json::json!({ "decisions": decisions, "brakes": brakes }),
+                )?;
+                writeln!(out)?;
+            } else {
+                for d in &decisions {
+                    writeln!(
+                        out,
+                        "{:<6} {} ({})",
+                        d.action.to_uppercase(),
+                        d.file,
+                        d.reasons.join(", ")
+                    )?;
+                }
+                for brake in &brakes {
+                    writeln!(out, "BRAKE  {brake}")?;
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+struct RestoreCommand {
+    sftp: SftpArgs,
+    choice: backupctl::restore::Choice,
+    database: DatabaseName,
+    target_url: Option<String>,
+    create: bool,
+    force: bool,
+    jobs: u32,
+    yes: bool,
+    age_identity_file: Option<PathBuf>,
+}
+
+/// Refusals (exit 2) come before anything is downloaded or created.
+async fn run_restore(cmd: RestoreCommand) -> anyhow::Result<ExitCode> {
+    use backup_core::config::ExposeSecret;
+    use backupctl::restore::{self, RestoreError};
+
+    let from_env =
+        backup_core::config::secret_from_env("RESTORE_TARGET_URL").context("RESTORE_TARGET_URL")?;
+    let url = match (&from_env, &cmd.target_url) {
+        (Some(secret), _) => secret.expose_secret().to_owned(),
+        (None, Some(url)) => url.clone(),
+        (None, None) => anyhow::bail!(
+            "no target: set RESTORE_TARGET_URL (or RESTORE_TARGET_URL_FILE), or pass --target-url"
+        ),
+    };
+    let target = backup_core::pg::PgTarget::from_url(&url).context("target URL")?;
+    if from_env.is_none() && target.password.is_some() {
+        eprintln!(
+            "backupctl: warning: --target-url holds a password, visible to other users in the process list; prefer RESTORE_TARGET_URL_FILE"
+        );
+    }
+    if !cmd.yes && !std::io::stdin().is_terminal() {
+        eprintln!(
+            "backupctl: stdin is not a terminal, so restore cannot ask for confirmation; pass --yes to restore into {}",
+            restore::describe_target(&target)
+        );
+        return Ok(ExitCode::from(2));
+    }
+
+    let settings = cmd.sftp.settings().context("SFTP settings")?;
+    let remote = remote_sftp::SftpRemote::connect(&settings)
+        .await
+        .context("SFTP")?;
+    let artifact = match restore::choose(&remote, &cmd.sftp, &cmd.database, &cmd.choice).await {
+        Ok(artifact) => artifact,
+        Err(RestoreError::NotFound(why)) => {
+            eprintln!("backupctl: {why}");
+            return Ok(ExitCode::from(2));
+        }
+        Err(e) => return Err(e).context("choosing the backup"),
+    };
+    let (manifest, extras) = restore::read_manifest(&remote, &cmd.sftp, &artifact)
+        .await
+        .context("reading the manifest")?;
+
+    match restore::existing_tables(&target)
+        .await
+        .context("inspecting the target")?
+    {
+        None if cmd.create => {}
+        None => {
+            eprintln!(
+                "backupctl: the target database {} does not exist; pass --create",
+                target.dbname
+            );
+            return Ok(ExitCode::from(2));
+        }
+        Some(_) if cmd.create => {
+            eprintln!(
+                "backupctl: --create, but the target database {} already exists",
+                target.dbname
+            );
+            return Ok(ExitCode::from(2));
+        }
+        Some(tables) if tables > 0 && !cmd.force => {
+            eprintln!(
+                "backupctl: refusing: the target {} already has {tables} table(s); pass --force to restore into it anyway",
+                restore::describe_target(&target)
+            );
+            return Ok(ExitCode::from(2));
+        }
+        Some(_) => {}
+    }
+
+    eprintln!(
+        "backupctl: restoring {artifact} ({} bytes, {} tables, {} rows) into {}",
+        manifest.size_bytes,
+        manifest.tables.len(),
+        manifest.total_rows(),
+        restore::describe_target(&target)
+    );
+    if !cmd.yes {
+        eprint!(
+            "Type the target database name ({}) to go on: ",
+            target.dbname
+        );
+        let mut answer = String::new();
+        std::io::stdin().read_line(&mut answer)?;
+        if answer.trim() != target.dbname {
+            eprintln!("backupctl: not confirmed; nothing done");
+            return Ok(ExitCode::from(2));
+        }
+    }
+    if cmd.create {
+        restore::create_database(&target)
+            .await
+            .context("creating the target database")?;
+    }
+
+    let options = verifier::RestoreOptions {
+        jobs: cmd.jobs.max(1),
+        age_identity: cmd.age_identity_file,
+        ..verifier::RestoreOptions::default()
+    };
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let bar = indicatif::ProgressBar::new(manifest.size_bytes);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar
+    });
+    let progress: Option<verifier::restore::ProgressFn> = bar.clone().map(|bar| {
+        Arc::new(move |p: verifier::restore::RestoreProgress| bar.set_position(p.bytes_read))
+            as verifier::restore::ProgressFn
+    });
+    let outcome = restore::restore(
+        &remote,
+        &cmd.sftp,
+        manifest.clone(),
+        &extras,
+        &target,
+        &options,
+        progress,
+    )
+    .await;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    let _ = remote.close().await;
+    let mut out = std::io::stdout().lock();
+    match outcome {
+        Ok(restored) => {
+            writeln!(
+                out,
+                "restored {artifact} into {} (sha256 {} ok, {} bytes)",
+                restore::describe_target(&target),
+                restored.report.sha256,
+                restored.report.bytes
+            )?;
+            for (table, rows) in &manifest.tables {
+                writeln!(out, "  {table}: {rows} rows (matches the manifest)")?;
+            }
+            for check in &restored.checks.checks {
+                writeln!(out, "  ok: {check}")?;
+            }
+            for skipped in &restored.report.skipped {
+                writeln!(out, "  skipped: {skipped}")?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(error) => {
+            eprintln!(
+                "backupctl: restore of {artifact} failed: {}",
+                backup_core::one_line(&error.to_string())
+            );
+            Ok(ExitCode::from(1))
+        }
+    }
+}

@@ -1,0 +1,220 @@
+//! `backupctl restore`: one artifact from the SFTP server into a database,
+//! through the verifier's streaming restore (sha256 checked against the
+//! manifest, age decryption, decompression, psql or `pg_restore -j`), then
+//! the verifier's checks (exact row counts against the manifest).
+//!
+//! The safety checks live here: the target must be empty unless forced,
+//! and is created on request. Retries: none; an operator is watching.
+
+use backup_core::config::ExposeSecret;
+use backup_core::manifest::{MAX_SIDECAR_BYTES, Manifest};
+use backup_core::names::{ArtifactName, DatabaseName};
+use backup_core::pg::{PgError, PgTarget, quote_ident};
+use backup_core::sftp::SftpArgs;
+use remote_sftp::{RemoteError, SftpRemote};
+use verifier::checks::{CheckReport, ManifestExtras};
+use verifier::restore::{ProgressFn, RestoreReport};
+use verifier::{RestoreOptions, RestoreSource, VerifyError};
+
+/// Why a restore could not start or did not succeed.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error(transparent)]
+    Remote(#[from] RemoteError),
+    #[error("target database: {0}")]
+    Target(#[from] PgError),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("manifest of {artifact}: {detail}")]
+    Manifest { artifact: String, detail: String },
+    #[error(transparent)]
+    Verify(#[from] VerifyError),
+}
+
+impl RestoreError {
+    pub fn is_transient(&self) -> bool {
+        match self {
+            RestoreError::Remote(e) => e.is_transient(),
+            RestoreError::Target(e) => e.is_transient(),
+            RestoreError::Verify(e) => e.is_transient(),
+            _ => false,
+        }
+    }
+}
+
+/// Which artifact to restore.
+#[derive(Debug, Clone)]
+pub enum Choice {
+    /// The newest backup the verifier has verified.
+    Latest,
+    Named(ArtifactName),
+}
+
+/// Resolves `choice` against the remote listing of `database`.
+pub async fn choose(
+    remote: &SftpRemote,
+    sftp: &SftpArgs,
+    database: &DatabaseName,
+    choice: &Choice,
+) -> Result<ArtifactName, RestoreError> {
+    let entries = crate::list::catalog(remote, sftp, std::slice::from_ref(database)).await?;
+    match choice {
+        Choice::Named(name) => {
+            if name.database() != database {
+                return Err(RestoreError::NotFound(format!(
+                    "{name} is a backup of {}, not of {database}",
+                    name.database()
+                )));
+            }
+            if entries.iter().any(|e| e.artifact == name.as_str()) {
+                Ok(name.clone())
+            } else {
+                Err(RestoreError::NotFound(format!(
+                    "{name} (with its manifest) is not in {}",
+                    sftp.database_dir(database)
+                )))
+            }
+        }
+        Choice::Latest => entries
+            .iter()
+            .filter(|e| e.verified)
+            .filter_map(|e| e.artifact.parse::<ArtifactName>().ok())
+            // Globals and media archives are not database restores.
+            .filter(|a| {
+                !matches!(
+                    a.kind().format,
+                    backup_core::names::DumpFormat::Globals | backup_core::names::DumpFormat::Tar
+                )
+            })
+            .max_by_key(ArtifactName::taken_at)
+            .ok_or_else(|| {
+                RestoreError::NotFound(format!(
+                    "no verified backup of {database} on the remote; name one (see backupctl list)"
+                ))
+            }),
+    }
+}
+
+pub async fn read_manifest(
+    remote: &SftpRemote,
+    sftp: &SftpArgs,
+    artifact: &ArtifactName,
+) -> Result<(Manifest, ManifestExtras), RestoreError> {
+    let dir = sftp.database_dir(artifact.database());
+    let bytes = remote
+        .read_file(
+            &format!("{dir}/{}", artifact.manifest_name()),
+            MAX_SIDECAR_BYTES,
+        )
+        .await?;
+    let manifest = Manifest::decode(&bytes).map_err(|e| RestoreError::Manifest {
+        artifact: artifact.to_string(),
+        detail: e.to_string(),
+    })?;
+    if &manifest.artifact != artifact {
+        return Err(RestoreError::Manifest {
+            artifact: artifact.to_string(),
+            detail: format!("it describes {}", manifest.artifact),
+        });
+    }
+    Ok((manifest, ManifestExtras::from_manifest_json(&bytes)))
+}
+
+/// Number of user tables in the target; `None` when the database does not exist.
+pub async fn existing_tables(target: &PgTarget) -> Result<Option<i64>, PgError> {
+    let client = match target.connect("backupctl").await {
+        Ok(client) => client,
+        Err(_) if database_missing(target).await? => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let row = client
+        .query_one(
+            "SELECT count(*) FROM pg_catalog.pg_class c \
+             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relkind IN ('r', 'p', 'm', 'v', 'f') \
+             AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+             AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%'",
+            &[],
+        )
+        .await
+        .map_err(|e| target.query_error(&e))?;
+    Ok(Some(row.get(0)))
+}
+
+/// Asks the server's `postgres` database, which always exists.
+async fn database_missing(target: &PgTarget) -> Result<bool, PgError> {
+    let admin_target = target.with_dbname("postgres");
+    let admin = admin_target.connect("backupctl").await?;
+    let rows = admin
+        .query(
+            "SELECT 1 FROM pg_catalog.pg_database WHERE datname = $1",
+            &[&target.dbname],
+        )
+        .await
+        .map_err(|e| admin_target.query_error(&e))?;
+    Ok(rows.is_empty())
+}
+
+/// `CREATE DATABASE` on the target's server, from template0 so that
+/// nothing added to template1 ends up beside the restored objects.
+pub async fn create_database(target: &PgTarget) -> Result<(), PgError> {
+    let admin_target = target.with_dbname("postgres");
+    let admin = admin_target.connect("backupctl").await?;
+    admin
+        .batch_execute(&format!(
+            "CREATE DATABASE {} TEMPLATE template0",
+            quote_ident(&target.dbname)
+        ))
+        .await
+        .map_err(|e| admin_target.query_error(&e))
+}
+
+/// What a restore did.
+#[derive(Debug)]
+pub struct Restored {
+    pub report: RestoreReport,
+    pub checks: CheckReport,
+}
+
+/// Streams `artifact` from the remote into `target`, then runs the checks.
+/// Row-count mismatches come back as [`VerifyError::RowCounts`].
+pub async fn restore(
+    remote: &SftpRemote,
+    sftp: &SftpArgs,
+    manifest: Manifest,
+    extras: &ManifestExtras,
+    target: &PgTarget,
+    options: &RestoreOptions,
+    progress: Option<ProgressFn>,
+) -> Result<Restored, RestoreError> {
+    let dir = sftp.database_dir(&manifest.database);
+    let reader = remote
+        .open_read(&format!("{dir}/{}", manifest.artifact))
+        .await?;
+    let report = verifier::restore_stream(
+        RestoreSource {
+            reader,
+            manifest: manifest.clone(),
+        },
+        target,
+        options,
+        progress,
+    )
+    .await?;
+    let checks = verifier::checks::run_checks(target, &manifest, extras, &[]).await?;
+    Ok(Restored { report, checks })
+}
+
+/// The target URL without its password, for the confirmation prompt.
+pub fn describe_target(target: &PgTarget) -> String {
+    let password = if target
+        .password
+        .as_ref()
+        .is_some_and(|p| !p.expose_secret().is_empty())
+    {
+        " (password given)"
+    } else {
+        ""
+    };
+    format!("{}{password}", target.describe())
+}

@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Installs, on Debian, the servers and tools the pipeline's demo and tests
+# run against, and makes sure a local PostgreSQL accepts connections on
+# 127.0.0.1:5432 as the postgres role. Safe to run again: it installs only
+# what is missing. Needs root (apt-get).
+set -euo pipefail
+
+log() { printf '==> %s\n' "$*" >&2; }
+
+missing=()
+need() { # need <package> <test command...>
+  local package=$1
+  shift
+  if ! "$@" >/dev/null 2>&1; then
+    missing+=("$package")
+  fi
+}
+
+need nats-server command -v nats-server
+need openssh-server test -x /usr/sbin/sshd
+need openssh-client command -v ssh-keygen
+need python3-aiosmtpd /usr/bin/python3 -c 'import aiosmtpd'
+need postgresql-client command -v psql
+need postgresql command -v pg_ctlcluster
+need gzip command -v gzip
+need zstd command -v zstd
+need jq command -v jq
+need docker-compose command -v docker-compose
+need systemd command -v systemd-analyze
+need shellcheck command -v shellcheck
+need sudo command -v sudo
+
+if ((${#missing[@]})); then
+  if [[ $(id -u) -ne 0 ]]; then
+    log "missing packages: ${missing[*]}; run this script as root (it uses apt-get)"
+    exit 1
+  fi
+  log "installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# sshd refuses to start without its privilege-separation directory.
+mkdir -p /run/sshd
+
+pg_ready() { psql -X -h 127.0.0.1 -p 5432 -U postgres -d postgres -Atc 'SELECT 1' >/dev/null 2>&1; }
+
+if ! pg_ready; then
+  version=$(find /etc/postgresql -mindepth 1 -maxdepth 1 -printf '%f\n' 2>/dev/null | sort -V | tail -n 1)
+  if [[ -z $version ]]; then
+    log "PostgreSQL is installed but has no cluster; creating one"
+    version=$(find /usr/lib/postgresql -mindepth 1 -maxdepth 1 -printf '%f\n' | sort -V | tail -n 1)
+    pg_createcluster "$version" main >/dev/null
+  fi
+  log "starting PostgreSQL $version"
+  pg_ctlcluster --skip-systemctl-redirect "$version" main start 2>/dev/null || true
+  for _ in $(seq 1 30); do
+    pg_isready -q -h 127.0.0.1 -p 5432 && break
+    sleep 1
+  done
+  if ! pg_ready; then
+    # A fresh Debian cluster asks for passwords on TCP; the tests connect
+    # as postgres from 127.0.0.1 without one, so trust that one address.
+    hba=/etc/postgresql/$version/main/pg_hba.conf
+    if [[ -f $hba ]] && ! grep -q '^host all all 127.0.0.1/32 trust' "$hba"; then
+      log "allowing local TCP connections without password in $hba (test machine set-up)"
+      sed -i '1i host all all 127.0.0.1/32 trust' "$hba"
+      pg_ctlcluster --skip-systemctl-redirect "$version" main reload
+    fi
+  fi
+  pg_ready || { log "PostgreSQL does not accept connections on 127.0.0.1:5432 as postgres"; exit 1; }
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  log "cargo is missing: install Rust (rustup) first"
+  exit 1
+fi

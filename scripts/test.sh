@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The test command: installs what the tests need (Debian, as root), then runs
+# the formatting and lint gates and the whole suite against real servers.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/install-deps.sh
+
+echo "==> shellcheck"
+shellcheck scripts/*.sh deploy/scripts/*.sh .ci/run
+echo "==> cargo fmt --check"
+cargo fmt --all --check
+echo "==> cargo clippy (warnings denied)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "==> building the binaries the end-to-end tests run"
+cargo build --workspace --bins --locked
+echo "==> cargo test"
+cargo test --workspace --locked

@@ -1,0 +1,620 @@
+//! The ways a notice leaves the notifier: email (lettre over SMTP),
+//! Telegram (teloxide), a Slack incoming webhook and healthchecks.io-style
+//! pings (reqwest), or the log when no channel for people is configured.
+//!
+//! Retries: [`deliver`] sends a notice to every channel at once, and each
+//! channel retries on its own with backoff (honouring a `429`'s
+//! retry-after), so a channel that is down neither delays nor loses the
+//! others' messages. A channel that refuses for good, or is still failing
+//! after its attempts, gives up with an error in the log. Error texts pass
+//! through [`Redactor`] so no token, webhook URL or password reaches a log.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use backup_core::names::DatabaseName;
+use backup_core::retry::Backoff;
+use lettre::message::{Mailbox, header::ContentType};
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
+use secrecy::{ExposeSecret, SecretString};
+use teloxide::prelude::Requester;
+use teloxide::types::{ChatId, Recipient};
+
+use crate::alert::{HealthPing, Notice};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ChannelConfigError {
+    #[error("SMTP_URL: {0}")]
+    SmtpUrl(String),
+    #[error("TELEGRAM_API_URL: {0}")]
+    TelegramApiUrl(String),
+    #[error("TELEGRAM_CHAT_ID: {0}")]
+    TelegramChatId(String),
+    #[error("{name}: not a valid http(s) URL")]
+    HttpUrl { name: String },
+}
+
+/// Why one delivery attempt failed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{cause}")]
+pub struct ChannelError {
+    /// Already redacted.
+    pub cause: String,
+    pub transient: bool,
+    /// What the service asked for (`429` + `Retry-After`, Telegram's
+    /// `retry_after`).
+    pub retry_after: Option<Duration>,
+}
+
+impl ChannelError {
+    pub fn is_transient(&self) -> bool {
+        self.transient
+    }
+}
+
+/// Replaces every secret value in a text with `[redacted]`. Client errors
+/// (reqwest, teloxide) quote the URL they called, and the URL is where
+/// Telegram tokens and Slack or healthcheck keys live.
+#[derive(Debug, Clone, Default)]
+pub struct Redactor {
+    secrets: Vec<SecretString>,
+}
+
+impl Redactor {
+    pub fn add(&mut self, secret: &str) {
+        if secret.len() >= 4 {
+            self.secrets.push(SecretString::from(secret.to_owned()));
+            // Clients may show the URL-encoded form.
+            let encoded: String = url::form_urlencoded::byte_serialize(secret.as_bytes()).collect();
+            if encoded != secret {
+                self.secrets.push(SecretString::from(encoded));
+            }
+        }
+    }
+
+    pub fn redact(&self, text: &str) -> String {
+        let mut text = backup_core::one_line(text);
+        for secret in &self.secrets {
+            text = text.replace(secret.expose_secret(), "[redacted]");
+        }
+        text
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct EmailSettings {
+    /// `smtp://host[:port]`, `smtps://host[:port]`; may hold `user:password@`.
+    /// On `smtp://` to a host other than this machine, STARTTLS is required
+    /// unless the URL says `?tls=opportunistic` or `?tls=none`.
+    pub smtp_url: SecretString,
+    /// Credentials given apart from the URL (`SMTP_USERNAME`, `SMTP_PASSWORD`).
+    pub username: Option<String>,
+    pub password: Option<SecretString>,
+    pub from: Mailbox,
+    pub to: Vec<Mailbox>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TelegramSettings {
+    pub token: SecretString,
+    /// A numeric chat id, or `@channelname`.
+    pub chat_id: String,
+    /// The Bot API base URL; `None` for the official one.
+    pub api_url: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SlackSettings {
+    pub webhook_url: SecretString,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct HealthcheckSettings {
+    /// Pinged for databases without their own URL.
+    pub default_url: Option<SecretString>,
+    pub per_database: BTreeMap<DatabaseName, SecretString>,
+}
+
+impl HealthcheckSettings {
+    pub fn is_empty(&self) -> bool {
+        self.default_url.is_none() && self.per_database.is_empty()
+    }
+}
+
+/// How hard one channel tries before giving up on one notice.
+#[derive(Debug, Clone, Copy)]
+pub struct DeliveryPolicy {
+    pub attempts: u32,
+    pub backoff: Backoff,
+    /// A retry-after longer than this is cut short (a misbehaving server
+    /// must not hold the event for hours).
+    pub max_retry_after: Duration,
+}
+
+impl Default for DeliveryPolicy {
+    fn default() -> Self {
+        Self {
+            attempts: 8,
+            backoff: Backoff::new(Duration::from_secs(2), Duration::from_secs(120)),
+            max_retry_after: Duration::from_secs(300),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum Channel {
+    Email(Box<Email>),
+    Telegram(Telegram),
+    Slack(Slack),
+    Healthcheck(Healthcheck),
+    /// For people when nothing else is configured.
+    Log,
+}
+
+impl Channel {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Channel::Email(_) => "email",
+            Channel::Telegram(_) => "telegram",
+            Channel::Slack(_) => "slack",
+            Channel::Healthcheck(_) => "healthcheck",
+            Channel::Log => "log",
+        }
+    }
+
+    fn wants(&self, notice: &Notice) -> bool {
+        match self {
+            Channel::Healthcheck(hc) => {
+                notice.health.is_some() && hc.url_for(&notice.database).is_some()
+            }
+            _ => notice.for_people,
+        }
+    }
+
+    async fn send(&self, notice: &Notice) -> Result<(), ChannelError> {
+        match self {
+            Channel::Email(email) => email.send(notice).await,
+            Channel::Telegram(telegram) => telegram.send(notice).await,
+            Channel::Slack(slack) => slack.send(notice).await,
+            Channel::Healthcheck(hc) => hc.send(notice).await,
+            Channel::Log => {
+                tracing::error!(database = %notice.database, subject = %notice.subject, body = %notice.body, "ALERT");
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The configured channels, built once at start-up.
+#[derive(Debug)]
+pub struct Channels {
+    channels: Vec<Channel>,
+    redactor: Redactor,
+    policy: DeliveryPolicy,
+}
+
+/// What became of one notice on one channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivered {
+    Yes,
+    GaveUp,
+}
+
+impl Channels {
+    pub fn build(
+        email: Option<&EmailSettings>,
+        telegram: Option<&TelegramSettings>,
+        slack: Option<&SlackSettings>,
+        healthcheck: &HealthcheckSettings,
+        policy: DeliveryPolicy,
+    ) -> Result<Channels, ChannelConfigError> {
+        let mut redactor = Redactor::default();
+        let mut channels = Vec::new();
+        if let Some(settings) = email {
+            redactor.add(settings.smtp_url.expose_secret());
+            if let Ok(url) = url::Url::parse(settings.smtp_url.expose_secret())
+                && let Some(password) = url.password()
+            {
+                redactor.add(password);
+            }
+            if let Some(password) = &settings.password {
+                redactor.add(password.expose_secret());
+            }
+            channels.push(Channel::Email(Box::new(Email::new(settings)?)));
+        }
+        if let Some(settings) = telegram {
+            redactor.add(settings.token.expose_secret());
+            channels.push(Channel::Telegram(Telegram::new(settings)?));
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(30))
+            .build()
+            .map_err(|_| ChannelConfigError::HttpUrl {
+                name: "HTTP client".into(),
+            })?;
+        if let Some(settings) = slack {
+            redactor.add(settings.webhook_url.expose_secret());
+            let url = parse_http_url("SLACK_WEBHOOK_URL", &settings.webhook_url)?;
+            channels.push(Channel::Slack(Slack {
+                http: http.clone(),
+                url,
+            }));
+        }
+        if !healthcheck.is_empty() {
+            let mut per_database = BTreeMap::new();
+            for (database, url) in &healthcheck.per_database {
+                redactor.add(url.expose_secret());
+                let name = format!("HEALTHCHECK_URL_{}", database.as_str().to_uppercase());
+                per_database.insert(database.clone(), parse_http_url(&name, url)?);
+            }
+            let default_url = match &healthcheck.default_url {
+                Some(url) => {
+                    redactor.add(url.expose_secret());
+                    Some(parse_http_url("HEALTHCHECK_URL", url)?)
+                }
+                None => None,
+            };
+            channels.push(Channel::Healthcheck(Healthcheck {
+                http,
+                default_url,
+                per_database,
+            }));
+        }
+        if !channels.iter().any(|c| {
+            matches!(
+                c,
+                Channel::Email(_) | Channel::Telegram(_) | Channel::Slack(_)
+            )
+        }) {
+            channels.push(Channel::Log);
+        }
+        Ok(Channels {
+            channels,
+            redactor,
+            policy,
+        })
+    }
+
+    pub fn names(&self) -> Vec<&'static str> {
+        self.channels.iter().map(Channel::name).collect()
+    }
+
+    pub fn only_log_for_people(&self) -> bool {
+        self.channels.iter().any(|c| matches!(c, Channel::Log))
+    }
+
+    /// Sends `notice` on every channel that carries it, all at once, each
+    /// retrying on its own; returns when each delivered or gave up.
+    pub async fn deliver(&self, notice: &Notice) -> Vec<(&'static str, Delivered)> {
+        let sends = self
+            .channels
+            .iter()
+            .filter(|channel| channel.wants(notice))
+            .map(
+                |channel| async move { (channel.name(), self.deliver_one(channel, notice).await) },
+            );
+        futures::future::join_all(sends).await
+    }
+
+    async fn deliver_one(&self, channel: &Channel, notice: &Notice) -> Delivered {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let error = match channel.send(notice).await {
+                Ok(()) => {
+                    tracing::info!(channel = channel.name(), database = %notice.database, kind = ?notice.kind, attempt, "notice delivered");
+                    return Delivered::Yes;
+                }
+                Err(error) => ChannelError {
+                    cause: self.redactor.redact(&error.cause),
+                    ..error
+                },
+            };
+            if !error.transient || attempt >= self.policy.attempts {
+                tracing::error!(
+                    channel = channel.name(),
+                    database = %notice.database,
+                    subject = %notice.subject,
+                    attempt,
+                    error = %error,
+                    "GAVE UP delivering a notice on this channel"
+                );
+                return Delivered::GaveUp;
+            }
+            let delay = match error.retry_after {
+                Some(asked) => asked.min(self.policy.max_retry_after),
+                None => self.policy.backoff.delay(attempt),
+            };
+            tracing::warn!(channel = channel.name(), database = %notice.database, attempt, retry_in = ?delay, error = %error, "notice not delivered yet; retrying");
+            tokio::time::sleep(delay).await;
+        }
+    }
+}
+
+fn parse_http_url(name: &str, value: &SecretString) -> Result<reqwest::Url, ChannelConfigError> {
+    match reqwest::Url::parse(value.expose_secret()) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => Ok(url),
+        _ => Err(ChannelConfigError::HttpUrl { name: name.into() }),
+    }
+}
+
+fn is_local_host(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// The URL given to lettre: STARTTLS required on plain `smtp://` to a
+/// remote host unless the operator explicitly chose otherwise.
+fn smtp_transport_url(raw: &str) -> Result<String, ChannelConfigError> {
+    let mut url = url::Url::parse(raw)
+        .map_err(|e| ChannelConfigError::SmtpUrl(format!("not a URL ({e})")))?;
+    let host = url
+        .host_str()
+        .ok_or_else(|| ChannelConfigError::SmtpUrl("no host".into()))?
+        .to_owned();
+    let tls = url
+        .query_pairs()
+        .find(|(k, _)| k == "tls")
+        .map(|(_, v)| v.into_owned());
+    match (url.scheme(), tls.as_deref()) {
+        ("smtps", _) => {}
+        ("smtp", None) if !is_local_host(&host) => {
+            url.query_pairs_mut().append_pair("tls", "required");
+        }
+        ("smtp", None | Some("required" | "opportunistic")) => {}
+        ("smtp", Some("none")) => {
+            let others: Vec<(String, String)> = url
+                .query_pairs()
+                .filter(|(k, _)| k != "tls")
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect();
+            url.set_query(None);
+            if !others.is_empty() {
+                url.query_pairs_mut().extend_pairs(others);
+            }
+        }
+        ("smtp", Some(other)) => {
+            return Err(ChannelConfigError::SmtpUrl(format!(
+                "tls={other} is not one of required, opportunistic, none"
+            )));
+        }
+        (scheme, _) => {
+            return Err(ChannelConfigError::SmtpUrl(format!(
+                "scheme {scheme}:// is not smtp:// or smtps://"
+            )));
+        }
+    }
+    Ok(url.to_string())
+}
+
+#[derive(Debug)]
+pub struct Email {
+    transport: AsyncSmtpTransport<Tokio1Executor>,
+    from: Mailbox,
+    to: Vec<Mailbox>,
+}
+
+impl Email {
+    fn new(settings: &EmailSettings) -> Result<Email, ChannelConfigError> {
+        let url = smtp_transport_url(settings.smtp_url.expose_secret())?;
+        let mut builder = AsyncSmtpTransport::<Tokio1Executor>::from_url(&url)
+            .map_err(|e| ChannelConfigError::SmtpUrl(backup_core::one_line(&e.to_string())))?
+            .timeout(Some(Duration::from_secs(30)));
+        match (&settings.username, &settings.password) {
+            (Some(user), Some(password)) => {
+                builder = builder.credentials(Credentials::new(
+                    user.clone(),
+                    password.expose_secret().to_owned(),
+                ));
+            }
+            (None, None) => {}
+            _ => {
+                return Err(ChannelConfigError::SmtpUrl(
+                    "SMTP_USERNAME and SMTP_PASSWORD go together".into(),
+                ));
+            }
+        }
+        Ok(Email {
+            transport: builder.build(),
+            from: settings.from.clone(),
+            to: settings.to.clone(),
+        })
+    }
+
+    async fn send(&self, notice: &Notice) -> Result<(), ChannelError> {
+        let mut builder = lettre::Message::builder()
+            .from(self.from.clone())
+            .subject(notice.subject.clone());
+        for to in &self.to {
+            builder = builder.to(to.clone());
+        }
+        let message = builder
+            .header(ContentType::TEXT_PLAIN)
+            .body(notice.body.clone())
+            .map_err(|e| ChannelError {
+                cause: e.to_string(),
+                transient: false,
+                retry_after: None,
+            })?;
+        self.transport
+            .send(message)
+            .await
+            .map(drop)
+            .map_err(|e| ChannelError {
+                cause: backup_core::error_chain(&e),
+                transient: !e.is_permanent(),
+                retry_after: None,
+            })
+    }
+}
+
+#[derive(Debug)]
+pub struct Telegram {
+    bot: teloxide::Bot,
+    chat: Recipient,
+}
+
+impl Telegram {
+    fn new(settings: &TelegramSettings) -> Result<Telegram, ChannelConfigError> {
+        let chat = match settings.chat_id.trim().parse::<i64>() {
+            Ok(id) => Recipient::Id(ChatId(id)),
+            Err(_) if settings.chat_id.starts_with('@') && settings.chat_id.len() > 1 => {
+                Recipient::ChannelUsername(settings.chat_id.clone())
+            }
+            Err(_) => {
+                return Err(ChannelConfigError::TelegramChatId(
+                    "a number or @channelname".into(),
+                ));
+            }
+        };
+        let mut bot = teloxide::Bot::new(settings.token.expose_secret());
+        if let Some(api_url) = &settings.api_url {
+            let url = reqwest::Url::parse(api_url)
+                .ok()
+                .filter(|u| matches!(u.scheme(), "http" | "https") && !u.cannot_be_a_base())
+                .ok_or_else(|| ChannelConfigError::TelegramApiUrl("not an http(s) URL".into()))?;
+            bot = bot.set_api_url(url);
+        }
+        Ok(Telegram { bot, chat })
+    }
+
+    async fn send(&self, notice: &Notice) -> Result<(), ChannelError> {
+        use teloxide::{ApiError, RequestError};
+        match self
+            .bot
+            .send_message(self.chat.clone(), notice.short.clone())
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(error) => {
+                let (transient, retry_after) = match &error {
+                    RequestError::RetryAfter(seconds) => (true, Some(seconds.duration())),
+                    // Unknown descriptions are 5xx and the like; the known
+                    // ones are refusals (bad token, unknown chat, blocked).
+                    RequestError::Api(ApiError::Unknown(_)) => (true, None),
+                    RequestError::Api(_) | RequestError::MigrateToChatId(_) => (false, None),
+                    RequestError::Network(_)
+                    | RequestError::InvalidJson { .. }
+                    | RequestError::Io(_) => (true, None),
+                };
+                Err(ChannelError {
+                    cause: backup_core::error_chain(&error),
+                    transient,
+                    retry_after,
+                })
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Slack {
+    http: reqwest::Client,
+    url: reqwest::Url,
+}
+
+impl Slack {
+    async fn send(&self, notice: &Notice) -> Result<(), ChannelError> {
+        let request = self
+            .http
+            .post(self.url.clone())
+            .json(&serde_json::json!({ "text": notice.short }));
+        http_send(request).await
+    }
+}
+
+#[derive(Debug)]
+pub struct Healthcheck {
+    http: reqwest::Client,
+    default_url: Option<reqwest::Url>,
+    per_database: BTreeMap<DatabaseName, reqwest::Url>,
+}
+
+impl Healthcheck {
+    fn url_for(&self, database: &DatabaseName) -> Option<&reqwest::Url> {
+        self.per_database
+            .get(database)
+            .or(self.default_url.as_ref())
+    }
+
+    async fn send(&self, notice: &Notice) -> Result<(), ChannelError> {
+        let (Some(base), Some(ping)) = (self.url_for(&notice.database), notice.health) else {
+            return Ok(());
+        };
+        let mut url = base.clone();
+        if ping == HealthPing::Fail {
+            let path = format!("{}/fail", url.path().trim_end_matches('/'));
+            url.set_path(&path);
+        }
+        // healthchecks.io keeps the body as the ping's log entry.
+        http_send(self.http.post(url).body(notice.short.clone())).await
+    }
+}
+
+/// One HTTP attempt, classified: 2xx delivered; 429 and 5xx worth a retry
+/// (with the server's `Retry-After`); other 4xx a refusal.
+async fn http_send(request: reqwest::RequestBuilder) -> Result<(), ChannelError> {
+    let response = request.send().await.map_err(|e| ChannelError {
+        cause: backup_core::error_chain(&e.without_url()),
+        transient: true,
+        retry_after: None,
+    })?;
+    let status = response.status();
+    if status.is_success() {
+        return Ok(());
+    }
+    let retry_after = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs);
+    let body = response.text().await.unwrap_or_default();
+    Err(ChannelError {
+        cause: format!(
+            "HTTP {status}: {}",
+            crate::alert::truncate(&backup_core::one_line(&body), 200)
+        ),
+        transient: status.is_server_error()
+            || status == reqwest::StatusCode::TOO_MANY_REQUESTS
+            || status == reqwest::StatusCode::REQUEST_TIMEOUT,
+        retry_after,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn starttls_is_required_for_remote_smtp_hosts_only() {
+        assert_eq!(
+            smtp_transport_url("smtp://mail.example.org:587").unwrap(),
+            "smtp://mail.example.org:587?tls=required"
+        );
+        assert_eq!(
+            smtp_transport_url("smtp://127.0.0.1:2525").unwrap(),
+            "smtp://127.0.0.1:2525"
+        );
+        assert_eq!(
+            smtp_transport_url("smtp://u:p@mail.example.org?tls=none").unwrap(),
+            "smtp://u:p@mail.example.org"
+        );
+        assert!(smtp_transport_url("smtps://mail.example.org").is_ok());
+        assert!(smtp_transport_url("http://mail.example.org").is_err());
+        assert!(smtp_transport_url("smtp://mail.example.org?tls=maybe").is_err());
+    }
+
+    #[test]
+    fn redactor_hides_plain_and_encoded_secrets() {
+        let mut redactor = Redactor::default();
+        redactor.add("123:abc def");
+        let text = redactor.redact("GET /bot123:abc def/x and 123%3Aabc+def");
+        assert!(!text.contains("abc"), "{text}");
+    }
+}

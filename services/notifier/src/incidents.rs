@@ -1,0 +1,365 @@
+//! The notifier's memory: which databases have an open incident, when each
+//! was last alerted, and when each database last verified. It decides what
+//! deserves a message: the first failure of a kind, a reminder once the
+//! interval has passed, one give-up, one recovery, one stale alert.
+//!
+//! Nothing here is persisted: at start-up the state is rebuilt from the
+//! stream (see `history`), so dedup and the dead man's switch survive a
+//! restart.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
+
+use backup_core::Stage;
+use backup_core::events::{DumpFailed, DumpPruned, DumpVerified};
+use backup_core::names::DatabaseName;
+use chrono::{DateTime, Utc};
+
+use crate::alert::{IncidentSummary, Notice, NoticeKind};
+
+/// What makes two failures "the same": database, stage and the cause with
+/// its variable parts (numbers: ports, attempts, timestamps, ids) blurred.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum IncidentKey {
+    Failure { stage: Stage, cause: String },
+    Stale,
+}
+
+#[derive(Debug, Clone)]
+struct Incident {
+    title: String,
+    first_seen: DateTime<Utc>,
+    last_alerted: DateTime<Utc>,
+    occurrences: u32,
+    gave_up_alerted: bool,
+}
+
+#[derive(Debug, Default)]
+struct DatabaseState {
+    last_verified: Option<DateTime<Utc>>,
+    incidents: HashMap<IncidentKey, Incident>,
+}
+
+/// Thresholds the state applies.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub stale_after: Duration,
+    pub remind_every: Duration,
+    pub alert_on_success: bool,
+}
+
+#[derive(Debug)]
+pub struct Incidents {
+    policy: Policy,
+    /// Databases the dead man's switch watches (BACKUP_DATABASES); when
+    /// empty, every database seen verifying.
+    configured: BTreeSet<DatabaseName>,
+    /// A database never seen verifying is stale this long after this.
+    watching_since: DateTime<Utc>,
+    databases: BTreeMap<DatabaseName, DatabaseState>,
+}
+
+/// Blurs numbers so retries of the same failure share a key
+/// ("port 50123" and "attempt 3" differ between attempts, the cause does not).
+pub fn cause_class(error: &str) -> String {
+    let mut class = String::new();
+    let mut in_number = false;
+    for c in error.chars().take(160) {
+        if c.is_ascii_digit() {
+            if !in_number {
+                class.push('#');
+            }
+            in_number = true;
+        } else {
+            in_number = false;
+            class.extend(c.to_lowercase());
+        }
+    }
+    class
+}
+
+fn elapsed(from: DateTime<Utc>, to: DateTime<Utc>) -> Duration {
+    (to - from).to_std().unwrap_or_default()
+}
+
+impl Incidents {
+    pub fn new(
+        policy: Policy,
+        configured: impl IntoIterator<Item = DatabaseName>,
+        watching_since: DateTime<Utc>,
+    ) -> Self {
+        Self {
+            policy,
+            configured: configured.into_iter().collect(),
+            watching_since,
+            databases: BTreeMap::new(),
+        }
+    }
+
+    /// A `dump.failed`: a message for the first of its kind, a reminder
+    /// after the interval, one more when the pipeline gives up; otherwise
+    /// nothing.
+    pub fn on_failure(&mut self, failure: &DumpFailed, now: DateTime<Utc>) -> Option<Notice> {
+        let key = IncidentKey::Failure {
+            stage: failure.stage,
+            cause: cause_class(&failure.error),
+        };
+        let state = self
+            .databases
+            .entry(failure.header.database.clone())
+            .or_default();
+        let Some(incident) = state.incidents.get_mut(&key) else {
+            state.incidents.insert(
+                key,
+                Incident {
+                    title: format!(
+                        "{} failed: {}",
+                        failure.stage,
+                        crate::alert::truncate(&failure.error, 200)
+                    ),
+                    first_seen: now,
+                    last_alerted: now,
+                    occurrences: 1,
+                    gave_up_alerted: !failure.will_retry,
+                },
+            );
+            return Some(Notice::failure(failure, NoticeKind::Failure, 1, now));
+        };
+        incident.occurrences += 1;
+        let kind = if !failure.will_retry && !incident.gave_up_alerted {
+            incident.gave_up_alerted = true;
+            NoticeKind::GaveUp
+        } else if elapsed(incident.last_alerted, now) >= self.policy.remind_every {
+            NoticeKind::Reminder
+        } else {
+            tracing::info!(
+                database = %failure.header.database,
+                stage = %failure.stage,
+                occurrences = incident.occurrences,
+                "same failure again; already alerted"
+            );
+            return None;
+        };
+        incident.last_alerted = now;
+        Some(Notice::failure(
+            failure,
+            kind,
+            incident.occurrences,
+            incident.first_seen,
+        ))
+    }
+
+    /// A `dump.verified`: closes every incident of the database (one
+    /// recovery message), or is a plain success.
+    pub fn on_verified(&mut self, verified: &DumpVerified) -> Notice {
+        let state = self
+            .databases
+            .entry(verified.header.database.clone())
+            .or_default();
+        // The age of the newest verified backup is what matters, not when
+        // the verification ran.
+        let at = verified.artifact.artifact.taken_at();
+        state.last_verified = Some(state.last_verified.map_or(at, |last| last.max(at)));
+        let mut closed: Vec<Incident> = state.incidents.drain().map(|(_, i)| i).collect();
+        if closed.is_empty() {
+            return Notice::success(verified, self.policy.alert_on_success);
+        }
+        closed.sort_by_key(|i| i.first_seen);
+        let summaries: Vec<IncidentSummary> = closed
+            .into_iter()
+            .map(|i| IncidentSummary {
+                title: i.title,
+                first_seen: i.first_seen,
+                occurrences: i.occurrences,
+            })
+            .collect();
+        Notice::resolved(verified, &summaries)
+    }
+
+    /// A `dump.pruned` that really ran proves pruning works again; it does
+    /// not prove anything about dumps, so only prune incidents close
+    /// (silently: the next verified backup reports the rest).
+    pub fn on_pruned(&mut self, pruned: &DumpPruned) {
+        if pruned.dry_run {
+            return;
+        }
+        if let Some(state) = self.databases.get_mut(&pruned.header.database) {
+            state.incidents.retain(|key, _| {
+                !matches!(
+                    key,
+                    IncidentKey::Failure {
+                        stage: Stage::Prune,
+                        ..
+                    }
+                )
+            });
+        }
+    }
+
+    /// Records a verification without deciding anything (events the
+    /// consumer has yet to deliver, read at start-up).
+    pub fn note_verified(&mut self, database: &DatabaseName, at: DateTime<Utc>) {
+        let state = self.databases.entry(database.clone()).or_default();
+        state.last_verified = Some(state.last_verified.map_or(at, |last| last.max(at)));
+    }
+
+    /// The dead man's switch: a stale alert for each watched database with
+    /// no verification within the threshold, then a reminder per interval.
+    pub fn check_stale(&mut self, now: DateTime<Utc>) -> Vec<Notice> {
+        let watched: Vec<DatabaseName> = if self.configured.is_empty() {
+            self.databases
+                .iter()
+                .filter(|(_, s)| s.last_verified.is_some())
+                .map(|(name, _)| name.clone())
+                .collect()
+        } else {
+            self.configured.iter().cloned().collect()
+        };
+        let mut notices = Vec::new();
+        for database in watched {
+            let state = self.databases.entry(database.clone()).or_default();
+            let reference = state.last_verified.unwrap_or(self.watching_since);
+            let silent_for = elapsed(reference, now);
+            if silent_for < self.policy.stale_after {
+                continue;
+            }
+            match state.incidents.get_mut(&IncidentKey::Stale) {
+                None => {
+                    state.incidents.insert(
+                        IncidentKey::Stale,
+                        Incident {
+                            title: "no verified backup".to_owned(),
+                            first_seen: now,
+                            last_alerted: now,
+                            occurrences: 1,
+                            gave_up_alerted: true,
+                        },
+                    );
+                    notices.push(Notice::stale(
+                        &database,
+                        state.last_verified,
+                        silent_for,
+                        false,
+                    ));
+                }
+                Some(incident)
+                    if elapsed(incident.last_alerted, now) >= self.policy.remind_every =>
+                {
+                    incident.last_alerted = now;
+                    incident.occurrences += 1;
+                    notices.push(Notice::stale(
+                        &database,
+                        state.last_verified,
+                        silent_for,
+                        true,
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+        notices
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use backup_core::events::{Event, EventHeader, Origin};
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    fn policy() -> Policy {
+        Policy {
+            stale_after: 26 * HOUR,
+            remind_every: 6 * HOUR,
+            alert_on_success: false,
+        }
+    }
+
+    fn t0() -> DateTime<Utc> {
+        "2026-03-01T02:00:00Z".parse().unwrap()
+    }
+
+    fn failed(error: &str, attempt: u32, will_retry: bool) -> DumpFailed {
+        DumpFailed {
+            header: EventHeader::now("db-1".parse().unwrap(), "viatique".parse().unwrap()),
+            origin: Origin::default(),
+            stage: Stage::Ship,
+            error: error.to_owned(),
+            artifact: None,
+            attempt,
+            will_retry,
+            aborted: None,
+        }
+    }
+
+    fn verified(at: DateTime<Utc>) -> DumpVerified {
+        let artifact = format!("viatique_{}.sql.gz", at.format("%Y%m%d_%H%M%S"));
+        DumpVerified::decode(
+            serde_json::json!({
+                "version": 1, "backup_id": "db-2", "database": "viatique",
+                "occurred_at": at, "artifact": artifact, "size_bytes": 10,
+                "sha256": "a".repeat(64), "checks": [], "tables": 1, "rows": 1,
+                "duration_ms": 1,
+            })
+            .to_string()
+            .as_bytes(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn retries_of_one_failure_alert_once_then_remind_then_give_up() {
+        let mut state = Incidents::new(policy(), [], t0());
+        let first = state.on_failure(&failed("connect 127.0.0.1:2201: refused", 1, true), t0());
+        assert_eq!(first.unwrap().kind, NoticeKind::Failure);
+        for attempt in 2..=9 {
+            let again = failed(
+                &format!("connect 127.0.0.1:{}: refused", 2200 + attempt),
+                attempt,
+                true,
+            );
+            assert!(state.on_failure(&again, t0() + HOUR).is_none());
+        }
+        let later = state.on_failure(
+            &failed("connect 127.0.0.1:9: refused", 10, true),
+            t0() + 7 * HOUR,
+        );
+        assert_eq!(later.unwrap().kind, NoticeKind::Reminder);
+        let last = state.on_failure(
+            &failed("connect 127.0.0.1:9: refused", 11, false),
+            t0() + 8 * HOUR,
+        );
+        assert_eq!(last.unwrap().kind, NoticeKind::GaveUp);
+        // A different cause is a different incident.
+        let other = state.on_failure(&failed("permission denied", 1, true), t0() + 8 * HOUR);
+        assert_eq!(other.unwrap().kind, NoticeKind::Failure);
+        let resolved = state.on_verified(&verified(t0() + 9 * HOUR));
+        assert_eq!(resolved.kind, NoticeKind::Resolved);
+        assert!(resolved.body.contains("11 times"), "{}", resolved.body);
+        assert_eq!(
+            state.on_verified(&verified(t0() + 10 * HOUR)).kind,
+            NoticeKind::Success
+        );
+    }
+
+    #[test]
+    fn dead_mans_switch_fires_without_events_and_reminds() {
+        let db: DatabaseName = "viatique".parse().unwrap();
+        let mut state = Incidents::new(policy(), [db], t0());
+        assert!(state.check_stale(t0() + 25 * HOUR).is_empty());
+        let stale = state.check_stale(t0() + 27 * HOUR);
+        assert_eq!(stale.len(), 1);
+        assert_eq!(stale[0].kind, NoticeKind::Stale);
+        assert!(state.check_stale(t0() + 30 * HOUR).is_empty());
+        assert_eq!(
+            state.check_stale(t0() + 34 * HOUR)[0].kind,
+            NoticeKind::StaleReminder
+        );
+        assert_eq!(
+            state.on_verified(&verified(t0() + 35 * HOUR)).kind,
+            NoticeKind::Resolved
+        );
+        assert!(state.check_stale(t0() + 36 * HOUR).is_empty());
+    }
+}

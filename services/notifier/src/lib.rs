@@ -1,0 +1,305 @@
+//! The notifier: tells the on-call about every backup problem once, on
+//! every configured channel (email, Telegram, Slack, healthchecks.io-style
+//! pings; the log when none is set), including backups that never happened.
+//!
+//! - Every `dump.failed` is an incident keyed by database, stage and cause:
+//!   the first one is alerted, retries of it are not, a reminder goes out
+//!   after `remind_every` while it keeps failing, and one more message when
+//!   the pipeline stops retrying.
+//! - A `dump.verified` closes the database's incidents with one "resolved"
+//!   message (and pings the healthcheck).
+//! - The dead man's switch: a configured database with no `dump.verified`
+//!   for `stale_after` is alerted even if no event at all arrives. Its
+//!   memory is the stream itself, read again at start-up (see [`history`]).
+//!
+//! Retries: each channel retries its delivery with backoff on its own,
+//! honouring a `429`'s retry-after, so one channel down does not delay or
+//! lose the others (see [`channels`]). The event is acked only when every
+//! channel delivered or gave up (loudly, in the log); a notifier stopped
+//! before that gets the event again from JetStream.
+
+pub mod alert;
+pub mod channels;
+pub mod clock;
+pub mod history;
+pub mod incidents;
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use backup_core::Stage;
+use backup_core::bus::{self, Bus, ConsumerSpec, Delivery, Handler, Outcome};
+use backup_core::events::{self, DumpFailed, DumpPruned, DumpVerified, Event, subject};
+use backup_core::names::DatabaseName;
+use tokio_util::sync::CancellationToken;
+
+pub use alert::{HealthPing, Notice, NoticeKind};
+pub use channels::{
+    ChannelConfigError, Channels, DeliveryPolicy, EmailSettings, HealthcheckSettings,
+    SlackSettings, TelegramSettings,
+};
+pub use clock::{Clock, ManualClock, SystemClock};
+use incidents::{Incidents, Policy};
+
+pub const CONSUMER: ConsumerSpec =
+    ConsumerSpec::new("notifier", subject::ALL_DUMP_EVENTS, Stage::Trigger);
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub email: Option<EmailSettings>,
+    pub telegram: Option<TelegramSettings>,
+    pub slack: Option<SlackSettings>,
+    pub healthcheck: HealthcheckSettings,
+    /// Databases the dead man's switch watches; when empty, those seen
+    /// verifying in the stream.
+    pub databases: Vec<DatabaseName>,
+    pub stale_after: Duration,
+    pub remind_every: Duration,
+    /// How often the dead man's switch looks at the clock.
+    pub stale_check_every: Duration,
+    /// Also tell people about every verified backup.
+    pub alert_on_success: bool,
+    pub delivery: DeliveryPolicy,
+    pub grace: Duration,
+}
+
+impl Default for Settings {
+    /// No channel (alerts go to the log), the documented thresholds.
+    fn default() -> Self {
+        Self {
+            email: None,
+            telegram: None,
+            slack: None,
+            healthcheck: HealthcheckSettings::default(),
+            databases: Vec::new(),
+            stale_after: Duration::from_secs(26 * 3600),
+            remind_every: Duration::from_secs(6 * 3600),
+            stale_check_every: Duration::from_secs(60),
+            alert_on_success: false,
+            delivery: DeliveryPolicy::default(),
+            grace: Duration::from_secs(20),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NotifyError {
+    #[error(transparent)]
+    Bus(#[from] bus::BusError),
+    #[error(transparent)]
+    Channel(#[from] ChannelConfigError),
+}
+
+impl NotifyError {
+    pub fn is_transient(&self) -> bool {
+        match self {
+            NotifyError::Bus(error) => error.is_transient(),
+            NotifyError::Channel(_) => false,
+        }
+    }
+}
+
+/// Runs the notifier on the wall clock until shutdown.
+pub async fn run(
+    bus: Bus,
+    settings: Settings,
+    shutdown: CancellationToken,
+) -> Result<(), NotifyError> {
+    run_with_clock(bus, settings, Arc::new(SystemClock), shutdown).await
+}
+
+/// [`run`] with a clock of the caller's choice (tests move time by hand).
+pub async fn run_with_clock(
+    bus: Bus,
+    settings: Settings,
+    clock: Arc<dyn Clock>,
+    shutdown: CancellationToken,
+) -> Result<(), NotifyError> {
+    let channels = Channels::build(
+        settings.email.as_ref(),
+        settings.telegram.as_ref(),
+        settings.slack.as_ref(),
+        &settings.healthcheck,
+        settings.delivery,
+    )?;
+    if channels.only_log_for_people() {
+        tracing::warn!(channels = ?channels.names(), "no alert channel configured: alerts go to this log only");
+    } else {
+        tracing::info!(channels = ?channels.names(), "alert channels configured");
+    }
+    if let Some(email) = &settings.email {
+        tracing::info!(to = %email.to.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "), "alerts go by email");
+    }
+    if settings.databases.is_empty() {
+        tracing::warn!(
+            "BACKUP_DATABASES is not set: the dead man's switch watches only databases seen verifying"
+        );
+    }
+
+    let policy = Policy {
+        stale_after: settings.stale_after,
+        remind_every: settings.remind_every,
+        alert_on_success: settings.alert_on_success,
+    };
+    let now = clock.now();
+    let make = |first_event: Option<chrono::DateTime<chrono::Utc>>| {
+        Incidents::new(
+            policy.clone(),
+            settings.databases.iter().cloned(),
+            first_event.map_or(now, |first| first.min(now)),
+        )
+    };
+    let incidents = match history::rebuild(&bus, CONSUMER.durable, make).await {
+        Ok((incidents, replayed)) => {
+            tracing::info!(
+                acked = replayed.acked_events,
+                pending = replayed.pending_events,
+                "memory rebuilt from the stream"
+            );
+            incidents
+        }
+        Err(error) => {
+            tracing::warn!(%error, "could not read the stream's history; starting with an empty memory");
+            make(None)
+        }
+    };
+    tracing::info!(
+        databases = ?settings.databases.iter().map(DatabaseName::as_str).collect::<Vec<_>>(),
+        stale_after = %humantime::format_duration(settings.stale_after),
+        remind_every = %humantime::format_duration(settings.remind_every),
+        "dead man's switch armed"
+    );
+
+    let shared = Arc::new(Shared {
+        incidents: Mutex::new(incidents),
+        channels,
+        clock,
+    });
+    let watcher_stop = shutdown.child_token();
+    let watcher = tokio::spawn(watch_staleness(
+        Arc::clone(&shared),
+        settings.stale_check_every,
+        watcher_stop.clone(),
+    ));
+    let handler = NotifyHandler { shared };
+    let result = bus::run_worker(&bus, &CONSUMER, &handler, shutdown, settings.grace).await;
+    watcher_stop.cancel();
+    let _ = watcher.await;
+    Ok(result?)
+}
+
+#[derive(Debug)]
+struct Shared {
+    incidents: Mutex<Incidents>,
+    channels: Channels,
+    clock: Arc<dyn Clock>,
+}
+
+impl Shared {
+    fn incidents(&self) -> std::sync::MutexGuard<'_, Incidents> {
+        self.incidents
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    async fn send(&self, notice: &Notice) {
+        if notice.for_people {
+            tracing::warn!(database = %notice.database, kind = ?notice.kind, subject = %notice.subject, "sending notice");
+        }
+        self.channels.deliver(notice).await;
+    }
+}
+
+/// The dead man's switch: looks at the clock periodically, not at events,
+/// so silence itself raises the alert.
+async fn watch_staleness(shared: Arc<Shared>, every: Duration, stop: CancellationToken) {
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        let notices = shared.incidents().check_stale(shared.clock.now());
+        for notice in notices {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                () = shared.send(&notice) => {}
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+struct NotifyHandler {
+    shared: Arc<Shared>,
+}
+
+/// Events the notifier reads; others on `dump.>` are acked untouched.
+#[derive(Debug)]
+pub enum Message {
+    Failed(Box<DumpFailed>),
+    Verified(Box<DumpVerified>),
+    Pruned(Box<DumpPruned>),
+    Other,
+}
+
+impl Handler for NotifyHandler {
+    type Message = Message;
+
+    fn decode(&self, subject: &str, payload: &[u8]) -> Result<Message, events::DecodeError> {
+        // A malformed success event is its consumer's to report (the pruner
+        // reads dump.verified); here it only means no recovery message.
+        let lenient = |result: Result<Message, events::DecodeError>| {
+            result.unwrap_or_else(|error| {
+                tracing::warn!(subject, %error, "ignoring an event that does not decode");
+                Message::Other
+            })
+        };
+        Ok(match subject {
+            subject::FAILED => Message::Failed(Box::new(DumpFailed::decode(payload)?)),
+            subject::VERIFIED => {
+                lenient(DumpVerified::decode(payload).map(|v| Message::Verified(Box::new(v))))
+            }
+            subject::PRUNED => {
+                lenient(DumpPruned::decode(payload).map(|p| Message::Pruned(Box::new(p))))
+            }
+            _ => Message::Other,
+        })
+    }
+
+    async fn handle(
+        &self,
+        message: Message,
+        _delivery: &Delivery,
+        _shutdown: &CancellationToken,
+    ) -> Outcome {
+        let now = self.shared.clock.now();
+        let notice = {
+            let mut incidents = self.shared.incidents();
+            match message {
+                Message::Failed(failure) => incidents.on_failure(&failure, now),
+                // A periodic re-check of an older backup says nothing
+                // about whether today's backups work.
+                Message::Verified(verified) if verified.reverification => {
+                    incidents.note_verified(
+                        &verified.header.database,
+                        verified.artifact.artifact.taken_at(),
+                    );
+                    None
+                }
+                Message::Verified(verified) => Some(incidents.on_verified(&verified)),
+                Message::Pruned(pruned) => {
+                    incidents.on_pruned(&pruned);
+                    None
+                }
+                Message::Other => None,
+            }
+        };
+        if let Some(notice) = notice {
+            // Each channel has delivered or given up (and said so) by now.
+            self.shared.send(&notice).await;
+        }
+        Outcome::Ack
+    }
+}

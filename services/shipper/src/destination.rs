@@ -1,0 +1,494 @@
+//! Where artifacts go: SFTP servers (the one of the interface, `SFTP_*`,
+//! and optionally a second, `SHIP_SFTP2_*`) and a local or mounted
+//! directory (`SHIP_LOCAL_DIR`, e.g. a NAS). Every destination gets the
+//! same treatment, in this order:
+//!
+//! 1. `<dir>/<database>/` is created (0700) if missing;
+//! 2. `.partial` files of this shipper left there by a killed run are
+//!    removed;
+//! 3. an artifact already there under its final name is checked: same size
+//!    and checksum means already shipped (nothing is uploaded); anything
+//!    else is a [`ShipError::Conflict`]: the remote file is left alone,
+//!    the spool copy stays, and the operator is alerted (renaming the
+//!    artifact would break the naming contract the verifier and the pruner
+//!    rely on, and overwriting could destroy a good backup);
+//! 4. the artifact is written as `<artifact>.partial`, flushed to disk and
+//!    renamed; then its manifest the same way, so a manifest always means
+//!    a complete artifact.
+//!
+//! Nothing here retries: errors say whether a retry may help
+//! ([`ShipError::is_transient`]) and the caller owns the schedule.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use backup_core::files::{Digester, PartialFile, ensure_private_dir, hash_file, write_atomic};
+use backup_core::manifest::{MAX_SIDECAR_BYTES, Manifest};
+use backup_core::names::{ArtifactName, DatabaseName, MANIFEST_SUFFIX, PARTIAL_SUFFIX, Sha256Hex};
+use remote_sftp::{RemoteError, SftpRemote, SftpSettings};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+
+use crate::throttle::{Rate, Throttled};
+
+/// Why an artifact did not reach a destination.
+#[derive(Debug, thiserror::Error)]
+pub enum ShipError {
+    #[error(transparent)]
+    Remote(#[from] RemoteError),
+    #[error("{path}: {source}")]
+    LocalDestination {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{0} is not in the spool; it cannot be shipped")]
+    MissingLocal(PathBuf),
+    #[error("reading the spool copy {path}: {source}")]
+    SpoolIo {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("spool copy of {artifact} does not match dump.created: {detail}")]
+    LocalMismatch { artifact: String, detail: String },
+    #[error(
+        "{path} already exists with different content ({detail}); both are kept and the new \
+         artifact was not shipped there: compare them, then move one away and re-publish \
+         dump.created"
+    )]
+    Conflict { path: String, detail: String },
+}
+
+impl ShipError {
+    /// Whether the same attempt may succeed later without anyone acting.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ShipError::Remote(e) => e.is_transient(),
+            ShipError::LocalDestination { source, .. } => io_is_transient(source),
+            ShipError::MissingLocal(_)
+            | ShipError::SpoolIo { .. }
+            | ShipError::LocalMismatch { .. }
+            | ShipError::Conflict { .. } => false,
+        }
+    }
+}
+
+/// A full disk, a read-only or forbidden directory needs a human; an I/O
+/// error, a stale NFS handle or a missing mount point may heal by itself.
+fn io_is_transient(error: &io::Error) -> bool {
+    use io::ErrorKind as K;
+    !matches!(
+        error.kind(),
+        K::PermissionDenied
+            | K::ReadOnlyFilesystem
+            | K::StorageFull
+            | K::QuotaExceeded
+            | K::NotADirectory
+            | K::IsADirectory
+            | K::InvalidInput
+            | K::InvalidFilename
+            | K::AlreadyExists
+    )
+}
+
+/// The spool copy of an artifact, checked against its `dump.created`.
+#[derive(Debug, Clone)]
+pub struct LocalArtifact {
+    pub name: ArtifactName,
+    pub database: DatabaseName,
+    pub path: PathBuf,
+    pub size: u64,
+    pub sha256: Sha256Hex,
+    /// The manifest exactly as the dumper wrote it.
+    pub manifest: Vec<u8>,
+}
+
+/// What a destination did with an artifact.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivered {
+    Uploaded,
+    /// Artifact and manifest were already there, identical: nothing sent.
+    AlreadyThere,
+    /// The artifact was there (a run died before the manifest): only the
+    /// manifest was sent.
+    ManifestOnly,
+}
+
+/// One place artifacts are copied to.
+#[derive(Debug, Clone)]
+pub enum Destination {
+    Sftp {
+        /// Short name used in logs and event ids (`sftp`, `sftp2`).
+        label: String,
+        /// Base directory; artifacts go to `<dir>/<database>/`.
+        dir: String,
+        settings: SftpSettings,
+    },
+    Local {
+        label: String,
+        /// Base directory, which must exist (a missing mount point is not
+        /// silently replaced by a directory on the local disk).
+        dir: PathBuf,
+    },
+}
+
+impl Destination {
+    pub fn label(&self) -> &str {
+        match self {
+            Destination::Sftp { label, .. } | Destination::Local { label, .. } => label,
+        }
+    }
+
+    /// Where it goes, without secrets, for events and logs:
+    /// `sftp://user@host:port/dir` or `file:///dir`.
+    pub fn describe(&self) -> String {
+        match self {
+            Destination::Sftp { dir, settings, .. } => format!(
+                "sftp://{}@{}:{}{}",
+                settings.user, settings.host, settings.port, dir
+            ),
+            Destination::Local { dir, .. } => format!("file://{}", dir.display()),
+        }
+    }
+
+    /// Copies the artifact and then its manifest (see the module docs).
+    pub async fn deliver(
+        &self,
+        artifact: &LocalArtifact,
+        limit: Option<Rate>,
+    ) -> Result<Delivered, ShipError> {
+        match self {
+            Destination::Sftp { dir, settings, .. } => {
+                let remote = SftpRemote::connect(settings).await?;
+                let dir = format!("{}/{}", dir.trim_end_matches('/'), artifact.database);
+                let result = deliver_sftp(&remote, &dir, artifact, limit).await;
+                if let Err(error) = remote.close().await {
+                    tracing::debug!(%error, "closing the SFTP session");
+                }
+                result
+            }
+            Destination::Local { dir, .. } => deliver_local(dir, artifact, limit).await,
+        }
+    }
+}
+
+/// What stands under the artifact's final name, and what to do about it.
+enum Existing {
+    Nothing,
+    Complete,
+    NeedsManifest,
+    Conflict(String),
+}
+
+/// Decides about a pre-existing final name. `remote_manifest` is `None`
+/// when there is no manifest; `remote_sha256` hashes the existing artifact,
+/// called only when nothing else can tell.
+async fn judge_existing<F>(
+    artifact: &LocalArtifact,
+    existing_size: Option<u64>,
+    remote_manifest: Option<Vec<u8>>,
+    remote_sha256: F,
+) -> Result<Existing, ShipError>
+where
+    F: AsyncFnOnce() -> Result<Sha256Hex, ShipError>,
+{
+    let Some(size) = existing_size else {
+        // A manifest without its artifact is overwritten after the upload.
+        return Ok(Existing::Nothing);
+    };
+    if let Some(bytes) = remote_manifest {
+        return Ok(match Manifest::decode(&bytes) {
+            Ok(m) if m.sha256 == artifact.sha256 && size == artifact.size => Existing::Complete,
+            Ok(m) => Existing::Conflict(format!(
+                "there: {size} bytes, manifest sha256 {}; here: {} bytes, sha256 {}",
+                m.sha256, artifact.size, artifact.sha256
+            )),
+            Err(e) => Existing::Conflict(format!("its manifest is unreadable: {e}")),
+        });
+    }
+    if size != artifact.size {
+        return Ok(Existing::Conflict(format!(
+            "there: {size} bytes without a manifest; here: {} bytes",
+            artifact.size
+        )));
+    }
+    // Same size, no manifest: most likely our own upload that died between
+    // the artifact and its manifest. Final names only ever hold complete
+    // files, so the checksum settles it.
+    let sha256 = remote_sha256().await?;
+    Ok(if sha256 == artifact.sha256 {
+        Existing::NeedsManifest
+    } else {
+        Existing::Conflict(format!(
+            "same size but sha256 {sha256} there, {} here",
+            artifact.sha256
+        ))
+    })
+}
+
+/// Whether `name` is a temporary file this shipper writes: the `.partial`
+/// of an artifact or of its manifest. Other writers' temporary files
+/// (the verifier's records) are left alone.
+fn is_own_partial(name: &str) -> bool {
+    let Some(stem) = name.strip_suffix(PARTIAL_SUFFIX) else {
+        return false;
+    };
+    let artifact = stem.strip_suffix(MANIFEST_SUFFIX).unwrap_or(stem);
+    artifact.parse::<ArtifactName>().is_ok()
+}
+
+async fn deliver_sftp(
+    remote: &SftpRemote,
+    dir: &str,
+    artifact: &LocalArtifact,
+    limit: Option<Rate>,
+) -> Result<Delivered, ShipError> {
+    remote.create_dir_all(dir).await?;
+    // Only one shipper runs per destination (one message in flight), so
+    // every .partial of ours is left by a run that died.
+    for entry in remote.list_dir(dir).await? {
+        if !entry.is_dir && is_own_partial(&entry.name) {
+            let path = format!("{dir}/{}", entry.name);
+            tracing::info!(%path, "removing a temporary file left by an interrupted upload");
+            match remote.remove_file(&path).await {
+                Ok(()) | Err(RemoteError::NotFound { .. }) => {}
+                Err(error) => return Err(error.into()),
+            }
+        }
+    }
+
+    let final_path = format!("{dir}/{}", artifact.name);
+    let manifest_path = format!("{dir}/{}", artifact.name.manifest_name());
+    let existing_size = remote.stat(&final_path).await?.map(|e| e.size);
+    let remote_manifest = if existing_size.is_some() {
+        match remote.read_file(&manifest_path, MAX_SIDECAR_BYTES).await {
+            Ok(bytes) => Some(bytes),
+            Err(RemoteError::NotFound { .. }) => None,
+            Err(error) => return Err(error.into()),
+        }
+    } else {
+        None
+    };
+    let hash_remote = async || -> Result<Sha256Hex, ShipError> {
+        let mut reader = remote.open_read(&final_path).await?;
+        let mut digest = Digester::default();
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            let n = reader.read(&mut buf).await.map_err(RemoteError::from_io)?;
+            if n == 0 {
+                break;
+            }
+            digest.update(&buf[..n]);
+        }
+        Ok(digest.finish().0)
+    };
+    match judge_existing(artifact, existing_size, remote_manifest, hash_remote).await? {
+        Existing::Complete => return Ok(Delivered::AlreadyThere),
+        Existing::Conflict(detail) => {
+            return Err(ShipError::Conflict {
+                path: final_path,
+                detail,
+            });
+        }
+        Existing::NeedsManifest => {
+            remote
+                .write_file_atomic(&manifest_path, &artifact.manifest)
+                .await?;
+            return Ok(Delivered::ManifestOnly);
+        }
+        Existing::Nothing => {}
+    }
+
+    let file = tokio::fs::File::open(&artifact.path)
+        .await
+        .map_err(|source| ShipError::SpoolIo {
+            path: artifact.path.clone(),
+            source,
+        })?;
+    let mut reader = Throttled::new(file, limit);
+    let sent = remote
+        .upload_reader(
+            &mut reader,
+            &artifact.path,
+            artifact.size,
+            &final_path,
+            &|_| {},
+        )
+        .await?;
+    tracing::debug!(path = %final_path, bytes = sent, "artifact uploaded");
+    remote
+        .write_file_atomic(&manifest_path, &artifact.manifest)
+        .await?;
+    Ok(Delivered::Uploaded)
+}
+
+async fn deliver_local(
+    base: &Path,
+    artifact: &LocalArtifact,
+    limit: Option<Rate>,
+) -> Result<Delivered, ShipError> {
+    let at = |path: &Path| {
+        let path = path.to_owned();
+        move |source| ShipError::LocalDestination { path, source }
+    };
+    match tokio::fs::metadata(base).await {
+        Ok(meta) if meta.is_dir() => {}
+        Ok(_) => {
+            return Err(at(base)(io::Error::new(
+                io::ErrorKind::NotADirectory,
+                "not a directory",
+            )));
+        }
+        Err(error) => {
+            // Usually an unmounted share: transient, it may come back.
+            return Err(at(base)(io::Error::new(
+                error.kind(),
+                format!("destination directory is not available (not mounted?): {error}"),
+            )));
+        }
+    }
+    let dir = base.join(artifact.database.as_str());
+    ensure_private_dir(&dir).map_err(at(&dir))?;
+    let mut entries = tokio::fs::read_dir(&dir).await.map_err(at(&dir))?;
+    while let Some(entry) = entries.next_entry().await.map_err(at(&dir))? {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if is_own_partial(&name) {
+            tracing::info!(path = %entry.path().display(), "removing a temporary file left by an interrupted copy");
+            match tokio::fs::remove_file(entry.path()).await {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(at(&entry.path())(e)),
+            }
+        }
+    }
+
+    let final_path = dir.join(artifact.name.as_str());
+    let manifest_path = dir.join(artifact.name.manifest_name());
+    let existing_size = match tokio::fs::metadata(&final_path).await {
+        Ok(meta) => Some(meta.len()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(e) => return Err(at(&final_path)(e)),
+    };
+    let remote_manifest = match tokio::fs::read(&manifest_path).await {
+        Ok(bytes) => Some(bytes),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(e) => return Err(at(&manifest_path)(e)),
+    };
+    let hash_existing = async || -> Result<Sha256Hex, ShipError> {
+        hash_file(&final_path)
+            .await
+            .map(|(sha, _)| sha)
+            .map_err(at(&final_path))
+    };
+    match judge_existing(artifact, existing_size, remote_manifest, hash_existing).await? {
+        Existing::Complete => return Ok(Delivered::AlreadyThere),
+        Existing::Conflict(detail) => {
+            return Err(ShipError::Conflict {
+                path: final_path.display().to_string(),
+                detail,
+            });
+        }
+        Existing::NeedsManifest => {
+            write_atomic(&manifest_path, &artifact.manifest)
+                .await
+                .map_err(at(&manifest_path))?;
+            return Ok(Delivered::ManifestOnly);
+        }
+        Existing::Nothing => {}
+    }
+
+    let source = tokio::fs::File::open(&artifact.path)
+        .await
+        .map_err(|source| ShipError::SpoolIo {
+            path: artifact.path.clone(),
+            source,
+        })?;
+    let mut reader = BufReader::with_capacity(1 << 20, Throttled::new(source, limit));
+    // Dropped on any error below, the guard removes the .partial file.
+    let mut partial = PartialFile::create(&final_path)
+        .await
+        .map_err(at(&final_path))?;
+    let copied = copy_checked(&mut reader, partial.file(), &artifact.path, &final_path).await?;
+    if copied != artifact.size {
+        return Err(ShipError::SpoolIo {
+            path: artifact.path.clone(),
+            source: io::Error::other(format!(
+                "file changed size during the copy: {} bytes expected, {copied} read",
+                artifact.size
+            )),
+        });
+    }
+    partial.file().flush().await.map_err(at(&final_path))?;
+    partial.commit().await.map_err(at(&final_path))?;
+    write_atomic(&manifest_path, &artifact.manifest)
+        .await
+        .map_err(at(&manifest_path))?;
+    Ok(Delivered::Uploaded)
+}
+
+/// `tokio::io::copy_buf`, telling read errors (spool) from write errors
+/// (destination) apart.
+async fn copy_checked<R, W>(
+    reader: &mut R,
+    writer: &mut W,
+    source: &Path,
+    destination: &Path,
+) -> Result<u64, ShipError>
+where
+    R: tokio::io::AsyncBufRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::AsyncBufReadExt;
+    let mut copied = 0u64;
+    loop {
+        let chunk = reader
+            .fill_buf()
+            .await
+            .map_err(|source_error| ShipError::SpoolIo {
+                path: source.to_owned(),
+                source: source_error,
+            })?;
+        if chunk.is_empty() {
+            return Ok(copied);
+        }
+        let len = chunk.len();
+        writer
+            .write_all(chunk)
+            .await
+            .map_err(|e| ShipError::LocalDestination {
+                path: destination.to_owned(),
+                source: e,
+            })?;
+        reader.consume(len);
+        copied += len as u64;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_our_own_partials_are_cleaned_up() {
+        assert!(is_own_partial("db_20260101_020000.sql.gz.partial"));
+        assert!(is_own_partial(
+            "db_20260101_020000.sql.gz.manifest.json.partial"
+        ));
+        assert!(!is_own_partial("db_20260101_020000.sql.gz"));
+        assert!(!is_own_partial(
+            "db_20260101_020000.sql.gz.verified.json.partial"
+        ));
+        assert!(!is_own_partial("notes.txt.partial"));
+    }
+
+    #[test]
+    fn full_or_read_only_destinations_are_permanent() {
+        let transient = |kind| io_is_transient(&io::Error::from(kind));
+        assert!(!transient(io::ErrorKind::StorageFull));
+        assert!(!transient(io::ErrorKind::PermissionDenied));
+        assert!(!transient(io::ErrorKind::ReadOnlyFilesystem));
+        assert!(transient(io::ErrorKind::NotFound));
+        assert!(transient(io::ErrorKind::StaleNetworkFileHandle));
+        assert!(transient(io::ErrorKind::TimedOut));
+    }
+}

@@ -1,0 +1,402 @@
+//! The shipper: copies each artifact announced by `dump.created` from the
+//! spool to every configured destination (the SFTP server of the
+//! interface, optionally a second SFTP server and a local or mounted
+//! directory; see [`destination`]) and emits `dump.shipped` once all of
+//! them have it.
+//!
+//! # Retries
+//!
+//! Retries happen inside one JetStream delivery: the handler loops with
+//! exponential backoff and jitter while the worker keeps the message with
+//! progress acks. A restart loses nothing: the message is not acked until
+//! the artifact is shipped or given up, so JetStream delivers it again, and
+//! the retry horizon is counted from when `dump.created` was stored, so a
+//! restart does not extend it. This was preferred over naks with a JetStream
+//! backoff because the shipper must decide *when* to tell the operator (once,
+//! after a grace), which needs state across attempts that a nak would lose;
+//! the one message in flight at a time (`max_ack_pending = 1`) would wait
+//! behind the same dead server either way.
+//!
+//! Per artifact, the operator hears:
+//! - nothing if a transient failure (refused, reset, timeout) heals within
+//!   `alert_after` (at most 60 s);
+//! - one `dump.failed` (`will_retry: true`) per failing destination once the
+//!   grace is over; retries continue quietly;
+//! - `dump.shipped` when every destination has it (the notifier's recovery
+//!   message), or one `dump.failed` (`will_retry: false`) per failing
+//!   destination when the retry horizon (default 6 h) has passed;
+//! - at once, `dump.failed` (`will_retry: false`) for permanent failures:
+//!   host key, authentication, permission denied, no space, a spool copy
+//!   that does not match its event, or a different file under the final
+//!   name. The message is then acked: retrying cannot help.
+//!
+//! Failure events carry a `destination` field (its description) besides the
+//! usual ones, and their `Nats-Msg-Id` is fixed per artifact, destination and
+//! kind, so a restart within JetStream's duplicate window does not repeat
+//! an alert. A redelivered `dump.created` whose artifact is already
+//! everywhere uploads nothing and publishes `dump.shipped` again under the
+//! same `Nats-Msg-Id`.
+
+pub mod destination;
+pub mod throttle;
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use backup_core::Stage;
+use backup_core::bus::{self, Bus, ConsumerSpec, Delivery, Handler, Outcome};
+use backup_core::events::{
+    self, DumpCreated, DumpFailed, DumpShipped, Event, EventHeader, subject,
+};
+use backup_core::manifest::Manifest;
+use backup_core::retry::Backoff;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+pub use destination::{Delivered, Destination, LocalArtifact, ShipError};
+pub use throttle::Rate;
+
+/// The shipper's durable consumer. Each delivery retries for the whole
+/// horizon, so redeliveries only follow restarts; the higher limit keeps a
+/// few restarts from exhausting them.
+pub const CONSUMER: ConsumerSpec = ConsumerSpec {
+    max_deliver: 100,
+    ..ConsumerSpec::new("shipper", subject::CREATED, Stage::Ship)
+};
+
+/// Longest allowed silence before the operator hears of a failure.
+pub const MAX_ALERT_AFTER: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub spool_dir: PathBuf,
+    /// Every destination must have the artifact before it counts as
+    /// shipped. The first is the one `dump.shipped`'s `destination` names
+    /// (the SFTP server of the interface, which the verifier reads back).
+    pub destinations: Vec<Destination>,
+    /// On shutdown, how long the upload in flight may go on.
+    pub shutdown_grace: Duration,
+    /// Transient failures are reported once they have lasted this long.
+    pub alert_after: Duration,
+    /// Retries stop this long after `dump.created` was stored.
+    pub retry_horizon: Duration,
+    /// Longest pause between two attempts.
+    pub retry_max_delay: Duration,
+    /// Upload rate limit per transfer, `None` for no limit.
+    pub bandwidth_limit: Option<Rate>,
+}
+
+impl Settings {
+    /// Settings with the defaults of the binary for everything but the
+    /// spool and the destinations.
+    pub fn new(spool_dir: PathBuf, destinations: Vec<Destination>) -> Settings {
+        Settings {
+            spool_dir,
+            destinations,
+            shutdown_grace: Duration::from_secs(20),
+            alert_after: Duration::from_secs(30),
+            retry_horizon: Duration::from_secs(6 * 3600),
+            retry_max_delay: Duration::from_secs(300),
+            bandwidth_limit: None,
+        }
+    }
+}
+
+pub async fn run(
+    bus: Bus,
+    settings: Settings,
+    shutdown: CancellationToken,
+) -> Result<(), bus::BusError> {
+    assert!(
+        !settings.destinations.is_empty(),
+        "the shipper needs at least one destination"
+    );
+    bus.ensure_stream().await?;
+    let grace = settings.shutdown_grace;
+    let handler = ShipHandler {
+        bus: bus.clone(),
+        settings,
+    };
+    bus::run_worker(&bus, &CONSUMER, &handler, shutdown, grace).await
+}
+
+#[derive(Debug)]
+struct ShipHandler {
+    bus: Bus,
+    settings: Settings,
+}
+
+/// `dump.failed` plus the destination it concerns. Readers that only know
+/// [`DumpFailed`] ignore the extra field.
+#[derive(Debug, Serialize)]
+struct ShipFailed<'a> {
+    #[serde(flatten)]
+    failed: &'a DumpFailed,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    destination: Option<String>,
+}
+
+impl Handler for ShipHandler {
+    type Message = DumpCreated;
+
+    fn decode(&self, _subject: &str, payload: &[u8]) -> Result<DumpCreated, events::DecodeError> {
+        let created = DumpCreated::decode(payload)?;
+        if created.artifact.artifact.database() != &created.header.database {
+            return Err(events::DecodeError::Invalid(format!(
+                "artifact {} does not belong to database {}",
+                created.artifact.artifact, created.header.database
+            )));
+        }
+        Ok(created)
+    }
+
+    async fn handle(
+        &self,
+        created: DumpCreated,
+        delivery: &Delivery,
+        shutdown: &CancellationToken,
+    ) -> Outcome {
+        let started = Instant::now();
+        let artifact = match check_spool(&self.settings, &created).await {
+            Ok(artifact) => artifact,
+            Err(error) => {
+                self.report(&created, None, &backup_core::error_chain(&error), 1, false)
+                    .await;
+                return Outcome::Ack;
+            }
+        };
+        let settings = &self.settings;
+        let give_up_at = delivery.published
+            + chrono::Duration::from_std(settings.retry_horizon).unwrap_or(chrono::Duration::MAX);
+        let backoff = Backoff::new(
+            Duration::from_secs(2).min(settings.retry_max_delay),
+            settings.retry_max_delay,
+        );
+        let mut pending: Vec<&Destination> = settings.destinations.iter().collect();
+        let mut alerted: HashSet<&str> = HashSet::new();
+        let mut round = 0u32;
+        loop {
+            round += 1;
+            let mut failures: Vec<(&Destination, ShipError)> = Vec::new();
+            for destination in pending.drain(..) {
+                match destination
+                    .deliver(&artifact, settings.bandwidth_limit)
+                    .await
+                {
+                    Ok(how) => tracing::info!(
+                        artifact = %artifact.name,
+                        destination = %destination.describe(),
+                        ?how,
+                        "delivered"
+                    ),
+                    Err(error) => {
+                        tracing::warn!(
+                            artifact = %artifact.name,
+                            destination = %destination.describe(),
+                            transient = error.is_transient(),
+                            error = %backup_core::error_chain(&error),
+                            round,
+                            "delivery failed"
+                        );
+                        failures.push((destination, error));
+                    }
+                }
+            }
+            if failures.is_empty() {
+                return self.shipped(&created, started).await;
+            }
+            pending = failures.iter().map(|(d, _)| *d).collect();
+
+            let permanent = failures.iter().any(|(_, e)| !e.is_transient());
+            let expired = chrono::Utc::now() >= give_up_at;
+            if permanent || expired {
+                for (destination, error) in &failures {
+                    let mut cause = backup_core::error_chain(error);
+                    if error.is_transient() {
+                        cause = if expired {
+                            format!(
+                                "{cause}; gave up after retrying for {}",
+                                humantime::format_duration(settings.retry_horizon)
+                            )
+                        } else {
+                            format!(
+                                "{cause}; not retried because another destination failed for good"
+                            )
+                        };
+                    }
+                    self.report(&created, Some(destination), &cause, round, false)
+                        .await;
+                }
+                return Outcome::Ack;
+            }
+
+            // The grace runs from the first attempt, so a slow failure
+            // (a connect timeout) does not postpone the alert further.
+            if started.elapsed() >= settings.alert_after {
+                for (destination, error) in &failures {
+                    if alerted.insert(destination.label()) {
+                        let cause = backup_core::error_chain(error);
+                        self.report(&created, Some(destination), &cause, round, true)
+                            .await;
+                    }
+                }
+            }
+
+            let mut delay = backoff.delay(round);
+            if failures.iter().any(|(d, _)| !alerted.contains(d.label())) {
+                // Try once more right when the grace ends, so the alert
+                // (if still needed) is not late by a whole backoff.
+                delay = delay.min(settings.alert_after.saturating_sub(started.elapsed()));
+            }
+            let to_horizon = (give_up_at - chrono::Utc::now())
+                .to_std()
+                .unwrap_or_default();
+            delay = delay.min(to_horizon).max(Duration::from_millis(200));
+            tracing::info!(retry_in = ?delay, round, "will retry");
+            tokio::select! {
+                _ = shutdown.cancelled() => return Outcome::Retry(Duration::from_secs(1)),
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+}
+
+impl ShipHandler {
+    async fn shipped(&self, created: &DumpCreated, started: Instant) -> Outcome {
+        let destinations: Vec<String> = self
+            .settings
+            .destinations
+            .iter()
+            .map(Destination::describe)
+            .collect();
+        let shipped = DumpShipped {
+            header: EventHeader::now(
+                created.header.backup_id.clone(),
+                created.header.database.clone(),
+            ),
+            origin: created.origin.clone(),
+            artifact: created.artifact.clone(),
+            destination: destinations[0].clone(),
+            destinations,
+            duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            limits: None,
+        };
+        // The same id for every delivery: a redelivered dump.created is
+        // answered again, and JetStream keeps a single dump.shipped.
+        let msg_id = format!("{}:shipped", created.header.backup_id);
+        match self.bus.publish(subject::SHIPPED, &msg_id, &shipped).await {
+            Ok(_) => {
+                tracing::info!(artifact = %created.artifact.artifact, duration_ms = shipped.duration_ms, "shipped");
+                Outcome::Ack
+            }
+            Err(error) => {
+                // Everything is delivered; the redelivery will find it so
+                // and only publish.
+                tracing::warn!(%error, "shipped, but dump.shipped could not be published; retrying");
+                Outcome::Retry(Duration::from_secs(5))
+            }
+        }
+    }
+
+    async fn report(
+        &self,
+        created: &DumpCreated,
+        destination: Option<&Destination>,
+        cause: &str,
+        attempt: u32,
+        will_retry: bool,
+    ) {
+        let described = destination.map(Destination::describe);
+        let error = match &described {
+            Some(where_to) => backup_core::one_line(&format!("{where_to}: {cause}")),
+            None => backup_core::one_line(cause),
+        };
+        let failed = DumpFailed {
+            header: EventHeader::now(
+                created.header.backup_id.clone(),
+                created.header.database.clone(),
+            ),
+            origin: created.origin.clone(),
+            stage: Stage::Ship,
+            error,
+            artifact: Some(created.artifact.artifact.clone()),
+            attempt,
+            will_retry,
+            aborted: None,
+        };
+        let msg_id = format!(
+            "{}:failed:ship:{}:{}",
+            created.header.backup_id,
+            destination.map_or("spool", Destination::label),
+            if will_retry { "retrying" } else { "final" }
+        );
+        tracing::error!(
+            database = %failed.header.database,
+            backup_id = %failed.header.backup_id,
+            destination = described.as_deref().unwrap_or("-"),
+            attempt,
+            will_retry,
+            error = %failed.error,
+            "ship failed"
+        );
+        let event = ShipFailed {
+            failed: &failed,
+            destination: described,
+        };
+        if let Err(error) = self.bus.publish(subject::FAILED, &msg_id, &event).await {
+            tracing::error!(%error, "could not publish dump.failed");
+        }
+    }
+}
+
+/// Reads the spool copy and checks it against the event and its manifest:
+/// shipping a file that is not what the dumper announced would turn a
+/// local problem into a bad offsite backup.
+async fn check_spool(
+    settings: &Settings,
+    created: &DumpCreated,
+) -> Result<LocalArtifact, ShipError> {
+    let name = &created.artifact.artifact;
+    let database = &created.header.database;
+    // Paths come from validated names only: an event cannot point outside
+    // the spool.
+    let local_dir = settings.spool_dir.join(database.as_str());
+    let path = local_dir.join(name.as_str());
+    let manifest_path = local_dir.join(name.manifest_name());
+    let size = match tokio::fs::metadata(&path).await {
+        Ok(meta) => meta.len(),
+        Err(_) => return Err(ShipError::MissingLocal(path)),
+    };
+    let manifest_bytes = tokio::fs::read(&manifest_path)
+        .await
+        .map_err(|_| ShipError::MissingLocal(manifest_path.clone()))?;
+    let manifest = Manifest::decode(&manifest_bytes).map_err(|e| ShipError::LocalMismatch {
+        artifact: name.to_string(),
+        detail: format!("manifest unreadable: {e}"),
+    })?;
+    if size != created.artifact.size_bytes
+        || manifest.sha256 != created.artifact.sha256
+        || manifest.size_bytes != created.artifact.size_bytes
+        || manifest.artifact != *name
+    {
+        return Err(ShipError::LocalMismatch {
+            artifact: name.to_string(),
+            detail: format!(
+                "spool has {size} bytes, manifest says {} bytes sha256 {}, event says {} bytes sha256 {}",
+                manifest.size_bytes,
+                manifest.sha256,
+                created.artifact.size_bytes,
+                created.artifact.sha256
+            ),
+        });
+    }
+    Ok(LocalArtifact {
+        name: name.clone(),
+        database: database.clone(),
+        path,
+        size,
+        sha256: created.artifact.sha256.clone(),
+        manifest: manifest_bytes,
+    })
+}

@@ -1,0 +1,255 @@
+//! The verifier: proves that the copy on the remote restores, and keeps
+//! proving it. For each `dump.shipped` it streams the remote artifact
+//! through sha256, age decryption and decompression into a fresh scratch
+//! database ([`restore`]), compares every table's row count with the
+//! manifest and checks sequences, large objects, materialized views and the
+//! operator's own invariants ([`checks`]), drops the scratch database
+//! whatever happened, writes `<artifact>.verified.json` beside the artifact
+//! and emits `dump.verified` or `dump.failed` (stage `verify`, the message
+//! naming the check that failed). On a schedule it also re-verifies one
+//! older backup per database, oldest-verified first ([`reverify`]); a
+//! backup found corrupt loses its verification record.
+//!
+//! Retries: only failures of the path to the data (SFTP or the scratch
+//! server unreachable, local staging) are retried, with backoff through
+//! JetStream redelivery. A checksum, decryption, decompression, restore,
+//! row-count or operator-check failure is a finding about the backup itself
+//! and is reported once, not retried. One restore runs at a time.
+
+pub mod archive;
+pub mod checks;
+pub mod restore;
+pub mod reverify;
+pub mod sqlfilter;
+pub mod verify;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use backup_core::Stage;
+use backup_core::bus::{self, Bus, ConsumerSpec, Delivery, Handler, Outcome};
+use backup_core::events::{
+    self, DumpFailed, DumpShipped, DumpVerified, Event, EventHeader, SCHEMA_VERSION, subject,
+};
+use backup_core::manifest::VerificationRecord;
+use backup_core::pg::PgTarget;
+use backup_core::retry::Backoff;
+use backup_core::sftp::SftpArgs;
+use chrono::Utc;
+use tokio_util::sync::CancellationToken;
+
+pub use checks::OperatorCheck;
+pub use restore::{RestoreOptions, RestoreSource, VerifyError, restore_stream};
+pub use verify::Verification;
+
+/// The verifier's durable consumer. Restores are long: progress acks keep
+/// the message while one runs.
+pub const CONSUMER: ConsumerSpec = ConsumerSpec::new("verifier", subject::SHIPPED, Stage::Verify);
+
+/// Default prefix of the scratch databases this verifier creates and
+/// sweeps (`verify_<12 hex digits>`).
+pub const SCRATCH_PREFIX: &str = "verify";
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub sftp: SftpArgs,
+    pub sftp_settings: remote_sftp::SftpSettings,
+    /// Server (and maintenance database) where scratch databases are made.
+    pub scratch: PgTarget,
+    /// Scratch databases are `<scratch_prefix>_<12 hex digits>`; a plain
+    /// lower-case identifier.
+    pub scratch_prefix: String,
+    pub restore: RestoreOptions,
+    /// `VERIFY_SQL_FILE`: queries that must each return true.
+    pub operator_checks: Vec<OperatorCheck>,
+    /// Re-verify one older backup per database this often; never if `None`.
+    pub reverify_every: Option<Duration>,
+    pub grace: Duration,
+}
+
+/// Whether `prefix` is usable as a scratch database prefix.
+pub fn valid_scratch_prefix(prefix: &str) -> bool {
+    prefix.starts_with(|c: char| c.is_ascii_lowercase())
+        && prefix.len() <= 40
+        && prefix
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+pub async fn run(
+    bus: Bus,
+    settings: Settings,
+    shutdown: CancellationToken,
+) -> Result<(), bus::BusError> {
+    bus.ensure_stream().await?;
+    match verify::sweep_scratch_databases(&settings.scratch, &settings.scratch_prefix).await {
+        Ok(swept) => {
+            for name in swept {
+                tracing::warn!(database = %name, "dropped a scratch database left by an interrupted verification");
+            }
+        }
+        Err(error) => tracing::warn!(%error, "could not sweep old scratch databases"),
+    }
+    let grace = settings.grace;
+    let one_restore_at_a_time = Arc::new(tokio::sync::Mutex::new(()));
+    let reverifier = settings.reverify_every.map(|every| {
+        tokio::spawn(reverify::run_schedule(
+            bus.clone(),
+            settings.clone(),
+            every,
+            one_restore_at_a_time.clone(),
+            shutdown.clone(),
+        ))
+    });
+    let handler = VerifyHandler {
+        bus: bus.clone(),
+        settings,
+        one_restore_at_a_time,
+    };
+    let result = bus::run_worker(&bus, &CONSUMER, &handler, shutdown, grace).await;
+    if let Some(reverifier) = reverifier {
+        reverifier.abort();
+        let _ = reverifier.await;
+    }
+    result
+}
+
+#[derive(Debug)]
+struct VerifyHandler {
+    bus: Bus,
+    settings: Settings,
+    one_restore_at_a_time: Arc<tokio::sync::Mutex<()>>,
+}
+
+const RETRY: Backoff = Backoff::new(Duration::from_secs(10), Duration::from_secs(600));
+
+impl Handler for VerifyHandler {
+    type Message = DumpShipped;
+
+    fn decode(&self, _subject: &str, payload: &[u8]) -> Result<DumpShipped, events::DecodeError> {
+        let shipped = DumpShipped::decode(payload)?;
+        if shipped.artifact.artifact.database() != &shipped.header.database {
+            return Err(events::DecodeError::Invalid(format!(
+                "artifact {} does not belong to database {}",
+                shipped.artifact.artifact, shipped.header.database
+            )));
+        }
+        Ok(shipped)
+    }
+
+    async fn handle(
+        &self,
+        shipped: DumpShipped,
+        delivery: &Delivery,
+        _shutdown: &CancellationToken,
+    ) -> Outcome {
+        let _restoring = self.one_restore_at_a_time.lock().await;
+        let started = Instant::now();
+        let database = &shipped.header.database;
+        let outcome = match verify::verify_remote(&self.settings, database, &shipped.artifact).await
+        {
+            Ok(verification) => {
+                let record = record_of(
+                    &shipped.header.backup_id,
+                    &shipped.artifact,
+                    &verification,
+                    started,
+                );
+                verify::write_record(&self.settings, database, &record)
+                    .await
+                    .map(|()| (verification, record.duration_ms))
+            }
+            Err(error) => Err(error),
+        };
+        match outcome {
+            Ok((verification, duration_ms)) => {
+                let verified = DumpVerified {
+                    header: EventHeader::now(shipped.header.backup_id.clone(), database.clone()),
+                    origin: shipped.origin.clone(),
+                    artifact: shipped.artifact.clone(),
+                    checks: verification.checks,
+                    tables: verification.tables,
+                    rows: verification.rows,
+                    duration_ms,
+                    steps_ms: verification.steps,
+                    skipped: verification.skipped,
+                    reverification: false,
+                    limits: None,
+                };
+                let msg_id = format!("{}:verified", shipped.header.backup_id);
+                match self
+                    .bus
+                    .publish(subject::VERIFIED, &msg_id, &verified)
+                    .await
+                {
+                    Ok(_) => {
+                        tracing::info!(
+                            artifact = %shipped.artifact.artifact,
+                            tables = verified.tables,
+                            rows = verified.rows,
+                            duration_ms,
+                            "verified"
+                        );
+                        Outcome::Ack
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "verified, but dump.verified could not be published; retrying");
+                        Outcome::Retry(RETRY.delay(delivery.attempt))
+                    }
+                }
+            }
+            Err(error) => {
+                let will_retry = error.is_transient() && delivery.can_retry();
+                tracing::warn!(artifact = %shipped.artifact.artifact, error = %backup_core::error_chain(&error), will_retry, "verification failed");
+                if error.condemns_backup()
+                    && let Err(e) =
+                        verify::remove_record(&self.settings, database, &shipped.artifact.artifact)
+                            .await
+                {
+                    tracing::warn!(error = %e, "could not withdraw a verification record");
+                }
+                self.bus
+                    .publish_failure(&DumpFailed {
+                        header: EventHeader::now(
+                            shipped.header.backup_id.clone(),
+                            database.clone(),
+                        ),
+                        origin: shipped.origin.clone(),
+                        stage: Stage::Verify,
+                        error: backup_core::error_chain(&error),
+                        artifact: Some(shipped.artifact.artifact.clone()),
+                        attempt: delivery.attempt,
+                        will_retry,
+                        aborted: None,
+                    })
+                    .await;
+                if will_retry {
+                    Outcome::Retry(RETRY.delay(delivery.attempt))
+                } else {
+                    Outcome::Ack
+                }
+            }
+        }
+    }
+}
+
+pub(crate) fn record_of(
+    backup_id: &backup_core::BackupId,
+    artifact: &events::ArtifactInfo,
+    verification: &Verification,
+    started: Instant,
+) -> VerificationRecord {
+    VerificationRecord {
+        version: SCHEMA_VERSION,
+        backup_id: backup_id.clone(),
+        artifact: artifact.artifact.clone(),
+        sha256: artifact.sha256.clone(),
+        verified_at: Utc::now(),
+        checks: verification.checks.clone(),
+        tables: verification.tables,
+        rows: verification.rows,
+        duration_ms: restore::millis(started.elapsed()),
+        steps_ms: verification.steps.clone(),
+        skipped: verification.skipped.clone(),
+    }
+}

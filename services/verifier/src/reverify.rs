@@ -1,0 +1,210 @@
+//! Periodic re-verification, to catch rot on the remote: every interval,
+//! for each database directory on the remote, the verified backup whose
+//! verification is the oldest is verified again from scratch. Success
+//! refreshes its record (so the next round picks another) and emits
+//! `dump.verified` with `reverification: true`; a finding about the backup
+//! withdraws its `.verified.json` (the pruner stops counting it) and emits
+//! `dump.failed` (stage `verify`), which alerts like any other failure.
+//!
+//! Retries: a round that cannot reach the remote or the scratch server
+//! reports it and tries again at the next round.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use backup_core::Stage;
+use backup_core::bus::Bus;
+use backup_core::events::{ArtifactInfo, DumpFailed, DumpVerified, EventHeader, subject};
+use backup_core::manifest::{MAX_SIDECAR_BYTES, VerificationRecord};
+use backup_core::names::{ArtifactName, DatabaseName, VERIFIED_SUFFIX};
+use remote_sftp::SftpRemote;
+use tokio_util::sync::CancellationToken;
+
+use crate::Settings;
+use crate::restore::VerifyError;
+use crate::verify;
+
+pub async fn run_schedule(
+    bus: Bus,
+    settings: Settings,
+    every: Duration,
+    one_restore_at_a_time: Arc<tokio::sync::Mutex<()>>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let _restoring = one_restore_at_a_time.lock().await;
+        match reverify_round(&bus, &settings).await {
+            Ok(done) => tracing::info!(backups = done, "re-verification round done"),
+            Err(error) => {
+                tracing::warn!(error = %backup_core::error_chain(&error), "re-verification round could not list the remote")
+            }
+        }
+    }
+}
+
+/// One round: re-verifies the oldest-verified backup of each database.
+/// Returns how many were re-verified (successfully or not).
+pub async fn reverify_round(bus: &Bus, settings: &Settings) -> Result<usize, VerifyError> {
+    let candidates = {
+        let remote = SftpRemote::connect(&settings.sftp_settings).await?;
+        let result = oldest_verified(&remote, settings).await;
+        let _ = remote.close().await;
+        result?
+    };
+    let mut done = 0;
+    for (database, record) in candidates {
+        reverify_one(bus, settings, &database, &record).await;
+        done += 1;
+    }
+    Ok(done)
+}
+
+async fn oldest_verified(
+    remote: &SftpRemote,
+    settings: &Settings,
+) -> Result<Vec<(DatabaseName, VerificationRecord)>, VerifyError> {
+    let mut picked = Vec::new();
+    let entries = match remote.list_dir(&settings.sftp.dir).await {
+        Ok(entries) => entries,
+        Err(error) if !error.is_transient() => {
+            tracing::debug!(%error, "nothing to re-verify yet");
+            return Ok(picked);
+        }
+        Err(error) => return Err(error.into()),
+    };
+    for entry in entries.into_iter().filter(|e| e.is_dir) {
+        let Ok(database) = entry.name.parse::<DatabaseName>() else {
+            continue;
+        };
+        let dir = settings.sftp.database_dir(&database);
+        let names: Vec<String> = remote
+            .list_dir(&dir)
+            .await?
+            .into_iter()
+            .map(|e| e.name)
+            .collect();
+        let mut oldest: Option<VerificationRecord> = None;
+        for name in &names {
+            let Some(artifact) = name
+                .strip_suffix(VERIFIED_SUFFIX)
+                .and_then(|a| a.parse::<ArtifactName>().ok())
+            else {
+                continue;
+            };
+            if !names.contains(&artifact.to_string()) || !names.contains(&artifact.manifest_name())
+            {
+                continue;
+            }
+            let bytes = remote
+                .read_file(&format!("{dir}/{name}"), MAX_SIDECAR_BYTES)
+                .await?;
+            let Ok(record) = VerificationRecord::decode(&bytes) else {
+                tracing::warn!(file = %name, "unreadable verification record; skipped");
+                continue;
+            };
+            if record.artifact != artifact {
+                continue;
+            }
+            if oldest
+                .as_ref()
+                .is_none_or(|o| record.verified_at < o.verified_at)
+            {
+                oldest = Some(record);
+            }
+        }
+        if let Some(record) = oldest {
+            picked.push((database, record));
+        }
+    }
+    Ok(picked)
+}
+
+async fn reverify_one(
+    bus: &Bus,
+    settings: &Settings,
+    database: &DatabaseName,
+    record: &VerificationRecord,
+) {
+    let started = Instant::now();
+    let artifact_name = &record.artifact;
+    tracing::info!(artifact = %artifact_name, last_verified = %record.verified_at, "re-verifying");
+    // The manifest, not the old record, is the reference.
+    let outcome = async {
+        let remote = SftpRemote::connect(&settings.sftp_settings).await?;
+        let manifest = verify::read_manifest(&remote, settings, database, artifact_name).await;
+        let _ = remote.close().await;
+        let (manifest, _) = manifest?;
+        let artifact = ArtifactInfo {
+            artifact: artifact_name.clone(),
+            size_bytes: manifest.size_bytes,
+            sha256: manifest.sha256.clone(),
+        };
+        let verification = verify::verify_remote(settings, database, &artifact).await?;
+        let new_record = crate::record_of(&record.backup_id, &artifact, &verification, started);
+        verify::write_record(settings, database, &new_record).await?;
+        Ok::<_, VerifyError>((manifest, artifact, verification, new_record))
+    }
+    .await;
+    match outcome {
+        Ok((manifest, artifact, verification, new_record)) => {
+            let verified = DumpVerified {
+                header: EventHeader::now(record.backup_id.clone(), database.clone()),
+                origin: manifest.origin,
+                artifact,
+                checks: verification.checks,
+                tables: verification.tables,
+                rows: verification.rows,
+                duration_ms: new_record.duration_ms,
+                steps_ms: verification.steps,
+                skipped: verification.skipped,
+                reverification: true,
+                limits: None,
+            };
+            let msg_id = format!(
+                "{}:reverified:{}",
+                record.backup_id,
+                new_record.verified_at.timestamp()
+            );
+            if let Err(error) = bus.publish(subject::VERIFIED, &msg_id, &verified).await {
+                tracing::warn!(%error, "re-verified, but dump.verified could not be published");
+            }
+            tracing::info!(artifact = %artifact_name, "re-verified");
+        }
+        Err(error) => {
+            let condemned = error.condemns_backup();
+            tracing::error!(artifact = %artifact_name, error = %backup_core::error_chain(&error), condemned, "re-verification failed");
+            if condemned
+                && let Err(e) = verify::remove_record(settings, database, artifact_name).await
+            {
+                tracing::warn!(error = %e, "could not withdraw the verification record");
+            }
+            let failed = DumpFailed {
+                header: EventHeader::now(record.backup_id.clone(), database.clone()),
+                origin: Default::default(),
+                stage: Stage::Verify,
+                error: format!(
+                    "re-verification of {artifact_name}: {}",
+                    backup_core::error_chain(&error)
+                ),
+                artifact: Some(artifact_name.clone()),
+                attempt: 1,
+                will_retry: !condemned,
+                aborted: None,
+            };
+            // Not publish_failure: its message id (backup, stage, attempt)
+            // would deduplicate this against the backup's first failure.
+            let msg_id = format!(
+                "{}:reverify-failed:{}",
+                record.backup_id,
+                chrono::Utc::now().timestamp_millis()
+            );
+            if let Err(e) = bus.publish(subject::FAILED, &msg_id, &failed).await {
+                tracing::error!(error = %e, "could not publish dump.failed");
+            }
+        }
+    }
+}
