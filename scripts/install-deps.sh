@@ -24,6 +24,7 @@ need postgresql-client command -v psql
 need postgresql command -v pg_ctlcluster
 need gzip command -v gzip
 need zstd command -v zstd
+need age command -v age-keygen
 need jq command -v jq
 need docker-compose command -v docker-compose
 need systemd command -v systemd-analyze

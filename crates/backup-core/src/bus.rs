@@ -116,6 +116,8 @@ impl NatsOptions {
 pub struct Bus {
     client: async_nats::Client,
     js: jetstream::Context,
+    /// What `/healthz` and `/metrics` report (see [`crate::health`]).
+    health: crate::health::HealthState,
 }
 
 impl Bus {
@@ -135,7 +137,11 @@ impl Bus {
                 Ok(client) => {
                     let js = jetstream::new(client.clone());
                     tracing::info!(url = %options.url, "connected to NATS");
-                    return Ok(Bus { client, js });
+                    return Ok(Bus {
+                        client,
+                        js,
+                        health: crate::health::HealthState::new(name),
+                    });
                 }
                 Err(e) => {
                     use async_nats::ConnectErrorKind as Kind;
@@ -188,6 +194,10 @@ impl Bus {
         &self.js
     }
 
+    pub fn health(&self) -> &crate::health::HealthState {
+        &self.health
+    }
+
     /// Creates the `BACKUPS` stream, or brings an existing one up to date.
     /// Every service calls this at start-up so none depends on another.
     pub async fn ensure_stream(&self) -> Result<stream::Stream, BusError> {
@@ -228,7 +238,7 @@ impl Bus {
         payload: bytes::Bytes,
     ) -> Result<u64, BusError> {
         let publish = jetstream::message::PublishMessage::build()
-            .payload(payload)
+            .payload(payload.clone())
             .message_id(msg_id);
         let ack = self
             .js
@@ -240,6 +250,8 @@ impl Bus {
         if ack.duplicate {
             tracing::debug!(subject, msg_id, "duplicate publish recognised by JetStream");
         }
+        // Metrics follow what was stored, so every service derives them alike.
+        self.health.observe_event(subject, &payload);
         Ok(ack.sequence)
     }
 
@@ -422,10 +434,13 @@ pub async fn run_worker<H: Handler>(
     shutdown: CancellationToken,
     grace: Duration,
 ) -> Result<(), BusError> {
+    // Dropped when this function returns, which marks the consumer stopped.
+    let health = bus.health().worker(spec);
     let consumer = loop {
         match bus.durable_consumer(spec).await {
             Ok(consumer) => break consumer,
             Err(error) if error.is_transient() => {
+                health.setup_failed(&error.to_string());
                 tracing::warn!(%error, "cannot set up the consumer yet; retrying");
                 tokio::select! {
                     _ = shutdown.cancelled() => return Ok(()),
@@ -435,6 +450,7 @@ pub async fn run_worker<H: Handler>(
             Err(error) => return Err(error),
         }
     };
+    health.ready();
     tracing::info!(
         consumer = spec.durable,
         subject = spec.filter_subject,
@@ -455,6 +471,7 @@ pub async fn run_worker<H: Handler>(
                 batch
             }
             Err(error) => {
+                health.poll_failed(&error.to_string());
                 fetch_failures += 1;
                 let delay = fetch_backoff.delay(fetch_failures);
                 tracing::warn!(error = %crate::one_line(&error.to_string()), retry_in = ?delay, "fetch failed");
@@ -469,11 +486,17 @@ pub async fn run_worker<H: Handler>(
             next = batch.next() => next,
         };
         match next {
-            None => {}
+            None => health.polled(),
             Some(Err(error)) => {
+                // The server ended the pull with an error status (consumer
+                // deleted, too many waiting pulls): not a completed fetch.
+                health.poll_failed(&error.to_string());
                 tracing::debug!(error = %crate::one_line(&error.to_string()), "fetch returned no message");
             }
-            Some(Ok(message)) => process(bus, spec, handler, &message, &shutdown, grace).await,
+            Some(Ok(message)) => {
+                health.polled();
+                process(bus, spec, handler, &message, &shutdown, grace, &health).await
+            }
         }
     }
     tracing::info!(consumer = spec.durable, "stopped taking work");
@@ -487,6 +510,7 @@ async fn process<H: Handler>(
     message: &jetstream::Message,
     shutdown: &CancellationToken,
     grace: Duration,
+    health: &crate::health::WorkerHealth,
 ) {
     let delivery = match message.info() {
         Ok(info) => Delivery {
@@ -503,6 +527,14 @@ async fn process<H: Handler>(
             return;
         }
     };
+    let _busy = health.busy(&delivery);
+    // The consumer of every `dump.*` event (the notifier) publishes nothing
+    // itself: its metrics describe the whole pipeline. First deliveries
+    // only, so a redelivery does not count a failure twice.
+    if spec.filter_subject == subject::ALL_DUMP_EVENTS && delivery.attempt == 1 {
+        bus.health()
+            .observe_event(&delivery.subject, &message.payload);
+    }
     let decoded = match handler.decode(&message.subject, &message.payload) {
         Ok(decoded) => decoded,
         Err(error) => {
@@ -522,8 +554,9 @@ async fn process<H: Handler>(
         tokio::select! {
             outcome = &mut work => break Some(outcome),
             _ = heartbeat.tick() => {
-                if let Err(error) = message.ack_with(AckKind::Progress).await {
-                    tracing::warn!(%error, "progress ack failed");
+                match message.ack_with(AckKind::Progress).await {
+                    Ok(()) => health.progressed(),
+                    Err(error) => tracing::warn!(%error, "progress ack failed"),
                 }
             }
             _ = shutdown.cancelled(), if deadline.is_none() => {
@@ -565,9 +598,11 @@ async fn reject_poison(
 ) {
     let (database, backup_id) = events::salvage_ids(&message.payload);
     let backup_id = backup_id.unwrap_or_else(|| {
+        // Wildcards (the notifier reads `dump.>`) are not id characters.
         BackupId::try_from(format!(
             "rejected-{}-{}",
-            spec.filter_subject, delivery.stream_sequence
+            spec.filter_subject.replace(['>', '*'], "all"),
+            delivery.stream_sequence
         ))
         .expect("subjects and numbers are valid id characters")
     });

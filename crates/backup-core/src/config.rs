@@ -72,6 +72,14 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .map_err(|e| format!("{text:?} is not a duration ({e}); try 90s, 15m or 26h"))
 }
 
+/// Checks `HEALTH_LISTEN` when the flags are parsed, so a typo fails at
+/// start-up rather than once NATS is reached.
+fn parse_listen(text: &str) -> Result<String, String> {
+    crate::health::listen_address(Some(text))
+        .map(|_| text.to_owned())
+        .map_err(|e| e.to_string())
+}
+
 /// Output format of the logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -97,6 +105,14 @@ pub struct CommonArgs {
     /// How long SIGTERM waits for the unit in flight before releasing it for redelivery.
     #[arg(long, env = "SHUTDOWN_GRACE", default_value = "20s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
+    /// Services: serve GET /healthz and /metrics (Prometheus) on this
+    /// address, e.g. 127.0.0.1:9464; empty: no endpoint.
+    #[arg(long, env = "HEALTH_LISTEN", value_parser = parse_listen)]
+    pub health_listen: Option<String>,
+    /// Services: ask the running service's /healthz (on HEALTH_LISTEN)
+    /// instead of running; print one line, exit 0 when healthy, 1 when not.
+    #[arg(long)]
+    pub health_probe: bool,
 }
 
 /// Help text appended to every binary, listing the secret variables.

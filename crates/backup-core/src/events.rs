@@ -294,7 +294,9 @@ pub struct DumpSkipped {
     pub header: EventHeader,
     #[serde(flatten)]
     pub origin: Origin,
-    pub reason: String,
+    /// Why the run did not start, one line. Not `reason`: that name is the
+    /// trigger's own (flattened from `origin`).
+    pub cause: String,
     /// The backup still in progress.
     pub running_backup_id: BackupId,
     pub running_since: DateTime<Utc>,

@@ -12,9 +12,13 @@ pub mod clock;
 pub mod config;
 pub mod events;
 pub mod files;
+#[cfg(test)]
+mod fuzz_tests;
+pub mod health;
 pub mod manifest;
 pub mod names;
 pub mod pg;
+pub mod preflight;
 pub mod retry;
 #[cfg(feature = "sftp")]
 pub mod sftp;

@@ -87,6 +87,19 @@ impl PgTarget {
     /// Parses a `postgresql://` URL or a key=value connection string.
     pub fn from_url(url: &str) -> Result<Self, PgError> {
         use tokio_postgres::config::Host;
+        // The parser ends the credentials at the first '@': with an
+        // unencoded '@' in the password, the rest of the password would
+        // become the host or database name, which logs show.
+        let is_url = ["postgres://", "postgresql://"]
+            .iter()
+            .any(|scheme| url.starts_with(scheme));
+        let before_query = url.split('?').next().unwrap_or(url);
+        if is_url && before_query.matches('@').count() > 1 {
+            return Err(PgError::Url(
+                "more than one '@' before the host: write '@' in the user name or password as %40"
+                    .into(),
+            ));
+        }
         let config: tokio_postgres::Config = url.parse().map_err(|e: tokio_postgres::Error| {
             // The parser's message never echoes the URL, which may hold a password.
             PgError::Url(e.to_string())

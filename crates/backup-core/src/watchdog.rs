@@ -72,19 +72,13 @@ impl Limits {
 /// or a lock held by someone else may be gone by the next attempt.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Aborted {
-    #[error(
-        "{step} stalled: no progress for {} after {bytes} bytes; aborted",
-        humantime::format_duration(*.idle)
-    )]
+    #[error("{step} {}", self.cause())]
     Stalled {
         step: &'static str,
         bytes: u64,
         idle: Duration,
     },
-    #[error(
-        "{step} exceeded its deadline of {} after {bytes} bytes; aborted",
-        humantime::format_duration(*.deadline)
-    )]
+    #[error("{step} {}", self.cause())]
     DeadlineExceeded {
         step: &'static str,
         bytes: u64,
@@ -93,6 +87,23 @@ pub enum Aborted {
 }
 
 impl Aborted {
+    /// The cause without the step's name, for messages that name the step
+    /// together with its object ("upload to sftp://... stalled: ...").
+    pub fn cause(&self) -> String {
+        match self {
+            Aborted::Stalled { bytes, idle, .. } => format!(
+                "stalled: no progress for {} after {bytes} bytes; aborted",
+                humantime::format_duration(*idle)
+            ),
+            Aborted::DeadlineExceeded {
+                bytes, deadline, ..
+            } => format!(
+                "exceeded its deadline of {} after {bytes} bytes; aborted",
+                humantime::format_duration(*deadline)
+            ),
+        }
+    }
+
     pub fn step(&self) -> &'static str {
         match self {
             Aborted::Stalled { step, .. } | Aborted::DeadlineExceeded { step, .. } => step,
@@ -170,7 +181,8 @@ impl ProcessGroup {
     /// and was reaped, in which case there is nothing to guard).
     pub fn new(pid: Option<u32>) -> Self {
         Self {
-            pgid: pid.and_then(|p| i32::try_from(p).ok()),
+            // Never 0 or 1: killpg(0) would hit our own process group.
+            pgid: pid.and_then(|p| i32::try_from(p).ok()).filter(|&p| p > 1),
         }
     }
 
@@ -183,7 +195,6 @@ impl ProcessGroup {
             );
         }
     }
-
 }
 
 impl Drop for ProcessGroup {
@@ -325,7 +336,13 @@ mod tests {
         let aborted = guard("restore", &progress, limits(5, 30), work)
             .await
             .unwrap_err();
-        assert!(matches!(aborted, Aborted::DeadlineExceeded { step: "restore", .. }));
+        assert!(matches!(
+            aborted,
+            Aborted::DeadlineExceeded {
+                step: "restore",
+                ..
+            }
+        ));
         assert_eq!(started.elapsed(), Duration::from_secs(30));
         assert!(aborted.to_string().contains("deadline of 30s"));
     }
@@ -366,8 +383,11 @@ mod tests {
         // Gone, or a zombie waiting for init to reap it.
         let gone = (0..100).any(|_| {
             std::thread::sleep(Duration::from_millis(20));
-            std::fs::read_to_string(format!("/proc/{grandchild}/stat"))
-                .map_or(true, |stat| stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')))
+            std::fs::read_to_string(format!("/proc/{grandchild}/stat")).map_or(true, |stat| {
+                stat.rsplit(')')
+                    .next()
+                    .is_some_and(|rest| rest.trim_start().starts_with('Z'))
+            })
         });
         assert!(gone, "grandchild {grandchild} survived the group kill");
     }

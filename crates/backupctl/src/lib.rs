@@ -1,10 +1,12 @@
 //! `backupctl`, the operator's command line: trigger a backup (and follow
 //! it to verified or failed), list the remote catalog, show the pipeline's
-//! status, restore a backup into a database, show what pruning would do.
+//! status, restore a backup into a database, show what pruning would do,
+//! and check a set-up from end to end before the first night (`doctor`).
 //!
 //! It talks to the same NATS stream and SFTP server as the services and
 //! keeps no state of its own.
 
+pub mod doctor;
 pub mod list;
 pub mod prune;
 pub mod restore;

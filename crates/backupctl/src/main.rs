@@ -3,6 +3,8 @@
 //! configuration, 3 timed out waiting. `restore`: 0 restored and the row
 //! counts match the manifest, 1 the restore or a check failed, 2 bad usage,
 //! configuration, or a refusal (non-empty target, no confirmation).
+//! `doctor`: 0 every check passed or was skipped, 1 a check failed, 2 bad
+//! usage.
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -104,6 +106,10 @@ enum Command {
         #[arg(long, env = "AGE_IDENTITY_FILE")]
         age_identity_file: Option<PathBuf>,
     },
+    /// Check every piece the pipeline needs, one line each with the fix: NATS and the
+    /// services' consumers, PostgreSQL, SFTP, the spool, the scratch server, age keys,
+    /// alert channels, the schedule. Exits 1 when a check fails.
+    Doctor(Box<backupctl::doctor::DoctorArgs>),
     /// Show what retention would delete and why (the pruner service does the deleting).
     Prune {
         #[command(flatten)]
@@ -234,6 +240,21 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
             Ok(if status.healthy() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        Command::Doctor(args) => {
+            let report = backupctl::doctor::run(&cli.common, &args).await;
+            let mut out = std::io::stdout().lock();
+            if args.json {
+                serde_json::to_writer_pretty(&mut out, &report)?;
+                writeln!(out)?;
+            } else {
+                write!(out, "{}", report.to_text())?;
+            }
+            Ok(if report.ok {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(1)

@@ -131,7 +131,7 @@ pub async fn collect(bus: &Bus) -> Result<Status, StatusError> {
         let status = match stream.consumer_info(name).await {
             Ok(info) => ServiceStatus {
                 service: name.into(),
-                alive: info.num_waiting > 0 || info.num_ack_pending > 0,
+                alive: worker_connected(&info),
                 pending: info.num_pending,
                 working_on: info.num_ack_pending,
                 redelivered: info.num_redelivered,
@@ -150,6 +150,12 @@ pub async fn collect(bus: &Bus) -> Result<Status, StatusError> {
         databases: databases.into_values().collect(),
         services,
     })
+}
+
+/// Whether a worker is connected to a durable consumer: it has a pull
+/// request open (waiting for work) or a message in hand (working).
+pub fn worker_connected(info: &consumer::Info) -> bool {
+    info.num_waiting > 0 || info.num_ack_pending > 0
 }
 
 /// "3h 12m" style age for people.

@@ -16,6 +16,9 @@ use test_support::postgres::TestDatabase;
 use test_support::process::workspace_bin;
 use test_support::sshd::Sshd;
 
+/// `backupctl doctor` against real servers and services.
+mod doctor;
+
 /// Rows the source database holds, keyed as the manifest keys them (`%I.%I`).
 fn expected_tables() -> BTreeMap<String, u64> {
     BTreeMap::from([

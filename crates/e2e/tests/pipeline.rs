@@ -1,6 +1,9 @@
 //! One backup travels the whole way, over real servers, and a dead SFTP
 //! server ends in `dump.failed` and an alert email.
 
+#[path = "pipeline/resilience.rs"]
+mod resilience;
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -711,7 +714,48 @@ fn compose_environment_runs_natively_to_a_verified_backup() {
         nats_conf.replace("store_dir: /data", ""),
     )
     .unwrap();
-    let nats = NatsServer::start_with_args(&["-c", nats_dir.join("nats.conf").to_str().unwrap()]);
+    let mut nats =
+        NatsServer::start_with_args(&["-c", nats_dir.join("nats.conf").to_str().unwrap()]);
+
+    // Compose gives every service the same 0.0.0.0:9464 (one per container);
+    // side by side on one host, each gets its own loopback port.
+    let health_ports: std::collections::BTreeMap<&str, u16> =
+        ["dumper", "shipper", "verifier", "pruner", "notifier"]
+            .into_iter()
+            .map(|name| (name, test_support::free_port()))
+            .collect();
+    for name in health_ports.keys() {
+        let service = &config["services"][*name];
+        assert_eq!(
+            service["environment"]["HEALTH_LISTEN"], "0.0.0.0:9464",
+            "{name} serves /healthz and /metrics inside its container"
+        );
+        assert_eq!(
+            service["healthcheck"]["test"],
+            serde_json::json!(["CMD", name, "--health-probe"]),
+            "{name}'s compose health check runs its own probe"
+        );
+        assert!(
+            service.get("ports").is_none(),
+            "{name}: the metrics port stays off the host"
+        );
+    }
+
+    // The image cannot be built here (no Docker engine): at least every
+    // binary compose runs is one the Dockerfile copies into it, and the
+    // spool compose mounts is the directory the image makes for its user.
+    let dockerfile = std::fs::read_to_string(root.join("deploy/Dockerfile")).unwrap();
+    for name in health_ports.keys().chain(&["backupctl"]) {
+        assert!(
+            dockerfile.contains(&format!("target/release/{name}")),
+            "the image lacks {name}"
+        );
+    }
+    assert!(
+        dockerfile.contains("USER backup")
+            && dockerfile.contains("-m 0700 /var/lib/backup /var/lib/backup/spool"),
+        "the image's user owns the spool compose mounts"
+    );
 
     let spool = work.path().join("spool");
     let rewrite = |value: &str| -> String {
@@ -745,6 +789,8 @@ fn compose_environment_runs_natively_to_a_verified_backup() {
                     .unwrap_or_else(|| value.to_string());
                 let value = if key == "PGHOST" && value == "db" {
                     "127.0.0.1".to_owned()
+                } else if key == "HEALTH_LISTEN" {
+                    format!("127.0.0.1:{}", health_ports[name])
                 } else {
                     rewrite(&value)
                 };
@@ -809,6 +855,109 @@ fn compose_environment_runs_natively_to_a_verified_backup() {
             service.log()
         );
     }
+
+    // Health and metrics, as compose's health checks and Prometheus see them.
+    let database = rig.source.name.clone();
+    let probe_env: std::collections::BTreeMap<&str, Vec<(String, String)>> = health_ports
+        .keys()
+        .map(|name| (*name, service_env(name)))
+        .collect();
+    let stage_of = |name: &str| match name {
+        "dumper" => "dump",
+        "shipper" => "ship",
+        "verifier" => "verify",
+        "pruner" => "prune",
+        // The notifier consumes every event: it sees the verification too.
+        _ => "verify",
+    };
+    for (name, port) in &health_ports {
+        let (status, body) = http_get(*port, "/healthz");
+        assert_eq!(status, 200, "{name} /healthz: {body}");
+        let report: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        assert_eq!(report["status"], "ok", "{name}: {body}");
+        assert_eq!(report["nats"], "connected", "{name}: {body}");
+        // The pruner runs after dump.verified: give it its time.
+        let wanted = format!(
+            "backup_last_success_timestamp_seconds{{database=\"{database}\",stage=\"{}\"}} ",
+            stage_of(name)
+        );
+        wait_until(
+            Duration::from_secs(60),
+            &format!("{name} /metrics shows {wanted}"),
+            || {
+                http_get(*port, "/metrics")
+                    .1
+                    .lines()
+                    .any(|l| l.starts_with(&wanted))
+            },
+        );
+        let (_, metrics) = http_get(*port, "/metrics");
+        assert!(
+            metrics.lines().any(|l| l == "backup_nats_connected 1"),
+            "{name}:\n{metrics}"
+        );
+        let mut probe = ServiceProcess::spawn(name, &["--health-probe"], &probe_env[name]);
+        let status = probe.wait_timeout(Duration::from_secs(30));
+        assert!(
+            status.is_some_and(|s| s.success()) && probe.log().contains("healthy"),
+            "{name} --health-probe:\n{}",
+            probe.log()
+        );
+    }
+    let (_, verifier_metrics) = http_get(health_ports["verifier"], "/metrics");
+    for wanted in [
+        format!("backup_stage_duration_seconds{{database=\"{database}\",stage=\"verify\"}} "),
+        format!("backup_artifact_size_bytes{{database=\"{database}\"}} "),
+    ] {
+        assert!(
+            verifier_metrics.lines().any(|l| l.starts_with(&wanted)),
+            "no {wanted} in:\n{verifier_metrics}"
+        );
+    }
+
+    // NATS gone: every probe turns unhealthy (exit 1) and says why.
+    nats.kill();
+    for name in health_ports.keys() {
+        let mut last = String::new();
+        wait_until(
+            Duration::from_secs(60),
+            &format!("{name} --health-probe turns unhealthy without NATS"),
+            || {
+                let mut probe = ServiceProcess::spawn(name, &["--health-probe"], &probe_env[name]);
+                let status = probe.wait_timeout(Duration::from_secs(30));
+                last = probe.log();
+                status.is_some_and(|s| s.code() == Some(1))
+            },
+        );
+        assert!(
+            last.contains("unhealthy") && last.contains("NATS connection is"),
+            "{name} --health-probe:\n{last}"
+        );
+    }
+}
+
+/// GET `path` from a service's health endpoint on 127.0.0.1:`port`: status and body.
+fn http_get(port: u16, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))
+        .unwrap_or_else(|e| panic!("connect to the health endpoint on port {port}: {e}"));
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP response: {response}"));
+    (status, body.to_owned())
 }
 
 #[test]

@@ -8,11 +8,13 @@
 
 pub mod http_stub;
 pub mod nats;
+pub mod pg_cluster;
 pub mod postgres;
 pub mod process;
 pub mod relay;
 pub mod smtp;
 pub mod sshd;
+pub mod tmpfs;
 
 use std::net::TcpListener;
 use std::os::fd::OwnedFd;
@@ -55,7 +57,8 @@ impl PortReservation {
     /// Reserves a free port chosen by the kernel.
     pub fn new() -> PortReservation {
         let socket = bound_socket(0).expect("bind an ephemeral port on 127.0.0.1");
-        let address: SockaddrIn = getsockname(&socket).expect("getsockname");
+        let address: SockaddrIn =
+            getsockname(std::os::fd::AsRawFd::as_raw_fd(&socket)).expect("getsockname");
         PortReservation {
             port: address.port(),
             socket: Some(socket),

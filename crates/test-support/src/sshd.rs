@@ -211,6 +211,12 @@ impl Sshd {
         self.port_reservation.hold();
     }
 
+    /// Pid of the listening `sshd` (the parent of every session), while it
+    /// runs.
+    pub fn listener_pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Starts `sshd` again on the same port with the same keys.
     pub fn restart(&mut self) {
         self.stop();

@@ -9,11 +9,17 @@
 //! above the floor, and the file on disk hashes to what was written. Any
 //! failure drops the partial file. Retries are the caller's (see the crate
 //! docs); [`DumpError::is_transient`] says which failures may pass.
+//!
+//! Never a hang: pg_dump gets `--lock-wait-timeout`, and the streaming pass
+//! runs under the stall watchdog and deadline of
+//! [`backup_core::watchdog`], counting the bytes the producer emits (before
+//! compression). An aborted pass kills the producer's whole process group,
+//! cancels the row-count query, and drops the partial file.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use backup_core::bus::{Bus, BusError};
 use backup_core::events::{
@@ -25,6 +31,7 @@ use backup_core::names::{
     ArtifactKind, ArtifactName, BackupId, DatabaseName, DumpFormat, MANIFEST_SUFFIX,
 };
 use backup_core::pg::{PgError, PgTarget};
+use backup_core::watchdog::{self, Aborted, Counted, ProcessGroup, Progress};
 use chrono::Utc;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 
@@ -50,6 +57,19 @@ pub enum DumpError {
         status: String,
         stderr: String,
     },
+    #[error(
+        "could not get a lock on {} within {}",
+        lock_target(.table.as_deref()),
+        humantime::format_duration(*.within)
+    )]
+    LockTimeout {
+        /// `schema.table` as pg_dump names it; `None` when the row counts
+        /// (which do not say which table) timed out.
+        table: Option<String>,
+        within: Duration,
+    },
+    #[error(transparent)]
+    Aborted(#[from] Aborted),
     #[error(
         "no space left in the spool {dir} while writing {artifact}; the partial file was removed"
     )]
@@ -99,6 +119,9 @@ impl DumpError {
             // option or a permission problem will not, but stderr is the
             // only way to tell and retrying a few times costs little.
             DumpError::PgDump { .. } => true,
+            // Whoever holds the lock (a migration, a long transaction) or
+            // made the server stall may be gone by the next attempt.
+            DumpError::LockTimeout { .. } | DumpError::Aborted(_) => true,
             DumpError::Io { .. } => true,
             DumpError::NoSpace { .. }
             | DumpError::SpaceCheck { .. }
@@ -108,12 +131,53 @@ impl DumpError {
             | DumpError::HashMismatch { .. } => false,
         }
     }
+
+    /// Set when the watchdog stopped the step.
+    pub fn aborted(&self) -> Option<&Aborted> {
+        match self {
+            DumpError::Aborted(aborted) => Some(aborted),
+            _ => None,
+        }
+    }
+}
+
+fn lock_target(table: Option<&str>) -> String {
+    match table {
+        Some(table) => format!("table {table}"),
+        None => "a table to count its rows".to_owned(),
+    }
+}
+
+/// The table pg_dump could not lock, from its stderr: with
+/// `--lock-wait-timeout` it reports `canceling statement due to statement
+/// timeout` (or `lock timeout`) followed by `Query was: LOCK TABLE <table>
+/// IN ACCESS SHARE MODE`; a parallel worker's NOWAIT lock says `could not
+/// obtain lock on relation "<table>"`.
+pub fn locked_table(stderr: &str) -> Option<String> {
+    let timed_out = stderr.contains("canceling statement due to statement timeout")
+        || stderr.contains("canceling statement due to lock timeout")
+        || stderr.contains("could not obtain lock on relation");
+    if !timed_out {
+        return None;
+    }
+    let from_query = stderr.lines().find_map(|line| {
+        let rest = &line[line.find("LOCK TABLE ")? + "LOCK TABLE ".len()..];
+        let end = rest.find(" IN ").unwrap_or(rest.len());
+        Some(rest[..end].trim().to_owned())
+    });
+    let from_relation = || {
+        let rest = &stderr[stderr.find("lock on relation \"")? + "lock on relation \"".len()..];
+        Some(rest[..rest.find('"')?].to_owned())
+    };
+    from_query
+        .or_else(from_relation)
+        .filter(|table| !table.is_empty())
 }
 
 /// How a dump that did not fail ended.
 #[derive(Debug)]
 pub enum DumpOutcome {
-    Created(DumpCreated),
+    Created(Box<DumpCreated>),
     /// The artifact is complete but the event could not be published.
     PublishFailed(BusError),
 }
@@ -147,6 +211,7 @@ pub async fn dump_and_announce(
     origin: &Origin,
 ) -> Result<DumpOutcome, DumpError> {
     let name = job.name();
+    let job_kind = job.clone();
     let dir = settings.spool_dir.join(name.as_str());
     let manifest = match find_existing(&dir, backup_id).await {
         Some(manifest) => {
@@ -159,7 +224,7 @@ pub async fn dump_and_announce(
             Job::Media => write_media(settings, backup_id, origin).await?,
         },
     };
-    let created = created_event(&manifest);
+    let created = created_event(&manifest, settings.limits_for(&job_kind));
     let msg_id = format!("{backup_id}:created");
     match bus.publish(subject::CREATED, &msg_id, &created).await {
         Ok(_) => {
@@ -169,13 +234,13 @@ pub async fn dump_and_announce(
                 duration_ms = created.duration_ms,
                 "dump created"
             );
-            Ok(DumpOutcome::Created(created))
+            Ok(DumpOutcome::Created(Box::new(created)))
         }
         Err(error) => Ok(DumpOutcome::PublishFailed(error)),
     }
 }
 
-fn created_event(manifest: &Manifest) -> DumpCreated {
+fn created_event(manifest: &Manifest, limits: watchdog::Limits) -> DumpCreated {
     DumpCreated {
         header: EventHeader::now(manifest.backup_id.clone(), manifest.database.clone()),
         origin: manifest.origin.clone(),
@@ -187,7 +252,7 @@ fn created_event(manifest: &Manifest) -> DumpCreated {
         duration_ms: manifest.duration_ms,
         tables: manifest.tables.len() as u64,
         rows: manifest.total_rows(),
-        limits: None,
+        limits: Some(limits.for_event()),
     }
 }
 
@@ -237,7 +302,7 @@ fn read_stats(dir: &Path) -> Option<SizeStats> {
 }
 
 /// Refuses to start when the spool obviously cannot hold the dump.
-fn check_free_space(
+pub fn check_free_space(
     dir: &Path,
     database: &DatabaseName,
     database_bytes: u64,
@@ -267,29 +332,66 @@ fn check_free_space(
     Ok(())
 }
 
+/// How often a server backend of ours checks that its client is still
+/// there while a query runs (PostgreSQL 14+). A backend waiting for a lock
+/// notices nothing otherwise, and would outlive a killed pg_dump for as
+/// long as the lock is held, its lock request queued in everyone's way.
+const CONNECTION_CHECK_MS: u64 = 5000;
+
+/// How long cancelling the row-count query of an aborted dump may take.
+const CANCEL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Whole milliseconds, the unit PostgreSQL reads a bare timeout number in.
+fn millis(duration: Duration) -> u128 {
+    duration.as_millis().max(1)
+}
+
 /// A spawned producer (pg_dump, pg_dumpall) with its stderr being collected.
 struct Producer {
     program: &'static str,
     child: tokio::process::Child,
+    /// Kills the producer's whole process group when the step is dropped
+    /// (aborted by the watchdog, abandoned at shutdown).
+    group: ProcessGroup,
     stderr_tail: tokio::task::JoinHandle<String>,
+    lock_wait: Option<Duration>,
 }
 
 impl Producer {
+    /// Spawns `path` in a process group of its own, with
+    /// `--lock-wait-timeout` when `lock_wait` is set.
     fn spawn(
         program: &'static str,
         path: &Path,
         args: &[&str],
         target: &PgTarget,
+        lock_wait: Option<Duration>,
+        server_major: u32,
     ) -> Result<(Self, tokio::process::ChildStdout), DumpError> {
-        let mut child = tokio::process::Command::new(path)
+        let mut command = tokio::process::Command::new(path);
+        command
             .args(args)
             .envs(target.child_env())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
-            .spawn()
-            .map_err(io_err(path))?;
+            .process_group(0);
+        if let Some(lock_wait) = lock_wait {
+            command.arg(format!("--lock-wait-timeout={}", millis(lock_wait)));
+        }
+        if server_major >= 14 {
+            let mut options = std::env::var("PGOPTIONS").unwrap_or_default();
+            if !options.trim().is_empty() {
+                options.push(' ');
+            }
+            options.push_str(&format!(
+                "-c client_connection_check_interval={CONNECTION_CHECK_MS}"
+            ));
+            command.env("PGOPTIONS", options);
+        }
+        let mut child = command.spawn().map_err(io_err(path))?;
+        let group = ProcessGroup::new(child.id());
         let stdout = child.stdout.take().expect("piped stdout");
         let stderr = child.stderr.take().expect("piped stderr");
         let stderr_tail = tokio::spawn(tail_lines(stderr, 20));
@@ -297,7 +399,9 @@ impl Producer {
             Self {
                 program,
                 child,
+                group,
                 stderr_tail,
+                lock_wait,
             },
             stdout,
         ))
@@ -308,12 +412,19 @@ impl Producer {
             path: PathBuf::from(self.program),
             source,
         })?;
+        // Whatever the leader left behind goes with it.
+        self.group.kill();
         let stderr = self.stderr_tail.await.unwrap_or_default();
         if status.success() {
             if !stderr.trim().is_empty() {
                 tracing::warn!(program = self.program, stderr = %backup_core::one_line(&stderr), "succeeded with warnings");
             }
             Ok(())
+        } else if let (Some(within), Some(table)) = (self.lock_wait, locked_table(&stderr)) {
+            Err(DumpError::LockTimeout {
+                table: Some(table),
+                within,
+            })
         } else {
             Err(DumpError::PgDump {
                 program: self.program,
@@ -321,6 +432,26 @@ impl Producer {
                 stderr: backup_core::one_line(&stderr),
             })
         }
+    }
+}
+
+/// A failed row count: a lock timeout (the same bound pg_dump has) is worth
+/// retrying, any other query failure is not.
+fn count_error(
+    target: &PgTarget,
+    error: &tokio_postgres::Error,
+    lock_wait: Option<Duration>,
+) -> DumpError {
+    match lock_wait {
+        Some(within)
+            if error.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) =>
+        {
+            DumpError::LockTimeout {
+                table: None,
+                within,
+            }
+        }
+        _ => target.query_error(error).into(),
     }
 }
 
@@ -353,6 +484,13 @@ pub async fn write_dump(
         .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         .await
         .map_err(|e| target.query_error(&e))?;
+    if let Some(lock_wait) = settings.lock_wait_timeout {
+        // The row counts wait for the same locks as pg_dump: bounded alike.
+        client
+            .batch_execute(&format!("SET LOCAL lock_timeout = {}", millis(lock_wait)))
+            .await
+            .map_err(|e| target.query_error(&e))?;
+    }
     let row = client
         .query_one(
             "SELECT pg_export_snapshot(), current_setting('server_version'), \
@@ -366,6 +504,14 @@ pub async fn write_dump(
     let server_version_num: i32 = row.get(2);
     let database_bytes = u64::try_from(row.get::<_, i64>(3)).unwrap_or(0);
     let server_major = crate::pg_dump::server_major(u32::try_from(server_version_num).unwrap_or(0));
+    if server_major >= 14 {
+        client
+            .batch_execute(&format!(
+                "SET client_connection_check_interval = {CONNECTION_CHECK_MS}"
+            ))
+            .await
+            .map_err(|e| target.query_error(&e))?;
+    }
     let (pg_dump, pg_dump_version) =
         crate::pg_dump::select(server_major, settings.pg_bin_dir.as_deref()).await?;
     if settings.space_check {
@@ -382,15 +528,40 @@ pub async fn write_dump(
     };
     let mut args = vec!["--no-password", "--snapshot", &snapshot];
     args.extend_from_slice(format_args);
-    let (producer, stdout) = Producer::spawn("pg_dump", &pg_dump, &args, &target)?;
-
-    let counts = backup_core::pg::table_row_counts(&client);
-    let copy = compress::stream_to_file(stdout, file, &settings.codec);
-    let (copied, counts) = tokio::join!(copy, counts);
-    let produced = producer.finish().await;
+    let (producer, stdout) = Producer::spawn(
+        "pg_dump",
+        &pg_dump,
+        &args,
+        &target,
+        settings.lock_wait_timeout,
+        server_major,
+    )?;
+    let progress = Progress::new();
+    let stdout = Counted::new(stdout, progress.clone());
+    let cancel = client.cancel_token();
+    let work = async {
+        let counts = backup_core::pg::table_row_counts(&client);
+        let copy = compress::stream_to_file(stdout, file, &settings.codec);
+        let (copied, counts) = tokio::join!(copy, counts);
+        (copied, counts, producer.finish().await)
+    };
+    let limits = settings.limits_for(&Job::Database(database.clone()));
+    let (copied, counts, produced) = match watchdog::guard("dump", &progress, limits, work).await {
+        Ok(done) => done,
+        Err(aborted) => {
+            // pg_dump's group died with the step; the row counts may still
+            // wait on whatever stalled it, holding the snapshot open.
+            let _ =
+                tokio::time::timeout(CANCEL_TIMEOUT, cancel.cancel_query(tokio_postgres::NoTls))
+                    .await;
+            // Returning drops the partial file.
+            return Err(aborted.into());
+        }
+    };
     let _ = client.batch_execute("COMMIT").await;
     let written = settle(copied, produced, &dir, &artifact, &partial)?;
-    let counts: BTreeMap<String, u64> = counts.map_err(|e| target.query_error(&e))?;
+    let counts: BTreeMap<String, u64> =
+        counts.map_err(|e| count_error(&target, &e, settings.lock_wait_timeout))?;
     let manifest = commit_artifact(
         settings,
         partial,
@@ -451,9 +622,17 @@ pub async fn write_globals(
         &pg_dumpall,
         &["--globals-only", "--no-password"],
         &target,
+        settings.lock_wait_timeout,
+        server_major,
     )?;
-    let copied = compress::stream_to_file(stdout, file, &settings.codec).await;
-    let produced = producer.finish().await;
+    let progress = Progress::new();
+    let stdout = Counted::new(stdout, progress.clone());
+    let work = async {
+        let copied = compress::stream_to_file(stdout, file, &settings.codec).await;
+        (copied, producer.finish().await)
+    };
+    let limits = settings.limits_for(&Job::Globals);
+    let (copied, produced) = watchdog::guard("dump", &progress, limits, work).await?;
     let written = settle(copied, produced, &dir, &artifact, &partial)?;
     commit_artifact(
         settings,
@@ -517,11 +696,20 @@ pub async fn write_media(
         from_tar,
         |mut rx| async move { rx.recv().await.map(|item| (item, rx)) },
     )));
-    let copied = compress::stream_to_file(reader, file, &settings.codec).await;
-    let archived = tar
-        .await
-        .map_err(|e| DumpError::Files(e.to_string()))
-        .and_then(|r| r.map_err(DumpError::Files));
+    let progress = Progress::new();
+    let reader = Counted::new(reader, progress.clone());
+    let work = async {
+        let copied = compress::stream_to_file(reader, file, &settings.codec).await;
+        let archived = tar
+            .await
+            .map_err(|e| DumpError::Files(e.to_string()))
+            .and_then(|r| r.map_err(DumpError::Files));
+        (copied, archived)
+    };
+    // An aborted archive closes the channel, which stops the tar thread at
+    // its next chunk (a read hung in the kernel keeps it until it returns).
+    let limits = settings.limits_for(&Job::Media);
+    let (copied, archived) = watchdog::guard("archive", &progress, limits, work).await?;
     let written = settle(copied, archived, &dir, &artifact, &partial)?;
     commit_artifact(
         settings,
@@ -774,4 +962,56 @@ async fn tail_lines<R: AsyncRead + Unpin>(stderr: R, keep: usize) -> String {
         tail.push_back(line);
     }
     tail.into_iter().collect::<Vec<_>>().join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_locked_table_comes_from_pg_dumps_stderr() {
+        // As pg_dump 15 prints it with --lock-wait-timeout.
+        let stderr = "pg_dump: error: query failed: ERROR:  canceling statement due to statement timeout\n\
+                      pg_dump: detail: Query was: LOCK TABLE \"My Schema\".\"t one\" IN ACCESS SHARE MODE";
+        assert_eq!(
+            locked_table(stderr).as_deref(),
+            Some("\"My Schema\".\"t one\"")
+        );
+        let nowait = "pg_dump: error: could not obtain lock on relation \"public.audit_log\"\n\
+                      This usually means that someone requested an ACCESS EXCLUSIVE lock on the table.";
+        assert_eq!(locked_table(nowait).as_deref(), Some("public.audit_log"));
+        // Other failures keep their own line.
+        assert_eq!(
+            locked_table("pg_dump: error: connection to server failed: Connection refused"),
+            None
+        );
+        assert_eq!(
+            locked_table("pg_dump: detail: Query was: LOCK TABLE public.t IN ACCESS SHARE MODE"),
+            None
+        );
+    }
+
+    #[test]
+    fn a_lock_timeout_reads_as_one_line_naming_the_table() {
+        let error = DumpError::LockTimeout {
+            table: Some("grading.copy".into()),
+            within: Duration::from_secs(300),
+        };
+        assert_eq!(
+            error.to_string(),
+            "could not get a lock on table grading.copy within 5m"
+        );
+        assert!(error.is_transient());
+        let stalled = DumpError::from(Aborted::Stalled {
+            step: "dump",
+            bytes: 123_456,
+            idle: Duration::from_secs(300),
+        });
+        assert_eq!(
+            stalled.to_string(),
+            "dump stalled: no progress for 5m after 123456 bytes; aborted"
+        );
+        assert!(stalled.is_transient());
+        assert!(stalled.aborted().is_some());
+    }
 }

@@ -13,6 +13,17 @@
 //! same tag started after it was published: several triggers queued during
 //! one dump make one more dump, not several.
 //!
+//! A scheduled trigger (reason `schedule`, from the built-in timer) that was
+//! published while a job it covers was being dumped does not dump that job
+//! again: the skip is announced as `dump.skipped` (see [`running`]). Manual
+//! triggers keep the coalescing above.
+//!
+//! Hangs: every dump runs under `--lock-wait-timeout`, a stall watchdog and
+//! a deadline ([`Settings::lock_wait_timeout`], [`Settings::limits`]); an
+//! aborted dump is a `dump.failed` with `aborted` set and follows the same
+//! retry rules. While a dump runs, the worker loop keeps the trigger from
+//! being redelivered with progress acks.
+//!
 //! Retries: a trigger is acked once every job it covers was dumped or
 //! failed for good. A job that fails for a reason that may pass (the server
 //! is unreachable) makes the whole trigger be redelivered with backoff;
@@ -22,6 +33,8 @@
 pub mod compress;
 pub mod dump;
 pub mod pg_dump;
+pub mod preflight;
+pub mod running;
 pub mod schedule;
 
 use std::collections::HashMap;
@@ -30,10 +43,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use backup_core::bus::{self, Bus, ConsumerSpec, Delivery, Handler, Outcome};
-use backup_core::events::{self, DumpFailed, DumpStarted, EventHeader, TriggerRequest, subject};
+use backup_core::events::{
+    self, AbortedStep, DumpFailed, DumpStarted, EventHeader, TriggerRequest, subject,
+};
 use backup_core::names::{BackupId, DatabaseName, DumpFormat, Tag};
 use backup_core::pg::PgArgs;
 use backup_core::retry::Backoff;
+use backup_core::watchdog::{DEFAULT_STALL_AFTER, Limits};
 use backup_core::{Stage, files};
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
@@ -41,6 +57,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use compress::Codec;
 pub use dump::{DumpError, DumpOutcome, Job};
+pub use running::Activity;
 pub use schedule::{Clock, ManualClock, Schedule, SystemClock};
 
 /// The dumper's durable consumer.
@@ -48,6 +65,19 @@ pub const CONSUMER: ConsumerSpec = ConsumerSpec::new("dumper", subject::TRIGGER,
 
 /// Smallest artifact believed by default: a gzip of an empty pg_dump is bigger.
 pub const DEFAULT_MIN_ARTIFACT_BYTES: u64 = 64;
+
+/// How long pg_dump waits for a table lock by default.
+pub const DEFAULT_LOCK_WAIT_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+
+/// A dump's last-resort deadline by default.
+pub const DEFAULT_DUMP_DEADLINE: Duration = Duration::from_secs(6 * 3600);
+
+/// pg_dump writes nothing while it waits for its table locks, and starts
+/// waiting a little after the watchdog starts watching: a stall interval no
+/// longer than the lock wait would report a stall where pg_dump is about to
+/// name the locked table. The dump step's stall interval is at least the
+/// lock wait plus this.
+pub const LOCK_WAIT_MARGIN: Duration = Duration::from_secs(60);
 
 /// Everything the dumper needs besides the bus.
 #[derive(Debug, Clone)]
@@ -75,6 +105,11 @@ pub struct Settings {
     pub min_artifact_bytes: u64,
     /// Check free space in the spool before each database dump.
     pub space_check: bool,
+    /// pg_dump's (and the row counts') `--lock-wait-timeout`; `None`: wait
+    /// for locks as long as the watchdog allows.
+    pub lock_wait_timeout: Option<Duration>,
+    /// Stall interval and deadline of each dump (see [`Settings::limits_for`]).
+    pub limits: Limits,
 }
 
 impl Settings {
@@ -95,7 +130,20 @@ impl Settings {
             files_dirs: Vec::new(),
             min_artifact_bytes: DEFAULT_MIN_ARTIFACT_BYTES,
             space_check: true,
+            lock_wait_timeout: Some(DEFAULT_LOCK_WAIT_TIMEOUT),
+            limits: Limits::new(DEFAULT_STALL_AFTER, DEFAULT_DUMP_DEADLINE),
         }
+    }
+
+    /// The limits `job` runs under: the configured ones, with the stall
+    /// interval of pg_dump and pg_dumpall stretched past the lock wait
+    /// (see [`LOCK_WAIT_MARGIN`]).
+    pub fn limits_for(&self, job: &Job) -> Limits {
+        let mut limits = self.limits;
+        if let (Some(lock_wait), Job::Database(_) | Job::Globals) = (self.lock_wait_timeout, job) {
+            limits.stall_after = limits.stall_after.max(lock_wait + LOCK_WAIT_MARGIN);
+        }
+        limits
     }
 }
 
@@ -115,9 +163,20 @@ pub async fn run_with_clock(
     clock: Arc<dyn Clock>,
     shutdown: CancellationToken,
 ) -> Result<(), bus::BusError> {
-    files::ensure_private_dir(&settings.spool_dir).map_err(|e| {
-        bus::BusError::Config(format!("spool {}: {e}", settings.spool_dir.display()))
-    })?;
+    let checked = settings.clone();
+    backup_core::preflight::spawn(
+        bus.health(),
+        move || {
+            let settings = checked.clone();
+            async move { preflight::preflight_checks(&settings).await }
+        },
+        &shutdown,
+    );
+    // An unusable spool is reported by the start-up checks (unhealthy, and
+    // retried); each dump then fails on it by its own rules, no crash loop.
+    if let Err(error) = files::ensure_private_dir(&settings.spool_dir) {
+        tracing::error!(spool = %settings.spool_dir.display(), %error, "cannot use the spool");
+    }
     match files::remove_stale_partials(&settings.spool_dir) {
         Ok(removed) => {
             for path in removed {
@@ -127,8 +186,10 @@ pub async fn run_with_clock(
         Err(error) => tracing::warn!(%error, "could not sweep the spool for partial files"),
     }
     bus.ensure_stream().await?;
+    let activity = Activity::new();
     let scheduler = settings.schedule.clone().map(|schedule| {
         let bus = bus.clone();
+        let activity = activity.clone();
         let spool = settings.spool_dir.clone();
         let databases = settings.databases.clone();
         let shutdown = shutdown.clone();
@@ -142,7 +203,7 @@ pub async fn run_with_clock(
                 &shutdown,
             )
             .await;
-            schedule::run_scheduler(bus, schedule, clock, shutdown).await;
+            schedule::run_scheduler_with(bus, schedule, clock, activity, shutdown).await;
         })
     });
     let grace = settings.grace;
@@ -150,6 +211,7 @@ pub async fn run_with_clock(
         bus: bus.clone(),
         settings,
         last_success: Mutex::new(HashMap::new()),
+        activity,
     };
     let result = bus::run_worker(&bus, &CONSUMER, &handler, shutdown.clone(), grace).await;
     if let Some(scheduler) = scheduler {
@@ -165,6 +227,8 @@ struct TriggerHandler {
     settings: Settings,
     /// The last successful dump of each job.
     last_success: Mutex<HashMap<DatabaseName, LastSuccess>>,
+    /// The dumps running now and lately, shared with the scheduler.
+    activity: Activity,
 }
 
 #[derive(Debug)]
@@ -225,6 +289,38 @@ impl TriggerHandler {
             .is_some_and(|last| last.started >= published && last.tag == request.origin.tag)
     }
 
+    /// Drops the jobs of a scheduled trigger that were being dumped when it
+    /// was published, announcing each skip (once: the scheduler may have
+    /// done it already).
+    async fn skip_running(
+        &self,
+        jobs: Vec<Job>,
+        request: &TriggerRequest,
+        delivery: &Delivery,
+    ) -> Vec<Job> {
+        let mut kept = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            let name = job.name();
+            let own = BackupId::for_trigger(&name, delivery.published, delivery.stream_sequence);
+            match self.activity.running_at(&name, delivery.published, &own) {
+                Some(run) => {
+                    self.activity
+                        .announce_skip(
+                            &self.bus,
+                            delivery.stream_sequence,
+                            &name,
+                            &run,
+                            &request.origin,
+                        )
+                        .await;
+                    tracing::info!(database = %name, running_backup_id = %run.backup_id, seq = delivery.stream_sequence, "scheduled trigger skipped: it came while this database was being dumped");
+                }
+                None => kept.push(job),
+            }
+        }
+        kept
+    }
+
     async fn run_job(
         &self,
         job: Job,
@@ -252,6 +348,8 @@ impl TriggerHandler {
             return JobEnd::RetryLater;
         }
         let started_at = Utc::now();
+        let _running = self.activity.start(&name, &backup_id);
+        let limits = self.settings.limits_for(&job);
         match dump::dump_and_announce(&self.settings, &self.bus, job, &backup_id, &request.origin)
             .await
         {
@@ -280,7 +378,7 @@ impl TriggerHandler {
                         artifact: None,
                         attempt: delivery.attempt,
                         will_retry,
-                        aborted: None,
+                        aborted: error.aborted().map(|a| AbortedStep::new(a, &limits)),
                     })
                     .await;
                 if will_retry {
@@ -347,6 +445,11 @@ impl Handler for TriggerHandler {
         for job in &coalesced {
             tracing::info!(database = %job.name(), seq = delivery.stream_sequence, "trigger coalesced: a dump started after it was published");
         }
+        let jobs = if is_scheduled(&request) {
+            self.skip_running(jobs, &request, delivery).await
+        } else {
+            jobs
+        };
         if jobs.is_empty() {
             return Outcome::Ack;
         }
@@ -371,5 +474,72 @@ impl Handler for TriggerHandler {
     }
 }
 
+/// `BACKUP_LOCK_WAIT_TIMEOUT`: a duration, or `off` (also `0`, `none`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LockWait(pub Option<Duration>);
+
+pub fn parse_lock_wait(text: &str) -> Result<LockWait, String> {
+    match text.trim() {
+        "" | "0" | "off" | "none" => Ok(LockWait(None)),
+        other => backup_core::config::parse_duration(other)
+            .map(|d| LockWait((!d.is_zero()).then_some(d))),
+    }
+}
+
 /// The `reason` the scheduler puts on the triggers it publishes.
 pub const SCHEDULE_REASON: &str = "schedule";
+
+/// A trigger of the built-in schedule (catch-up included), as opposed to
+/// one somebody asked for.
+fn is_scheduled(request: &TriggerRequest) -> bool {
+    request.origin.request_id.is_none() && request.origin.reason.as_deref() == Some(SCHEDULE_REASON)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lock_wait_parses_durations_and_off() {
+        assert_eq!(
+            parse_lock_wait("90s"),
+            Ok(LockWait(Some(Duration::from_secs(90))))
+        );
+        for off in ["off", "0", "none", "0s", ""] {
+            assert_eq!(parse_lock_wait(off), Ok(LockWait(None)), "{off}");
+        }
+        assert!(parse_lock_wait("soon").is_err());
+    }
+
+    #[test]
+    fn the_dump_stall_interval_outlasts_the_lock_wait() {
+        let mut settings = Settings::new(
+            vec!["viatique".parse().unwrap()],
+            PathBuf::from("/tmp/spool"),
+            PgArgs {
+                pg_host: None,
+                pg_port: 5432,
+                pg_user: None,
+            },
+        );
+        let database = Job::Database("viatique".parse().unwrap());
+        // Defaults: a 5 min lock wait would lose the race against a 5 min
+        // stall interval, so the stall interval of a dump grows.
+        assert_eq!(
+            settings.limits_for(&database).stall_after,
+            DEFAULT_LOCK_WAIT_TIMEOUT + LOCK_WAIT_MARGIN
+        );
+        assert_eq!(settings.limits_for(&Job::Media), settings.limits);
+        settings.lock_wait_timeout = None;
+        assert_eq!(settings.limits_for(&database), settings.limits);
+        settings.lock_wait_timeout = Some(Duration::from_secs(2));
+        assert_eq!(
+            settings.limits_for(&database).stall_after,
+            DEFAULT_STALL_AFTER
+        );
+        assert_eq!(
+            settings.limits_for(&database).deadline,
+            DEFAULT_DUMP_DEADLINE
+        );
+    }
+}

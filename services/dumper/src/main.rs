@@ -2,9 +2,12 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
-use backup_core::config::{CommonArgs, SECRETS_HELP, exit_status, parse_compression};
+use backup_core::config::{
+    CommonArgs, SECRETS_HELP, exit_status, parse_compression, parse_duration,
+};
 use backup_core::names::{DatabaseName, DumpFormat};
 use backup_core::pg::PgArgs;
 use clap::Parser;
@@ -66,6 +69,15 @@ struct Args {
     /// Refuse to start a dump the spool has obviously no room for.
     #[arg(long, env = "BACKUP_SPACE_CHECK", default_value_t = true, action = clap::ArgAction::Set)]
     space_check: bool,
+    /// How long pg_dump waits for a table lock before failing (naming the table), or `off`.
+    #[arg(long, env = "BACKUP_LOCK_WAIT_TIMEOUT", default_value = "5m", value_parser = dumper::parse_lock_wait)]
+    lock_wait_timeout: dumper::LockWait,
+    /// Abort a dump when pg_dump has written nothing for this long.
+    #[arg(long, env = "BACKUP_STALL_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
+    stall_timeout: Duration,
+    /// Abort a dump that runs longer than this, progress or not.
+    #[arg(long, env = "BACKUP_DUMP_DEADLINE", default_value = "6h", value_parser = parse_duration)]
+    dump_deadline: Duration,
 }
 
 fn parse_format(text: &str) -> Result<DumpFormat, String> {
@@ -79,6 +91,9 @@ fn parse_format(text: &str) -> Result<DumpFormat, String> {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
+    if args.common.health_probe {
+        return backup_core::health::probe(&args.common).await;
+    }
     backup_core::telemetry::init(args.common.log_format);
     exit_status("dumper", run(args).await.map_err(|e| format!("{e:#}")))
 }
@@ -127,7 +142,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
             "BACKUP_DATABASES: {reserved} is reserved for the {reserved} artifacts"
         );
     }
+    anyhow::ensure!(
+        !args.stall_timeout.is_zero() && !args.dump_deadline.is_zero(),
+        "BACKUP_STALL_TIMEOUT and BACKUP_DUMP_DEADLINE must be longer than zero"
+    );
     let settings = dumper::Settings {
+        lock_wait_timeout: args.lock_wait_timeout.0,
+        limits: backup_core::watchdog::Limits::new(args.stall_timeout, args.dump_deadline),
         format: args.format,
         codec,
         pg_bin_dir: args.pg_bin_dir,
@@ -147,6 +168,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     else {
         return Ok(());
     };
+    backup_core::health::serve(&args.common, &bus)
+        .await
+        .context("HEALTH_LISTEN")?;
     dumper::run(bus, settings, shutdown)
         .await
         .context("dumper")?;

@@ -14,6 +14,10 @@
 //! triggered at once. A database never dumped is not: there was nothing to
 //! miss.
 //!
+//! A slot that comes while a dump is still running announces
+//! `dump.skipped` for it right after its trigger is stored (see
+//! [`crate::running`]); the handler will not dump it again.
+//!
 //! Retries: publishing a trigger retries with backoff until it is stored or
 //! shutdown; the message id makes a retried publish harmless.
 
@@ -33,6 +37,7 @@ use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::SCHEDULE_REASON;
+use crate::running::Activity;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ScheduleError {
@@ -127,25 +132,26 @@ pub fn slot_msg_id(slot: DateTime<Utc>) -> String {
 
 const PUBLISH_RETRY: Backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
 
+/// Returns the trigger's stream sequence, `None` at shutdown.
 async fn publish_trigger(
     bus: &Bus,
     msg_id: &str,
     request: &TriggerRequest,
     shutdown: &CancellationToken,
-) {
+) -> Option<u64> {
     let mut attempt = 0;
     loop {
         attempt += 1;
         match bus.publish(subject::TRIGGER, msg_id, request).await {
             Ok(seq) => {
                 tracing::info!(msg_id, seq, "scheduled trigger published");
-                return;
+                return Some(seq);
             }
             Err(error) => {
                 let delay = PUBLISH_RETRY.delay(attempt);
                 tracing::warn!(%error, msg_id, retry_in = ?delay, "could not publish the scheduled trigger");
                 tokio::select! {
-                    _ = shutdown.cancelled() => return,
+                    _ = shutdown.cancelled() => return None,
                     _ = tokio::time::sleep(delay) => {}
                 }
             }
@@ -171,6 +177,18 @@ pub async fn run_scheduler(
     clock: Arc<dyn Clock>,
     shutdown: CancellationToken,
 ) {
+    run_scheduler_with(bus, schedule, clock, Activity::new(), shutdown).await;
+}
+
+/// [`run_scheduler`] that announces `dump.skipped` for the dumps `activity`
+/// shows running when a slot comes.
+pub async fn run_scheduler_with(
+    bus: Bus,
+    schedule: Schedule,
+    clock: Arc<dyn Clock>,
+    activity: Activity,
+    shutdown: CancellationToken,
+) {
     let mut cursor = clock.now();
     loop {
         let slot = match schedule.next_after(cursor) {
@@ -191,7 +209,15 @@ pub async fn run_scheduler(
             .previous_at_or_before(now)
             .filter(|due| *due >= slot)
             .unwrap_or(slot);
-        publish_trigger(&bus, &slot_msg_id(due), &schedule_request(None), &shutdown).await;
+        let request = schedule_request(None);
+        let Some(seq) = publish_trigger(&bus, &slot_msg_id(due), &request, &shutdown).await else {
+            return;
+        };
+        for (name, run) in activity.running() {
+            activity
+                .announce_skip(&bus, seq, &name, &run, &request.origin)
+                .await;
+        }
         cursor = due;
     }
 }

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use backup_core::Stage;
-use backup_core::events::{DumpFailed, DumpVerified};
+use backup_core::events::{DumpFailed, DumpSkipped, DumpVerified};
 use backup_core::names::DatabaseName;
 use chrono::{DateTime, Utc};
 
@@ -30,6 +30,9 @@ pub enum NoticeKind {
     /// A backup verified with no incident open (people hear of it only
     /// with `ALERT_ON_SUCCESS`; healthchecks always).
     Success,
+    /// A scheduled dump did not start because the previous one was still
+    /// running: a warning, not an incident (nothing to resolve).
+    Skipped,
 }
 
 /// The healthchecks.io-style signal a notice carries.
@@ -238,6 +241,33 @@ impl Notice {
             ),
             for_people,
             health: Some(HealthPing::Success),
+        }
+    }
+
+    /// `dump.skipped`: one warning; no healthcheck ping, since nothing
+    /// failed yet (the dead man's switch covers a dump that never ends).
+    pub fn skipped(skipped: &DumpSkipped) -> Notice {
+        let database = &skipped.header.database;
+        let what = format!(
+            "scheduled dump of {database} skipped: the previous dump ({}, running since {}) is still running",
+            skipped.running_backup_id,
+            when(skipped.running_since)
+        );
+        let body = format!(
+            "The {what}.\n\n             Nothing has failed yet, but dumps now take longer than the schedule allows. \
+             If it happens again, compare the dumps' durations (duration_ms of dump.created) \
+             and look for long transactions or locks on the source; a dump that stops \
+             moving is ended by the stall watchdog.\n\nWhen: {}\n",
+            skipped.header.occurred_at.to_rfc3339()
+        );
+        Notice {
+            kind: NoticeKind::Skipped,
+            database: database.clone(),
+            subject: format!("[backup] SKIPPED {database}: the previous dump is still running"),
+            body,
+            short: format!("⏭ {what}"),
+            for_people: true,
+            health: None,
         }
     }
 

@@ -172,7 +172,7 @@ impl Channel {
         }
     }
 
-    async fn send(&self, notice: &Notice) -> Result<(), ChannelError> {
+    pub async fn send(&self, notice: &Notice) -> Result<(), ChannelError> {
         match self {
             Channel::Email(email) => email.send(notice).await,
             Channel::Telegram(telegram) => telegram.send(notice).await,
@@ -333,7 +333,10 @@ impl Channels {
     }
 }
 
-fn parse_http_url(name: &str, value: &SecretString) -> Result<reqwest::Url, ChannelConfigError> {
+pub fn parse_http_url(
+    name: &str,
+    value: &SecretString,
+) -> Result<reqwest::Url, ChannelConfigError> {
     match reqwest::Url::parse(value.expose_secret()) {
         Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => Ok(url),
         _ => Err(ChannelConfigError::HttpUrl { name: name.into() }),
@@ -400,7 +403,7 @@ pub struct Email {
 }
 
 impl Email {
-    fn new(settings: &EmailSettings) -> Result<Email, ChannelConfigError> {
+    pub fn new(settings: &EmailSettings) -> Result<Email, ChannelConfigError> {
         let url = smtp_transport_url(settings.smtp_url.expose_secret())?;
         let mut builder = AsyncSmtpTransport::<Tokio1Executor>::from_url(&url)
             .map_err(|e| ChannelConfigError::SmtpUrl(backup_core::one_line(&e.to_string())))?
@@ -460,7 +463,7 @@ pub struct Telegram {
 }
 
 impl Telegram {
-    fn new(settings: &TelegramSettings) -> Result<Telegram, ChannelConfigError> {
+    pub fn new(settings: &TelegramSettings) -> Result<Telegram, ChannelConfigError> {
         let chat = match settings.chat_id.trim().parse::<i64>() {
             Ok(id) => Recipient::Id(ChatId(id)),
             Err(_) if settings.chat_id.starts_with('@') && settings.chat_id.len() > 1 => {
@@ -558,7 +561,7 @@ impl Healthcheck {
 
 /// One HTTP attempt, classified: 2xx delivered; 429 and 5xx worth a retry
 /// (with the server's `Retry-After`); other 4xx a refusal.
-async fn http_send(request: reqwest::RequestBuilder) -> Result<(), ChannelError> {
+pub async fn http_send(request: reqwest::RequestBuilder) -> Result<(), ChannelError> {
     let response = request.send().await.map_err(|e| ChannelError {
         cause: backup_core::error_chain(&e.without_url()),
         transient: true,

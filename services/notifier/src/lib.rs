@@ -8,6 +8,8 @@
 //!   the pipeline stops retrying.
 //! - A `dump.verified` closes the database's incidents with one "resolved"
 //!   message (and pings the healthcheck).
+//! - A `dump.skipped` (a scheduled dump that found the previous one still
+//!   running) is one warning, not an incident: nothing to resolve later.
 //! - The dead man's switch: a configured database with no `dump.verified`
 //!   for `stale_after` is alerted even if no event at all arrives. Its
 //!   memory is the stream itself, read again at start-up (see [`history`]).
@@ -23,13 +25,16 @@ pub mod channels;
 pub mod clock;
 pub mod history;
 pub mod incidents;
+pub mod preflight;
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use backup_core::Stage;
 use backup_core::bus::{self, Bus, ConsumerSpec, Delivery, Handler, Outcome};
-use backup_core::events::{self, DumpFailed, DumpPruned, DumpVerified, Event, subject};
+use backup_core::events::{
+    self, DumpFailed, DumpPruned, DumpSkipped, DumpVerified, Event, subject,
+};
 use backup_core::names::DatabaseName;
 use tokio_util::sync::CancellationToken;
 
@@ -115,6 +120,15 @@ pub async fn run_with_clock(
     clock: Arc<dyn Clock>,
     shutdown: CancellationToken,
 ) -> Result<(), NotifyError> {
+    let checked = settings.clone();
+    backup_core::preflight::spawn(
+        bus.health(),
+        move || {
+            let settings = checked.clone();
+            async move { preflight::preflight_checks(&settings).await }
+        },
+        &shutdown,
+    );
     let channels = Channels::build(
         settings.email.as_ref(),
         settings.telegram.as_ref(),
@@ -241,6 +255,7 @@ pub enum Message {
     Failed(Box<DumpFailed>),
     Verified(Box<DumpVerified>),
     Pruned(Box<DumpPruned>),
+    Skipped(Box<DumpSkipped>),
     Other,
 }
 
@@ -263,6 +278,9 @@ impl Handler for NotifyHandler {
             }
             subject::PRUNED => {
                 lenient(DumpPruned::decode(payload).map(|p| Message::Pruned(Box::new(p))))
+            }
+            subject::SKIPPED => {
+                lenient(DumpSkipped::decode(payload).map(|s| Message::Skipped(Box::new(s))))
             }
             _ => Message::Other,
         })
@@ -293,6 +311,7 @@ impl Handler for NotifyHandler {
                     incidents.on_pruned(&pruned);
                     None
                 }
+                Message::Skipped(skipped) => Some(Notice::skipped(&skipped)),
                 Message::Other => None,
             }
         };

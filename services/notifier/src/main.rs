@@ -70,6 +70,9 @@ struct Args {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
+    if args.common.health_probe {
+        return backup_core::health::probe(&args.common).await;
+    }
     backup_core::telemetry::init(args.common.log_format);
     exit_status("notifier", run(args).await.map_err(|e| format!("{e:#}")))
 }
@@ -170,6 +173,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     else {
         return Ok(());
     };
+    backup_core::health::serve(&args.common, &bus)
+        .await
+        .context("HEALTH_LISTEN")?;
     notifier::run(bus, settings, shutdown)
         .await
         .context("notifier")?;

@@ -397,6 +397,61 @@ async fn ten_identical_failures_make_one_alert_then_a_reminder_after_the_interva
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_skipped_scheduled_dump_is_one_warning_not_an_incident() {
+    let nats = NatsServer::start();
+    let slack_hook = HttpStub::start(StubResponse::new(200, "ok"));
+    let healthchecks = HttpStub::start(StubResponse::new(200, "OK"));
+    let settings = Settings {
+        slack: Some(SlackSettings {
+            webhook_url: secret(&format!("{}/services/T0/B0/hook", slack_hook.url)),
+        }),
+        healthcheck: HealthcheckSettings {
+            default_url: Some(secret(&format!("{}/ping/5f1c-uuid", healthchecks.url))),
+            ..HealthcheckSettings::default()
+        },
+        ..settings()
+    };
+    let clock = ManualClock::new(t0() + chrono::Duration::hours(1));
+    let notifier = Running::start(&nats, settings, &clock).await;
+
+    let skipped = json!({
+        "version": 1, "backup_id": "viatique-skipped-t42", "database": DB,
+        "occurred_at": t0() + chrono::Duration::days(1),
+        "reason": "schedule",
+        "cause": "the previous dump (viatique-20260302T020000Z-t7, running since 2026-03-02T02:00:01Z) is still running",
+        "running_backup_id": "viatique-20260302T020000Z-t7",
+        "running_since": t0() + chrono::Duration::seconds(1),
+    });
+    let seq = notifier.publish("dump.skipped", &skipped).await;
+    notifier.acked(seq).await;
+    let text = slack_text(&requests(&slack_hook, 1).await[0]);
+    assert!(
+        text.contains(
+            "scheduled dump of viatique skipped: the previous dump \
+             (viatique-20260302T020000Z-t7, running since 2026-03-02 02:00 UTC) is still running"
+        ),
+        "{text}"
+    );
+
+    // Not an incident: the next verified backup resolves nothing (no
+    // message for people), and the skip itself pinged no healthcheck.
+    let seq = notifier
+        .publish("dump.verified", &verified("viatique-20260302-020000", t0()))
+        .await;
+    notifier.acked(seq).await;
+    let pings = requests(&healthchecks, 1).await;
+    assert_eq!(pings.len(), 1);
+    assert_eq!(pings[0].path, "/ping/5f1c-uuid");
+    assert_eq!(
+        slack_hook.requests().len(),
+        1,
+        "{:?}",
+        slack_hook.requests()
+    );
+    notifier.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_database_with_no_events_at_all_raises_one_stale_alert() {
     let nats = NatsServer::start();
     let telegram_api = HttpStub::start(telegram_ok());

@@ -32,7 +32,8 @@ use remote_sftp::{RemoteError, SftpRemote};
 
 use crate::policy::Backup;
 
-/// A `.partial` upload untouched for this long was abandoned.
+/// A `.partial` upload untouched for this long, both by the pruner's clock
+/// and next to the newest file on the remote, was abandoned.
 pub const PARTIAL_MAX_AGE: TimeDelta = TimeDelta::days(1);
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -77,6 +78,10 @@ pub async fn read_catalog(
         .collect();
     let mut catalog = Catalog::default();
     let mut artifacts = BTreeSet::new();
+    // The server's own clock: an upload is abandoned only if it is also
+    // old next to the newest file there, so a pruner whose clock jumped
+    // ahead does not remove an upload in progress.
+    let newest_write = files.values().filter_map(|e| e.modified).max();
     for (&name, entry) in &files {
         if let Ok(artifact) = name.parse::<ArtifactName>()
             && artifact.database() == database
@@ -86,11 +91,14 @@ pub async fn read_catalog(
         } else if let Some(upload) = name.strip_suffix(PARTIAL_SUFFIX)
             && owner_of(upload, database).is_some()
         {
-            let age = entry
-                .modified
-                .map(|m| now - DateTime::<Utc>::from(m))
-                .unwrap_or(TimeDelta::zero());
-            if age > PARTIAL_MAX_AGE {
+            let since = |at: DateTime<Utc>| {
+                entry
+                    .modified
+                    .map(|m| at - DateTime::<Utc>::from(m))
+                    .unwrap_or(TimeDelta::zero())
+            };
+            let behind_newest = newest_write.map_or(TimeDelta::zero(), |n| since(n.into()));
+            if since(now) > PARTIAL_MAX_AGE && behind_newest > PARTIAL_MAX_AGE {
                 catalog.stale_partials.push(name.to_owned());
             }
         } else if let Some(owner) = owner_of(name, database)

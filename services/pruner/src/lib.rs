@@ -26,7 +26,10 @@
 //! that run: it is reported and acked, never retried.
 
 pub mod catalog;
+#[cfg(test)]
+mod fuzz_tests;
 pub mod policy;
+pub mod preflight;
 pub mod schedule;
 pub mod spool;
 
@@ -362,6 +365,15 @@ pub async fn run(
     settings: Settings,
     shutdown: CancellationToken,
 ) -> Result<(), BusError> {
+    let checked = settings.clone();
+    backup_core::preflight::spawn(
+        bus.health(),
+        move || {
+            let settings = checked.clone();
+            async move { preflight::preflight_checks(&settings).await }
+        },
+        &shutdown,
+    );
     bus.ensure_stream().await?;
     let handler = PruneHandler {
         bus: bus.clone(),

@@ -51,7 +51,10 @@ impl Schedule {
     pub fn next_after(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
         match self {
             Schedule::Off => None,
-            Schedule::Every(interval) => Some(now + chrono::TimeDelta::from_std(*interval).ok()?),
+            // An interval of centuries would overflow the calendar: never.
+            Schedule::Every(interval) => {
+                now.checked_add_signed(chrono::TimeDelta::from_std(*interval).ok()?)
+            }
             Schedule::Cron { cron, timezone } => cron
                 .find_next_occurrence(&now.with_timezone(timezone), false)
                 .ok()

@@ -16,15 +16,30 @@
 //!    renamed; then its manifest the same way, so a manifest always means
 //!    a complete artifact.
 //!
+//! Each delivery runs under a stall watchdog and a deadline
+//! ([`backup_core::watchdog`]): progress is the bytes the destination
+//! acknowledged (SFTP WRITE replies, local writes) plus the bytes read back
+//! when checking an existing copy. When they stop moving for the stall
+//! interval, or the deadline passes, the delivery is dropped as a whole: the
+//! SFTP session goes with it (no polite close on a server that stopped
+//! reading), the remote `.partial` is never renamed and is removed by step 2
+//! of the next attempt, and a local `.partial` is removed by its guard. The
+//! SFTP client's per-request `io_timeout` still applies underneath; the
+//! watchdog is the bound on the delivery as a whole.
+//!
 //! Nothing here retries: errors say whether a retry may help
-//! ([`ShipError::is_transient`]) and the caller owns the schedule.
+//! ([`ShipError::is_transient`]) and the caller owns the schedule. An
+//! aborted delivery is transient: the server may be back next time.
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
-use backup_core::files::{Digester, PartialFile, ensure_private_dir, hash_file, write_atomic};
+use backup_core::files::{Digester, PartialFile, ensure_private_dir, write_atomic};
 use backup_core::manifest::{MAX_SIDECAR_BYTES, Manifest};
 use backup_core::names::{ArtifactName, DatabaseName, MANIFEST_SUFFIX, PARTIAL_SUFFIX, Sha256Hex};
+use backup_core::watchdog::{self, Aborted, Counted, Limits, Progress};
 use remote_sftp::{RemoteError, SftpRemote, SftpSettings};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 
@@ -57,6 +72,12 @@ pub enum ShipError {
          dump.created"
     )]
     Conflict { path: String, detail: String },
+    #[error("upload to {destination} {}", .aborted.cause())]
+    Aborted {
+        destination: String,
+        aborted: Aborted,
+        limits: Limits,
+    },
 }
 
 impl ShipError {
@@ -65,6 +86,7 @@ impl ShipError {
         match self {
             ShipError::Remote(e) => e.is_transient(),
             ShipError::LocalDestination { source, .. } => io_is_transient(source),
+            ShipError::Aborted { .. } => true,
             ShipError::MissingLocal(_)
             | ShipError::SpoolIo { .. }
             | ShipError::LocalMismatch { .. }
@@ -151,26 +173,56 @@ impl Destination {
         }
     }
 
-    /// Copies the artifact and then its manifest (see the module docs).
+    /// Copies the artifact and then its manifest (see the module docs),
+    /// aborting as [`ShipError::Aborted`] when `limits` are exceeded.
     pub async fn deliver(
         &self,
         artifact: &LocalArtifact,
         limit: Option<Rate>,
+        limits: Limits,
     ) -> Result<Delivered, ShipError> {
-        match self {
-            Destination::Sftp { dir, settings, .. } => {
-                let remote = SftpRemote::connect(settings).await?;
-                let dir = format!("{}/{}", dir.trim_end_matches('/'), artifact.database);
-                let result = deliver_sftp(&remote, &dir, artifact, limit).await;
-                if let Err(error) = remote.close().await {
-                    tracing::debug!(%error, "closing the SFTP session");
+        let progress = Progress::new();
+        let work = async {
+            match self {
+                Destination::Sftp { dir, settings, .. } => {
+                    let remote = SftpRemote::connect(settings).await?;
+                    let dir = format!("{}/{}", dir.trim_end_matches('/'), artifact.database);
+                    let result = deliver_sftp(&remote, &dir, artifact, limit, &progress).await;
+                    // Polite but bounded: a server that stopped reading must
+                    // not hold up a delivery that is complete.
+                    match tokio::time::timeout(CLOSE_TIMEOUT, remote.close()).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(error)) => tracing::debug!(%error, "closing the SFTP session"),
+                        Err(_) => tracing::debug!("closing the SFTP session timed out"),
+                    }
+                    result
                 }
-                result
+                Destination::Local { dir, .. } => {
+                    deliver_local(dir, artifact, limit, &progress).await
+                }
             }
-            Destination::Local { dir, .. } => deliver_local(dir, artifact, limit).await,
+        };
+        match watchdog::guard("upload", &progress, limits, work).await {
+            Ok(result) => result,
+            Err(aborted) => {
+                tracing::warn!(
+                    destination = %self.describe(),
+                    artifact = %artifact.name,
+                    %aborted,
+                    "delivery aborted by the watchdog"
+                );
+                Err(ShipError::Aborted {
+                    destination: self.describe(),
+                    aborted,
+                    limits,
+                })
+            }
         }
     }
 }
+
+/// How long a finished delivery waits for the SFTP session to close.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What stands under the artifact's final name, and what to do about it.
 enum Existing {
@@ -242,6 +294,7 @@ async fn deliver_sftp(
     dir: &str,
     artifact: &LocalArtifact,
     limit: Option<Rate>,
+    progress: &Progress,
 ) -> Result<Delivered, ShipError> {
     remote.create_dir_all(dir).await?;
     // Only one shipper runs per destination (one message in flight), so
@@ -270,7 +323,7 @@ async fn deliver_sftp(
         None
     };
     let hash_remote = async || -> Result<Sha256Hex, ShipError> {
-        let mut reader = remote.open_read(&final_path).await?;
+        let mut reader = Counted::new(remote.open_read(&final_path).await?, progress.clone());
         let mut digest = Digester::default();
         let mut buf = vec![0u8; 256 * 1024];
         loop {
@@ -306,13 +359,20 @@ async fn deliver_sftp(
             source,
         })?;
     let mut reader = Throttled::new(file, limit);
+    // Acknowledged bytes, not bytes read from the spool: reads run up to
+    // the pipeline depth ahead of a server that stopped answering.
+    let acknowledged = AtomicU64::new(0);
+    let on_ack = |total: u64| {
+        let before = acknowledged.swap(total, Ordering::Relaxed);
+        progress.add(total.saturating_sub(before));
+    };
     let sent = remote
         .upload_reader(
             &mut reader,
             &artifact.path,
             artifact.size,
             &final_path,
-            &|_| {},
+            &on_ack,
         )
         .await?;
     tracing::debug!(path = %final_path, bytes = sent, "artifact uploaded");
@@ -326,6 +386,7 @@ async fn deliver_local(
     base: &Path,
     artifact: &LocalArtifact,
     limit: Option<Rate>,
+    progress: &Progress,
 ) -> Result<Delivered, ShipError> {
     let at = |path: &Path| {
         let path = path.to_owned();
@@ -375,10 +436,21 @@ async fn deliver_local(
         Err(e) => return Err(at(&manifest_path)(e)),
     };
     let hash_existing = async || -> Result<Sha256Hex, ShipError> {
-        hash_file(&final_path)
+        // Counted: a large copy on a slow share must not look stalled.
+        let file = tokio::fs::File::open(&final_path)
             .await
-            .map(|(sha, _)| sha)
-            .map_err(at(&final_path))
+            .map_err(at(&final_path))?;
+        let mut reader = Counted::new(file, progress.clone());
+        let mut digest = Digester::default();
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            let n = reader.read(&mut buf).await.map_err(at(&final_path))?;
+            if n == 0 {
+                break;
+            }
+            digest.update(&buf[..n]);
+        }
+        Ok(digest.finish().0)
     };
     match judge_existing(artifact, existing_size, remote_manifest, hash_existing).await? {
         Existing::Complete => return Ok(Delivered::AlreadyThere),
@@ -408,7 +480,8 @@ async fn deliver_local(
     let mut partial = PartialFile::create(&final_path)
         .await
         .map_err(at(&final_path))?;
-    let copied = copy_checked(&mut reader, partial.file(), &artifact.path, &final_path).await?;
+    let mut written = Counted::new(partial.file(), progress.clone());
+    let copied = copy_checked(&mut reader, &mut written, &artifact.path, &final_path).await?;
     if copied != artifact.size {
         return Err(ShipError::SpoolIo {
             path: artifact.path.clone(),
@@ -479,6 +552,38 @@ mod tests {
             "db_20260101_020000.sql.gz.verified.json.partial"
         ));
         assert!(!is_own_partial("notes.txt.partial"));
+    }
+
+    #[test]
+    fn aborts_name_the_destination_and_are_transient() {
+        let limits = Limits::new(Duration::from_secs(300), Duration::from_secs(6 * 3600));
+        let stalled = ShipError::Aborted {
+            destination: "sftp://u@h:22/b".into(),
+            aborted: Aborted::Stalled {
+                step: "upload",
+                bytes: 1024,
+                idle: Duration::from_secs(300),
+            },
+            limits,
+        };
+        assert_eq!(
+            stalled.to_string(),
+            "upload to sftp://u@h:22/b stalled: no progress for 5m after 1024 bytes; aborted"
+        );
+        assert!(stalled.is_transient());
+        let late = ShipError::Aborted {
+            destination: "file:///nas".into(),
+            aborted: Aborted::DeadlineExceeded {
+                step: "upload",
+                bytes: 7,
+                deadline: Duration::from_secs(6 * 3600),
+            },
+            limits,
+        };
+        assert_eq!(
+            late.to_string(),
+            "upload to file:///nas exceeded its deadline of 6h after 7 bytes; aborted"
+        );
     }
 
     #[test]

@@ -30,6 +30,14 @@
 //!   that does not match its event, or a different file under the final
 //!   name. The message is then acked: retrying cannot help.
 //!
+//! Each delivery runs under a stall watchdog and a deadline
+//! ([`Settings::limits`], see [`destination`]). An aborted delivery is a
+//! transient failure like a dropped connection: it follows the rules above,
+//! its `dump.failed` carries `aborted` (step `upload`, why, after how many
+//! bytes, the limits), and `dump.shipped` carries the limits the uploads ran
+//! under. The retry loop itself never blocks the worker's progress acks: it
+//! only awaits I/O and timers.
+//!
 //! Failure events carry a `destination` field (its description) besides the
 //! usual ones, and their `Nats-Msg-Id` is fixed per artifact, destination and
 //! kind, so a restart within JetStream's duplicate window does not repeat
@@ -38,6 +46,7 @@
 //! same `Nats-Msg-Id`.
 
 pub mod destination;
+pub mod preflight;
 pub mod throttle;
 
 use std::collections::HashSet;
@@ -47,10 +56,11 @@ use std::time::{Duration, Instant};
 use backup_core::Stage;
 use backup_core::bus::{self, Bus, ConsumerSpec, Delivery, Handler, Outcome};
 use backup_core::events::{
-    self, DumpCreated, DumpFailed, DumpShipped, Event, EventHeader, subject,
+    self, AbortedStep, DumpCreated, DumpFailed, DumpShipped, Event, EventHeader, subject,
 };
 use backup_core::manifest::Manifest;
 use backup_core::retry::Backoff;
+use backup_core::watchdog::{DEFAULT_STALL_AFTER, Limits};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
@@ -85,7 +95,12 @@ pub struct Settings {
     pub retry_max_delay: Duration,
     /// Upload rate limit per transfer, `None` for no limit.
     pub bandwidth_limit: Option<Rate>,
+    /// Stall interval and deadline of each delivery to one destination.
+    pub limits: Limits,
 }
+
+/// Default deadline of one delivery (`SHIP_DEADLINE`).
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(6 * 3600);
 
 impl Settings {
     /// Settings with the defaults of the binary for everything but the
@@ -99,6 +114,7 @@ impl Settings {
             retry_horizon: Duration::from_secs(6 * 3600),
             retry_max_delay: Duration::from_secs(300),
             bandwidth_limit: None,
+            limits: Limits::new(DEFAULT_STALL_AFTER, DEFAULT_DEADLINE),
         }
     }
 }
@@ -111,6 +127,15 @@ pub async fn run(
     assert!(
         !settings.destinations.is_empty(),
         "the shipper needs at least one destination"
+    );
+    let checked = settings.clone();
+    backup_core::preflight::spawn(
+        bus.health(),
+        move || {
+            let settings = checked.clone();
+            async move { preflight::preflight_checks(&settings).await }
+        },
+        &shutdown,
     );
     bus.ensure_stream().await?;
     let grace = settings.shutdown_grace;
@@ -161,8 +186,15 @@ impl Handler for ShipHandler {
         let artifact = match check_spool(&self.settings, &created).await {
             Ok(artifact) => artifact,
             Err(error) => {
-                self.report(&created, None, &backup_core::error_chain(&error), 1, false)
-                    .await;
+                self.report(
+                    &created,
+                    None,
+                    &backup_core::error_chain(&error),
+                    1,
+                    false,
+                    None,
+                )
+                .await;
                 return Outcome::Ack;
             }
         };
@@ -181,7 +213,7 @@ impl Handler for ShipHandler {
             let mut failures: Vec<(&Destination, ShipError)> = Vec::new();
             for destination in pending.drain(..) {
                 match destination
-                    .deliver(&artifact, settings.bandwidth_limit)
+                    .deliver(&artifact, settings.bandwidth_limit, settings.limits)
                     .await
                 {
                     Ok(how) => tracing::info!(
@@ -225,8 +257,15 @@ impl Handler for ShipHandler {
                             )
                         };
                     }
-                    self.report(&created, Some(destination), &cause, round, false)
-                        .await;
+                    self.report(
+                        &created,
+                        Some(destination),
+                        &cause,
+                        round,
+                        false,
+                        aborted_step(error),
+                    )
+                    .await;
                 }
                 return Outcome::Ack;
             }
@@ -237,8 +276,15 @@ impl Handler for ShipHandler {
                 for (destination, error) in &failures {
                     if alerted.insert(destination.label()) {
                         let cause = backup_core::error_chain(error);
-                        self.report(&created, Some(destination), &cause, round, true)
-                            .await;
+                        self.report(
+                            &created,
+                            Some(destination),
+                            &cause,
+                            round,
+                            true,
+                            aborted_step(error),
+                        )
+                        .await;
                     }
                 }
             }
@@ -280,7 +326,7 @@ impl ShipHandler {
             destination: destinations[0].clone(),
             destinations,
             duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-            limits: None,
+            limits: Some(self.settings.limits.for_event()),
         };
         // The same id for every delivery: a redelivered dump.created is
         // answered again, and JetStream keeps a single dump.shipped.
@@ -306,11 +352,15 @@ impl ShipHandler {
         cause: &str,
         attempt: u32,
         will_retry: bool,
+        aborted: Option<AbortedStep>,
     ) {
         let described = destination.map(Destination::describe);
         let error = match &described {
-            Some(where_to) => backup_core::one_line(&format!("{where_to}: {cause}")),
-            None => backup_core::one_line(cause),
+            // An abort's message already reads "upload to <destination> ...".
+            Some(where_to) if aborted.is_none() => {
+                backup_core::one_line(&format!("{where_to}: {cause}"))
+            }
+            _ => backup_core::one_line(cause),
         };
         let failed = DumpFailed {
             header: EventHeader::now(
@@ -323,7 +373,7 @@ impl ShipHandler {
             artifact: Some(created.artifact.artifact.clone()),
             attempt,
             will_retry,
-            aborted: None,
+            aborted,
         };
         let msg_id = format!(
             "{}:failed:ship:{}:{}",
@@ -347,6 +397,16 @@ impl ShipHandler {
         if let Err(error) = self.bus.publish(subject::FAILED, &msg_id, &event).await {
             tracing::error!(%error, "could not publish dump.failed");
         }
+    }
+}
+
+/// What the watchdog stopped, for `dump.failed`.
+fn aborted_step(error: &ShipError) -> Option<AbortedStep> {
+    match error {
+        ShipError::Aborted {
+            aborted, limits, ..
+        } => Some(AbortedStep::new(aborted, limits)),
+        _ => None,
     }
 }
 

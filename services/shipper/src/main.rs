@@ -51,6 +51,13 @@ struct Args {
     /// Upload speed limit per destination, e.g. 10MiB/s or 500KB/s; none by default.
     #[arg(long, env = "SHIP_BANDWIDTH_LIMIT")]
     bandwidth_limit: Option<Rate>,
+    /// An upload whose destination acknowledged no byte for this long is
+    /// aborted (and retried like a lost connection).
+    #[arg(long, env = "SHIP_STALL_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
+    stall_timeout: Duration,
+    /// Longest one upload to one destination may take, progress or not.
+    #[arg(long, env = "SHIP_DEADLINE", default_value = "6h", value_parser = parse_duration)]
+    deadline: Duration,
 }
 
 /// The optional second SFTP server. Explicit ids: clap would otherwise
@@ -135,6 +142,9 @@ impl SecondSftpArgs {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
+    if args.common.health_probe {
+        return backup_core::health::probe(&args.common).await;
+    }
     backup_core::telemetry::init(args.common.log_format);
     exit_status("shipper", run(args).await.map_err(|e| format!("{e:#}")))
 }
@@ -145,6 +155,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
         sftp_settings.key_file.is_file(),
         "SFTP_KEY_FILE {} does not exist or is not a file",
         sftp_settings.key_file.display()
+    );
+    // Zero would abort every upload before its first acknowledgement.
+    anyhow::ensure!(
+        args.stall_timeout >= Duration::from_secs(1) && args.deadline >= Duration::from_secs(1),
+        "SHIP_STALL_TIMEOUT and SHIP_DEADLINE must be at least 1s"
     );
     anyhow::ensure!(
         args.alert_after <= shipper::MAX_ALERT_AFTER,
@@ -176,6 +191,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         retry_horizon: args.retry_horizon,
         retry_max_delay: args.retry_max_delay,
         bandwidth_limit: args.bandwidth_limit,
+        limits: backup_core::watchdog::Limits::new(args.stall_timeout, args.deadline),
     };
     for destination in &settings.destinations {
         tracing::info!(destination = %destination.describe(), "destination");
@@ -187,6 +203,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     else {
         return Ok(());
     };
+    backup_core::health::serve(&args.common, &bus)
+        .await
+        .context("HEALTH_LISTEN")?;
     shipper::run(bus, settings, shutdown)
         .await
         .context("shipper")?;

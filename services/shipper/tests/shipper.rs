@@ -16,6 +16,7 @@ use backup_core::bus::{Bus, NatsOptions};
 use backup_core::events::{ArtifactInfo, DumpCreated, EventHeader, Origin, subject};
 use backup_core::manifest::Manifest;
 use backup_core::names::{ArtifactKind, ArtifactName, DatabaseName, Sha256Hex};
+use backup_core::watchdog::Limits;
 use futures::StreamExt;
 use remote_sftp::SftpSettings;
 use serde_json::Value;
@@ -566,6 +567,125 @@ async fn sshd_killed_mid_upload_leaves_no_final_name_and_the_upload_is_retried()
     assert_delivered(&remote, &created, rig.spool());
 }
 
+/// Parent pid of `pid`, from `/proc/<pid>/stat`.
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // `pid (comm) state ppid ...`; comm may hold spaces.
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// Pids of the processes running as `user` below `listener`: with
+/// privilege separation, the post-authentication half of each sshd session
+/// (`sshd: user@...`, which speaks SSH and runs internal-sftp). A process of
+/// the user that is not below the listener (reparented after its session
+/// ended) is not one of them.
+fn session_pids(user: &str, listener: u32) -> Vec<u32> {
+    let output = std::process::Command::new("pgrep")
+        .args(["-u", user])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .filter(|&pid| {
+            std::iter::successors(parent_of(pid), |&p| parent_of(p))
+                .take(8)
+                .any(|ancestor| ancestor == listener)
+        })
+        .collect()
+}
+
+fn signal(signal: &str, pid: u32) {
+    // `kill -STOP 0` would stop the test's own process group (cargo
+    // included): only ever signal a real process.
+    assert!(pid > 1, "refusing to send {signal} to pid {pid}");
+    let status = std::process::Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill {signal} {pid}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sshd_that_stops_reading_mid_upload_is_aborted_by_the_watchdog_then_shipped() {
+    let mut rig = Rig::start().await;
+    let sshd = Sshd::start();
+    let size = 16usize << 20;
+    let created = prepare_artifact(rig.spool(), size, 11, 0);
+    let mut sftp = sftp_settings(&sshd);
+    // Far above the stall interval (keepalives give up after half of it):
+    // the abort must come from the watchdog, not from the SFTP client.
+    sftp.io_timeout = Duration::from_secs(120);
+    let mut settings = settings(rig.spool(), vec![sftp_destination("sftp", &sshd, sftp)]);
+    // About 8 s of upload: long enough to be caught in the middle.
+    settings.bandwidth_limit = Some("2MiB/s".parse::<Rate>().unwrap());
+    settings.limits = Limits::new(Duration::from_secs(3), Duration::from_secs(3600));
+    let described = settings.destinations[0].describe();
+    rig.run_shipper(settings).await;
+    rig.publish(&created, "created").await;
+
+    let remote = remote_db_dir(&sshd);
+    let name = created.artifact.artifact.as_str();
+    let partial = remote.join(format!("{name}.partial"));
+    test_support::wait_until(WAIT, "the upload to start", || {
+        std::fs::metadata(&partial).is_ok_and(|m| m.len() > (1 << 20))
+    });
+    // The session process stops: the TCP connection stays up, nothing is
+    // read or answered any more. The listener is stopped too, so that no
+    // retry gets through while the test looks at the remote.
+    let listener = sshd.listener_pid().expect("sshd is running");
+    let stopped = session_pids(&sshd.user, listener);
+    assert!(!stopped.is_empty(), "no session process of {}", sshd.user);
+    signal("-STOP", listener);
+    for &pid in &stopped {
+        signal("-STOP", pid);
+    }
+
+    let failed = rig
+        .wait_for(subject::FAILED, |e| e["aborted"].is_object())
+        .await;
+    assert_eq!(failed["stage"], "ship", "{failed:#}");
+    assert_eq!(failed["will_retry"], true, "{failed:#}");
+    assert_eq!(failed["destination"], described.as_str());
+    let aborted = &failed["aborted"];
+    assert_eq!(aborted["step"], "upload", "{failed:#}");
+    assert_eq!(aborted["reason"], "stalled", "{failed:#}");
+    assert_eq!(aborted["stall_after_s"], 3, "{failed:#}");
+    assert_eq!(aborted["deadline_s"], 3600, "{failed:#}");
+    let bytes = aborted["bytes"].as_u64().unwrap();
+    assert!(bytes > 0 && bytes < size as u64, "{failed:#}");
+    assert_eq!(
+        failed["error"],
+        format!("upload to {described} stalled: no progress for 3s after {bytes} bytes; aborted"),
+    );
+    // Not renamed: the final name never appears for an incomplete upload.
+    assert!(!remote.join(name).exists(), "a final name after the abort");
+    let left = std::fs::metadata(&partial).unwrap().len();
+    assert!(left < size as u64, "{left} bytes");
+    assert!(rig.events(subject::SHIPPED).await.is_empty());
+
+    // The stopped session goes away (as a hung one would be reaped by the
+    // server's own timeouts), the listener comes back, and the retry cleans
+    // the stale .partial and ships.
+    for &pid in &stopped {
+        signal("-KILL", pid);
+    }
+    signal("-CONT", listener);
+    let shipped = rig.wait_for(subject::SHIPPED, |_| true).await;
+    assert_eq!(
+        shipped["limits"],
+        serde_json::json!({"stall_after_s": 3, "deadline_s": 3600})
+    );
+    assert_delivered(&remote, &created, rig.spool());
+    // One alert for the incident, however many attempts stalled meanwhile.
+    assert_eq!(rig.events(subject::FAILED).await.len(), 1);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn remote_dir_without_write_permission_is_a_permanent_failure() {
     let mut rig = Rig::start().await;
@@ -690,6 +810,8 @@ fn binary_documents_its_destinations_and_rejects_incomplete_ones_in_one_line() {
         "SHIP_BANDWIDTH_LIMIT",
         "SHIP_RETRY_HORIZON",
         "SHIP_ALERT_AFTER",
+        "SHIP_STALL_TIMEOUT",
+        "SHIP_DEADLINE",
     ] {
         assert!(help.contains(variable), "--help lacks {variable}:\n{help}");
     }
@@ -733,6 +855,8 @@ fn binary_documents_its_destinations_and_rejects_incomplete_ones_in_one_line() {
     assert!(error.contains("SHIP_ALERT_AFTER"), "{error}");
     let error = run(&[("SHIP_BANDWIDTH_LIMIT", "fast")]);
     assert!(error.contains("fast"), "{error}");
+    let error = run(&[("SHIP_STALL_TIMEOUT", "0s")]);
+    assert!(error.contains("SHIP_STALL_TIMEOUT"), "{error}");
 }
 
 /// Peak resident memory of a process (`VmHWM`), in KiB.
@@ -831,4 +955,57 @@ async fn benchmark_against_openssh_sftp() {
         rows.join("\n"),
         rss as f64 / 1024.0
     );
+}
+
+/// Start-up checks: a host key that does not match the pin makes the
+/// running shipper unhealthy on `/healthz`, naming the check and the key
+/// presented, while the process goes on running (no crash loop).
+#[tokio::test(flavor = "multi_thread")]
+async fn preflight_reports_a_wrong_host_key_as_unhealthy_without_exiting() {
+    let rig = Rig::start().await;
+    let sshd = Sshd::start();
+    let mut sftp = sftp_settings(&sshd);
+    sftp.known_hosts = Some(sshd.wrong_known_hosts());
+    let bus = Bus::connect(&NatsOptions::local(&rig.nats.url), "shipper", &rig.shutdown)
+        .await
+        .unwrap();
+    let listen = backup_core::health::serve_at(Some("127.0.0.1:0"), &bus)
+        .await
+        .unwrap()
+        .unwrap()
+        .to_string();
+    let shutdown = rig.shutdown.clone();
+    let settings = settings(rig.spool(), vec![sftp_destination("sftp", &sshd, sftp)]);
+    let task = tokio::spawn(async move { shipper::run(bus, settings, shutdown).await });
+
+    let started = Instant::now();
+    let probe = loop {
+        let probe = backup_core::health::probe_once(Some(&listen)).await;
+        if !probe.healthy && probe.line.contains("sftp.host_key") {
+            break probe;
+        }
+        assert!(
+            started.elapsed() < WAIT,
+            "never unhealthy for the host key; last probe: {}",
+            probe.line
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        probe.line.contains(&sshd.host_key_fingerprint),
+        "{}",
+        probe.line
+    );
+    assert!(!task.is_finished(), "the shipper must keep running");
+    assert!(
+        names_in(&sshd.remote_root).is_empty(),
+        "no probe may be written to an impostor"
+    );
+
+    rig.shutdown.cancel();
+    let outcome = tokio::time::timeout(Duration::from_secs(30), task)
+        .await
+        .expect("the shipper stops on shutdown")
+        .unwrap();
+    assert!(outcome.is_ok(), "{outcome:?}");
 }

@@ -15,9 +15,17 @@
 //! JetStream redelivery. A checksum, decryption, decompression, restore,
 //! row-count or operator-check failure is a finding about the backup itself
 //! and is reported once, not retried. One restore runs at a time.
+//!
+//! Hangs: download, restore and checks run under a stall watchdog and a
+//! deadline ([`Settings::limits`], see [`verify`]). An aborted verification
+//! is a failure of the path, not a finding about the backup: `dump.failed`
+//! carries `aborted` (step `download`, `restore` or `checks`) and it is
+//! retried like an unreachable server. The handler only awaits I/O and
+//! timers, so the worker's progress acks keep the message meanwhile.
 
 pub mod archive;
 pub mod checks;
+pub mod preflight;
 pub mod restore;
 pub mod reverify;
 pub mod sqlfilter;
@@ -35,6 +43,7 @@ use backup_core::manifest::VerificationRecord;
 use backup_core::pg::PgTarget;
 use backup_core::retry::Backoff;
 use backup_core::sftp::SftpArgs;
+use backup_core::watchdog::{DEFAULT_STALL_AFTER, Limits};
 use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 
@@ -65,7 +74,16 @@ pub struct Settings {
     /// Re-verify one older backup per database this often; never if `None`.
     pub reverify_every: Option<Duration>,
     pub grace: Duration,
+    /// Stall interval and deadline of each verification (download,
+    /// restore and checks), re-verifications included.
+    pub limits: Limits,
 }
+
+/// The binary's default limits: 5 minutes without progress, 6 hours in all.
+pub const DEFAULT_LIMITS: Limits = Limits {
+    stall_after: DEFAULT_STALL_AFTER,
+    deadline: Duration::from_secs(6 * 3600),
+};
 
 /// Whether `prefix` is usable as a scratch database prefix.
 pub fn valid_scratch_prefix(prefix: &str) -> bool {
@@ -81,17 +99,38 @@ pub async fn run(
     settings: Settings,
     shutdown: CancellationToken,
 ) -> Result<(), bus::BusError> {
+    let checked = settings.clone();
+    backup_core::preflight::spawn(
+        bus.health(),
+        move || {
+            let settings = checked.clone();
+            async move { preflight::preflight_checks(&settings).await }
+        },
+        &shutdown,
+    );
     bus.ensure_stream().await?;
-    match verify::sweep_scratch_databases(&settings.scratch, &settings.scratch_prefix).await {
-        Ok(swept) => {
-            for name in swept {
-                tracing::warn!(database = %name, "dropped a scratch database left by an interrupted verification");
-            }
-        }
-        Err(error) => tracing::warn!(%error, "could not sweep old scratch databases"),
-    }
+    sweep(&settings).await;
     let grace = settings.grace;
     let one_restore_at_a_time = Arc::new(tokio::sync::Mutex::new(()));
+    // The sweep leaves a scratch database alone while something is
+    // connected to it, and the psql of a verifier killed mid-restore may
+    // still be finishing at start-up: look again once it is gone, between
+    // two restores of our own.
+    let late_sweep = {
+        let settings = settings.clone();
+        let idle = one_restore_at_a_time.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            for delay in [Duration::from_secs(5), Duration::from_secs(60)] {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                let _idle = idle.lock().await;
+                sweep(&settings).await;
+            }
+        })
+    };
     let reverifier = settings.reverify_every.map(|every| {
         tokio::spawn(reverify::run_schedule(
             bus.clone(),
@@ -107,11 +146,24 @@ pub async fn run(
         one_restore_at_a_time,
     };
     let result = bus::run_worker(&bus, &CONSUMER, &handler, shutdown, grace).await;
+    late_sweep.abort();
     if let Some(reverifier) = reverifier {
         reverifier.abort();
         let _ = reverifier.await;
     }
     result
+}
+
+/// Drops the scratch databases interrupted verifications left behind.
+async fn sweep(settings: &Settings) {
+    match verify::sweep_scratch_databases(&settings.scratch, &settings.scratch_prefix).await {
+        Ok(swept) => {
+            for name in swept {
+                tracing::warn!(database = %name, "dropped a scratch database left by an interrupted verification");
+            }
+        }
+        Err(error) => tracing::warn!(%error, "could not sweep old scratch databases"),
+    }
 }
 
 #[derive(Debug)]
@@ -174,7 +226,7 @@ impl Handler for VerifyHandler {
                     steps_ms: verification.steps,
                     skipped: verification.skipped,
                     reverification: false,
-                    limits: None,
+                    limits: Some(self.settings.limits.for_event()),
                 };
                 let msg_id = format!("{}:verified", shipped.header.backup_id);
                 match self
@@ -220,7 +272,7 @@ impl Handler for VerifyHandler {
                         artifact: Some(shipped.artifact.artifact.clone()),
                         attempt: delivery.attempt,
                         will_retry,
-                        aborted: None,
+                        aborted: error.aborted_step(),
                     })
                     .await;
                 if will_retry {

@@ -2,9 +2,12 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
-use backup_core::config::{CommonArgs, ExposeSecret, SECRETS_HELP, exit_status, secret_from_env};
+use backup_core::config::{
+    CommonArgs, ExposeSecret, SECRETS_HELP, exit_status, parse_duration, secret_from_env,
+};
 use backup_core::pg::{PgArgs, PgTarget};
 use backup_core::sftp::SftpArgs;
 use clap::Parser;
@@ -57,11 +60,23 @@ struct Args {
     /// directory is made inside and removed afterwards).
     #[arg(long = "staging-dir", env = "VERIFY_STAGING_DIR")]
     staging_dir: Option<PathBuf>,
+    /// A verification during which nothing moved for this long (no byte
+    /// read from the remote or fed to psql/pg_restore, no query working on
+    /// the scratch server) is aborted and retried.
+    #[arg(long = "stall-timeout", env = "VERIFY_STALL_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
+    stall_timeout: Duration,
+    /// Longest one verification (download, restore, checks) may take,
+    /// progress or not.
+    #[arg(long = "deadline", env = "VERIFY_DEADLINE", default_value = "6h", value_parser = parse_duration)]
+    deadline: Duration,
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
+    if args.common.health_probe {
+        return backup_core::health::probe(&args.common).await;
+    }
     backup_core::telemetry::init(args.common.log_format);
     exit_status("verifier", run(args).await.map_err(|e| format!("{e:#}")))
 }
@@ -74,6 +89,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
         None => args.pg.target("postgres").context("PostgreSQL settings")?,
     };
     let nats = args.common.nats_options().context("NATS settings")?;
+    // Zero would abort every verification before its first byte.
+    anyhow::ensure!(
+        args.stall_timeout >= Duration::from_secs(1) && args.deadline >= Duration::from_secs(1),
+        "VERIFY_STALL_TIMEOUT and VERIFY_DEADLINE must be at least 1s"
+    );
     anyhow::ensure!(
         verifier::valid_scratch_prefix(&args.scratch_prefix),
         "VERIFY_SCRATCH_PREFIX must be [a-z][a-z0-9_]*, at most 40 characters"
@@ -106,6 +126,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         operator_checks,
         reverify_every,
         grace: args.common.shutdown_grace,
+        limits: backup_core::watchdog::Limits::new(args.stall_timeout, args.deadline),
     };
     let shutdown = backup_core::shutdown::on_signals();
     let Some(bus) = backup_core::bus::Bus::connect_service(&nats, "verifier", &shutdown)
@@ -114,6 +135,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     else {
         return Ok(());
     };
+    backup_core::health::serve(&args.common, &bus)
+        .await
+        .context("HEALTH_LISTEN")?;
     verifier::run(bus, settings, shutdown)
         .await
         .context("verifier")?;

@@ -11,6 +11,16 @@
 //! corruption caused downstream. Memory stays flat: a few 256 KiB buffers
 //! whatever the size of the dump.
 //!
+//! Everything that moves is counted in a [`Meter`]: bytes read from the
+//! remote (`download`), bytes fed to `psql` or moved by `pg_restore` and its
+//! `-j` workers (`restore`), and ticks of work the scratch server does on
+//! its own (an index build moves no byte we see). The verifier runs the
+//! whole pipeline under [`backup_core::watchdog::guard`] on that meter; an
+//! abort drops it, which kills `psql` / `pg_restore` with their whole
+//! process group ([`ProcessGroup`]) and stops the download task.
+//! [`restore_stream`] (`backupctl restore`) runs no watchdog and leaves the
+//! children in the caller's process group, where Ctrl-C reaches them.
+//!
 //! Retries: none here. Errors are classified by [`VerifyError::is_transient`]
 //! and the caller decides.
 
@@ -18,13 +28,16 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
 use async_compression::tokio::bufread::{GzipDecoder, ZstdDecoder};
+use backup_core::events::AbortedStep;
 use backup_core::files::Digester;
 use backup_core::manifest::Manifest;
 use backup_core::names::{Compression, DumpFormat, Sha256Hex};
 use backup_core::pg::{PgError, PgTarget};
+use backup_core::watchdog::{Aborted, Counted, Limits, ProcessGroup, Progress};
 use bytes::Bytes;
 use remote_sftp::RemoteError;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -77,6 +90,13 @@ pub enum VerifyError {
     /// Local staging of a custom-format archive (disk full, permissions).
     #[error("staging: {0}")]
     Staging(String),
+    /// The watchdog stopped a step that made no progress or ran too long.
+    #[error("{} of {artifact} {}", .aborted.step(), .aborted.cause())]
+    Aborted {
+        artifact: String,
+        aborted: Aborted,
+        limits: Limits,
+    },
 }
 
 impl VerifyError {
@@ -85,7 +105,19 @@ impl VerifyError {
             VerifyError::Remote(e) => e.is_transient(),
             VerifyError::Scratch(e) => e.is_transient(),
             VerifyError::Staging(_) => true,
+            // A lock or a stalled server may be gone by the next attempt.
+            VerifyError::Aborted { .. } => true,
             _ => false,
+        }
+    }
+
+    /// What the watchdog stopped, for `dump.failed`.
+    pub fn aborted_step(&self) -> Option<AbortedStep> {
+        match self {
+            VerifyError::Aborted {
+                aborted, limits, ..
+            } => Some(AbortedStep::new(aborted, limits)),
+            _ => None,
         }
     }
 
@@ -98,6 +130,7 @@ impl VerifyError {
                 | VerifyError::Scratch(_)
                 | VerifyError::Staging(_)
                 | VerifyError::MissingExtensions { .. }
+                | VerifyError::Aborted { .. }
         ) && !(matches!(self, VerifyError::Decrypt { detail, .. } if detail.contains(IDENTITY_HINT)))
     }
 }
@@ -165,6 +198,148 @@ pub struct RestoreReport {
     pub steps: BTreeMap<String, u64>,
 }
 
+/// Where a verification is, for blaming a stall on the right step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Phase {
+    /// Download and restore run side by side; the one waiting is to blame.
+    Restore = 0,
+    /// Archives that are only read back: everything is the download.
+    Download = 1,
+    /// Row counts and other checks on the restored database.
+    Checks = 2,
+}
+
+/// Progress of one verification, shared by the download task, the restore,
+/// the server watcher and the watchdog (see the module docs).
+#[derive(Debug, Clone)]
+pub struct Meter {
+    download: Progress,
+    restore: Progress,
+    /// Everything that counts as moving: what the watchdog watches.
+    activity: Progress,
+    /// Whether the download task is waiting on the remote right now.
+    reading: Arc<AtomicBool>,
+    phase: Arc<AtomicU8>,
+    /// Whether psql and pg_restore get their own process group, killed
+    /// whole when the restore is dropped.
+    own_group: bool,
+}
+
+impl Default for Meter {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Meter {
+    /// A meter for a restore that a watchdog may abort: children run in
+    /// their own process group.
+    pub fn new() -> Self {
+        Self {
+            download: Progress::new(),
+            restore: Progress::new(),
+            activity: Progress::new(),
+            reading: Arc::default(),
+            phase: Arc::default(),
+            own_group: true,
+        }
+    }
+
+    /// A meter for an operator's restore (`backupctl restore`): children
+    /// stay in the caller's process group, so Ctrl-C in the terminal
+    /// reaches them too.
+    fn interactive() -> Self {
+        Self {
+            own_group: false,
+            ..Self::new()
+        }
+    }
+
+    /// Starts `command` as this meter's restores start children (see
+    /// `own_group`); the guard kills the group when dropped, or guards
+    /// nothing for an interactive restore.
+    fn spawn(
+        &self,
+        command: &mut tokio::process::Command,
+    ) -> std::io::Result<(tokio::process::Child, ProcessGroup)> {
+        if self.own_group {
+            command.process_group(0);
+        }
+        let child = command.kill_on_drop(true).spawn()?;
+        let group = ProcessGroup::new(child.id().filter(|_| self.own_group));
+        Ok((child, group))
+    }
+
+    /// What the watchdog watches.
+    pub fn activity(&self) -> &Progress {
+        &self.activity
+    }
+
+    /// Bytes read from the remote so far.
+    pub fn downloaded(&self) -> u64 {
+        self.download.bytes()
+    }
+
+    /// Bytes fed to psql or moved by pg_restore so far.
+    pub fn restored(&self) -> u64 {
+        self.restore.bytes()
+    }
+
+    /// Work the scratch server does without moving bytes we see.
+    pub fn server_working(&self) {
+        self.activity.add(1);
+    }
+
+    pub fn set_phase(&self, phase: Phase) {
+        self.phase.store(phase as u8, Ordering::Relaxed);
+    }
+
+    fn add_restored(&self, bytes: u64) {
+        self.restore.add(bytes);
+        self.activity.add(bytes);
+    }
+
+    /// The step to blame for a stall and the bytes it had moved. While
+    /// download and restore run side by side, a download task waiting on the
+    /// remote means the remote is slow; one that is waiting for the restore
+    /// to take its data, or is done, means the restore is stuck.
+    fn blame(&self) -> (&'static str, u64) {
+        let phase = self.phase.load(Ordering::Relaxed);
+        if phase == Phase::Download as u8 || self.reading.load(Ordering::Relaxed) {
+            ("download", self.downloaded())
+        } else if phase == Phase::Checks as u8 {
+            ("checks", self.restored())
+        } else {
+            ("restore", self.restored())
+        }
+    }
+
+    /// The watchdog's verdict (given for the pipeline as a whole), with the
+    /// step and the byte count of the step to blame.
+    pub fn attribute(&self, aborted: &Aborted) -> Aborted {
+        let (step, bytes) = self.blame();
+        match *aborted {
+            Aborted::Stalled { idle, .. } => Aborted::Stalled { step, bytes, idle },
+            Aborted::DeadlineExceeded { deadline, .. } => Aborted::DeadlineExceeded {
+                step,
+                bytes,
+                deadline,
+            },
+        }
+    }
+}
+
+/// Aborts a spawned task when dropped, so an aborted restore does not
+/// leave its download running against the remote.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 pub(crate) fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
@@ -178,6 +353,20 @@ pub async fn restore_stream<R>(
     target: &PgTarget,
     options: &RestoreOptions,
     progress: Option<ProgressFn>,
+) -> Result<RestoreReport, VerifyError>
+where
+    R: AsyncRead + Unpin + Send + 'static,
+{
+    restore_stream_metered(source, target, options, progress, &Meter::interactive()).await
+}
+
+/// [`restore_stream`], counting what moves in `meter` for a watchdog.
+pub async fn restore_stream_metered<R>(
+    source: RestoreSource<R>,
+    target: &PgTarget,
+    options: &RestoreOptions,
+    progress: Option<ProgressFn>,
+    meter: &Meter,
 ) -> Result<RestoreReport, VerifyError>
 where
     R: AsyncRead + Unpin + Send + 'static,
@@ -210,20 +399,35 @@ where
         }
     }
     if matches!(kind.format, DumpFormat::Globals | DumpFormat::Tar) {
-        return check_archive(reader, manifest, options, progress).await;
+        return check_archive(reader, manifest, options, progress, meter).await;
     }
     let (roles, extensions) = server_roles_and_extensions(target).await?;
 
     let started = Instant::now();
     let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(8);
     let total = manifest.size_bytes;
-    let pump = tokio::spawn(pump(reader, tx, total, progress));
+    let mut pump = AbortOnDrop(tokio::spawn(pump(
+        reader,
+        tx,
+        total,
+        progress,
+        meter.clone(),
+    )));
     let stream_reader = tokio_util::io::StreamReader::new(tokio_stream_from(rx));
 
     let mut steps = BTreeMap::new();
     let outcome = match kind.format {
         DumpFormat::Plain => {
-            restore_plain(stream_reader, &manifest, target, options, roles, extensions).await
+            restore_plain(
+                stream_reader,
+                &manifest,
+                target,
+                options,
+                roles,
+                extensions,
+                meter,
+            )
+            .await
         }
         DumpFormat::Globals | DumpFormat::Tar => unreachable!("handled above"),
         DumpFormat::Custom => {
@@ -235,11 +439,12 @@ where
                 roles,
                 extensions,
                 &mut steps,
+                meter,
             )
             .await
         }
     };
-    let pumped = pump
+    let pumped = (&mut pump.0)
         .await
         .map_err(|e| VerifyError::Staging(e.to_string()))?;
     let (digest, download) = pumped.map_err(|e| VerifyError::Remote(RemoteError::from_io(e)))?;
@@ -307,6 +512,7 @@ pub async fn check_archive<R>(
     manifest: Manifest,
     options: &RestoreOptions,
     progress: Option<ProgressFn>,
+    meter: &Meter,
 ) -> Result<RestoreReport, VerifyError>
 where
     R: AsyncRead + Unpin + Send + 'static,
@@ -314,8 +520,15 @@ where
     let artifact = manifest.artifact.to_string();
     let kind = manifest.artifact.kind();
     let started = Instant::now();
+    meter.set_phase(Phase::Download);
     let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(8);
-    let pump = tokio::spawn(pump(reader, tx, manifest.size_bytes, progress));
+    let mut pump = AbortOnDrop(tokio::spawn(pump(
+        reader,
+        tx,
+        manifest.size_bytes,
+        progress,
+        meter.clone(),
+    )));
     let parsed = async {
         let plaintext = decrypted(
             tokio_util::io::StreamReader::new(tokio_stream_from(rx)),
@@ -342,7 +555,7 @@ where
         })
     }
     .await;
-    let pumped = pump
+    let pumped = (&mut pump.0)
         .await
         .map_err(|e| VerifyError::Staging(e.to_string()))?;
     let (digest, download) = pumped.map_err(|e| VerifyError::Remote(RemoteError::from_io(e)))?;
@@ -380,18 +593,26 @@ where
 /// listens. On a read error the channel just ends; the error is returned
 /// here, where it is classified.
 async fn pump<R: AsyncRead + Unpin>(
-    mut reader: R,
+    reader: R,
     tx: mpsc::Sender<std::io::Result<Bytes>>,
     total: u64,
     progress: Option<ProgressFn>,
+    meter: Meter,
 ) -> std::io::Result<(Digester, Duration)> {
     let started = Instant::now();
+    let mut reader = Counted::new(
+        Counted::new(reader, meter.download.clone()),
+        meter.activity.clone(),
+    );
     let mut digest = Digester::default();
     let mut listening = true;
     let mut next_report = 0u64;
     loop {
         let mut buf = vec![0u8; CHUNK];
-        let n = reader.read(&mut buf).await?;
+        meter.reading.store(true, Ordering::Relaxed);
+        let read = reader.read(&mut buf).await;
+        meter.reading.store(false, Ordering::Relaxed);
+        let n = read?;
         if n == 0 {
             break;
         }
@@ -538,6 +759,7 @@ async fn restore_plain<R>(
     options: &RestoreOptions,
     roles: BTreeSet<String>,
     extensions: BTreeSet<String>,
+    meter: &Meter,
 ) -> Result<FilterReport, VerifyError>
 where
     R: AsyncRead + Unpin + Send + 'static,
@@ -547,8 +769,15 @@ where
     let mut sql = decompressed(plaintext, manifest).await?;
     let mut filter = PlainFilter::new(roles, extensions);
 
-    let mut psql = spawn_psql(&options.psql, target, &artifact)?;
-    let mut stdin = psql.stdin.take().expect("piped stdin");
+    let (mut psql, _group) = spawn_psql(&options.psql, target, &artifact, meter)?;
+    // Bytes psql took: a psql waiting on the server stops taking them.
+    let mut stdin = Counted::new(
+        Counted::new(
+            psql.stdin.take().expect("piped stdin"),
+            meter.restore.clone(),
+        ),
+        meter.activity.clone(),
+    );
     let stderr = psql.stderr.take().expect("piped stderr");
     let stderr_tail = tokio::spawn(first_error_line(stderr));
 
@@ -619,19 +848,23 @@ where
     Ok(filter.report().clone())
 }
 
+/// Starts psql (see [`Meter::spawn`]): dropping the guard (an aborted
+/// restore) kills it and anything it started.
 fn spawn_psql(
     psql: &Path,
     target: &PgTarget,
     artifact: &str,
-) -> Result<tokio::process::Child, VerifyError> {
-    tokio::process::Command::new(psql)
-        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "--no-password"])
-        .envs(target.child_env())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
+    meter: &Meter,
+) -> Result<(tokio::process::Child, ProcessGroup), VerifyError> {
+    meter
+        .spawn(
+            tokio::process::Command::new(psql)
+                .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "--no-password"])
+                .envs(target.child_env())
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped()),
+        )
         .map_err(|e| VerifyError::Restore {
             artifact: artifact.to_owned(),
             detail: format!("cannot start {}: {e}", psql.display()),
@@ -651,6 +884,7 @@ async fn restore_custom<R>(
     roles: BTreeSet<String>,
     extensions: BTreeSet<String>,
     steps: &mut BTreeMap<String, u64>,
+    meter: &Meter,
 ) -> Result<FilterReport, VerifyError>
 where
     R: AsyncRead + Unpin + Send + 'static,
@@ -698,6 +932,7 @@ where
         target,
         &artifact,
         &["-l".into(), path_arg(&archive)],
+        meter,
     )
     .await?;
     let mut report = FilterReport::default();
@@ -746,6 +981,7 @@ where
             format!("--dbname={}", conninfo_dbname(&target.dbname)),
             path_arg(&archive),
         ],
+        meter,
     )
     .await?;
     report.archive_without_owner_and_privileges = true;
@@ -764,14 +1000,21 @@ where
                 "--file=-".into(),
                 path_arg(&archive),
             ],
+            meter,
         )
         .await?;
         let mut filter = PlainFilter::new(roles, extensions);
         let mut out = Vec::new();
         filter.push(script.as_bytes(), &mut out);
         filter.finish(&mut out);
-        let mut psql = spawn_psql(&options.psql, target, &artifact)?;
-        let mut stdin = psql.stdin.take().expect("piped stdin");
+        let (mut psql, _group) = spawn_psql(&options.psql, target, &artifact, meter)?;
+        let mut stdin = Counted::new(
+            Counted::new(
+                psql.stdin.take().expect("piped stdin"),
+                meter.restore.clone(),
+            ),
+            meter.activity.clone(),
+        );
         let stderr = psql.stderr.take().expect("piped stderr");
         let stderr_tail = tokio::spawn(first_error_line(stderr));
         let _ = stdin.write_all(&out).await;
@@ -817,26 +1060,51 @@ fn conninfo_dbname(name: &str) -> String {
 }
 
 /// Runs pg_restore; returns its stdout. The failure carries its first
-/// error line.
+/// error line. pg_restore and its `-j` workers (forked, same process
+/// group) are killed together if this is dropped; while they run, the
+/// bytes they read and write count as restore progress.
 async fn run_pg_restore(
     options: &RestoreOptions,
     target: &PgTarget,
     artifact: &str,
     args: &[String],
+    meter: &Meter,
 ) -> Result<String, VerifyError> {
-    let output = tokio::process::Command::new(&options.pg_restore)
-        .args(args)
-        .envs(target.child_env())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .output()
-        .await
+    let (child, _group) = meter
+        .spawn(
+            tokio::process::Command::new(&options.pg_restore)
+                .args(args)
+                .envs(target.child_env())
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped()),
+        )
         .map_err(|e| VerifyError::Restore {
             artifact: artifact.to_owned(),
             detail: format!("cannot start {}: {e}", options.pg_restore.display()),
         })?;
+    // Only a group of its own can be told from the caller's processes.
+    let pgid = child.id().filter(|_| meter.own_group);
+    let output = child.wait_with_output();
+    tokio::pin!(output);
+    let mut sample = tokio::time::interval(Duration::from_secs(1));
+    sample.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_io = 0u64;
+    let output = loop {
+        tokio::select! {
+            output = &mut output => break output,
+            _ = sample.tick() => {
+                // The sum drops when a worker exits; only growth counts.
+                let io = pgid.map_or(0, group_io_bytes);
+                meter.add_restored(io.saturating_sub(last_io));
+                last_io = io;
+            }
+        }
+    };
+    let output = output.map_err(|e| VerifyError::Restore {
+        artifact: artifact.to_owned(),
+        detail: format!("{} failed: {e}", options.pg_restore.display()),
+    })?;
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         let line = stderr
@@ -852,6 +1120,50 @@ async fn run_pg_restore(
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
+/// Bytes read and written (`rchar` + `wchar` of `/proc/<pid>/io`) by the
+/// live processes of group `pgid`: pg_restore reads its archive and talks
+/// to the server itself, so this is how its progress shows. 0 where /proc
+/// is not readable, which only makes the watchdog stricter.
+fn group_io_bytes(pgid: u32) -> u64 {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    let mut total = 0u64;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // `pid (comm) state ppid pgrp ...`; comm may hold spaces and parens.
+        let pgrp = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(2))
+            .and_then(|field| field.parse::<u32>().ok());
+        if pgrp != Some(pgid) {
+            continue;
+        }
+        let Ok(io) = std::fs::read_to_string(format!("/proc/{pid}/io")) else {
+            continue;
+        };
+        total += io
+            .lines()
+            .filter_map(|line| {
+                let value = line
+                    .strip_prefix("rchar:")
+                    .or_else(|| line.strip_prefix("wchar:"))?;
+                value.trim().parse::<u64>().ok()
+            })
+            .sum::<u64>();
+    }
+    total
+}
+
 /// psql's first `ERROR:` line says what went wrong; later lines are noise.
 async fn first_error_line(stderr: tokio::process::ChildStderr) -> String {
     let mut lines = BufReader::new(stderr).lines();
@@ -864,4 +1176,103 @@ async fn first_error_line(stderr: tokio::process::ChildStderr) -> String {
         last = Some(line);
     }
     backup_core::one_line(&first.or(last).unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stalled() -> Aborted {
+        Aborted::Stalled {
+            step: "verify",
+            bytes: 0,
+            idle: Duration::from_secs(300),
+        }
+    }
+
+    #[test]
+    fn a_stall_is_blamed_on_the_step_that_waits() {
+        let meter = Meter::new();
+        meter.download.add(5000);
+        meter.add_restored(700);
+        // The download task waits on the remote: the remote is slow.
+        meter.reading.store(true, Ordering::Relaxed);
+        assert_eq!(
+            meter.attribute(&stalled()),
+            Aborted::Stalled {
+                step: "download",
+                bytes: 5000,
+                idle: Duration::from_secs(300)
+            }
+        );
+        // It waits for the restore to take its data, or is done: the
+        // restore is stuck.
+        meter.reading.store(false, Ordering::Relaxed);
+        let aborted = meter.attribute(&stalled());
+        assert_eq!((aborted.step(), aborted.bytes()), ("restore", 700));
+        meter.set_phase(Phase::Checks);
+        assert_eq!(meter.attribute(&stalled()).step(), "checks");
+        // Archives are only read back.
+        meter.set_phase(Phase::Download);
+        let deadline = Aborted::DeadlineExceeded {
+            step: "verify",
+            bytes: 0,
+            deadline: Duration::from_secs(60),
+        };
+        assert_eq!(
+            meter.attribute(&deadline),
+            Aborted::DeadlineExceeded {
+                step: "download",
+                bytes: 5000,
+                deadline: Duration::from_secs(60)
+            }
+        );
+    }
+
+    #[test]
+    fn aborts_name_step_and_artifact_and_are_retried_without_condemning() {
+        let error = VerifyError::Aborted {
+            artifact: "db_20260101_020000.sql.gz".into(),
+            aborted: Aborted::Stalled {
+                step: "restore",
+                bytes: 42,
+                idle: Duration::from_secs(300),
+            },
+            limits: Limits::new(Duration::from_secs(300), Duration::from_secs(3600)),
+        };
+        assert_eq!(
+            error.to_string(),
+            "restore of db_20260101_020000.sql.gz stalled: no progress for 5m after 42 bytes; aborted"
+        );
+        assert!(error.is_transient());
+        assert!(!error.condemns_backup());
+        let step = error.aborted_step().unwrap();
+        assert_eq!((step.step.as_str(), step.bytes), ("restore", 42));
+        assert_eq!(step.limits.stall_after_s, 300);
+    }
+
+    #[tokio::test]
+    async fn group_io_counts_every_process_of_the_group() {
+        // The shell forks cat, which does the reading and writing, as
+        // pg_restore forks its -j workers.
+        let mut child = tokio::process::Command::new("sh")
+            .args(["-c", "cat /dev/zero > /dev/null; true"])
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let pgid = child.id().unwrap();
+        let mut group = ProcessGroup::new(Some(pgid));
+        let mut seen = 0;
+        for _ in 0..200 {
+            seen = group_io_bytes(pgid);
+            if seen > 1 << 20 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        group.kill();
+        child.wait().await.unwrap();
+        assert!(seen > 1 << 20, "{seen} bytes");
+        assert_eq!(group_io_bytes(u32::MAX), 0);
+    }
 }

@@ -7,7 +7,8 @@
 //! `dump.failed` (stage `verify`), which alerts like any other failure.
 //!
 //! Retries: a round that cannot reach the remote or the scratch server
-//! reports it and tries again at the next round.
+//! reports it and tries again at the next round. A re-verification runs
+//! under the same watchdog limits as a first verification.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -162,7 +163,7 @@ async fn reverify_one(
                 steps_ms: verification.steps,
                 skipped: verification.skipped,
                 reverification: true,
-                limits: None,
+                limits: Some(settings.limits.for_event()),
             };
             let msg_id = format!(
                 "{}:reverified:{}",
@@ -193,7 +194,7 @@ async fn reverify_one(
                 artifact: Some(artifact_name.clone()),
                 attempt: 1,
                 will_retry: !condemned,
-                aborted: None,
+                aborted: error.aborted_step(),
             };
             // Not publish_failure: its message id (backup, stage, attempt)
             // would deduplicate this against the backup's first failure.

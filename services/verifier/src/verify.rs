@@ -5,20 +5,36 @@
 //! database whatever happened. Also the verification record beside the
 //! artifact, and the start-up sweep of scratch databases a crashed verifier
 //! left behind.
+//!
+//! Download, restore and checks run under the stall watchdog and the
+//! deadline of [`Settings::limits`]. Progress is the [`Meter`] of
+//! [`crate::restore`] plus what the scratch server reports: a backend of
+//! the scratch database that is running and not waiting on a lock (or on
+//! us) is working, e.g. building an index. An abort kills psql /
+//! pg_restore with their process groups and the scratch database is
+//! dropped `WITH (FORCE)` as after any failure, which also ends the
+//! backend left waiting on the lock.
 
 use std::collections::BTreeMap;
-use std::time::Instant;
+use std::convert::Infallible;
+use std::time::{Duration, Instant};
 
 use backup_core::events::ArtifactInfo;
 use backup_core::manifest::{MAX_SIDECAR_BYTES, Manifest, VerificationRecord};
 use backup_core::names::{ArtifactName, DatabaseName, DumpFormat};
 use backup_core::pg::{PgError, PgTarget, quote_ident};
+use backup_core::watchdog::{self, Limits};
 use rand::Rng;
 use remote_sftp::SftpRemote;
 
 use crate::Settings;
 use crate::checks::{ManifestExtras, run_checks};
-use crate::restore::{RestoreSource, VerifyError, millis, restore_stream};
+use crate::restore::{Meter, Phase, RestoreSource, VerifyError, millis, restore_stream_metered};
+
+/// How long the scratch database may take to drop, and the SFTP session to
+/// close, after the work is done or aborted: neither may hold the worker
+/// forever. A database that could not be dropped is swept at start-up.
+const CLEANUP_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// What a successful verification established.
 #[derive(Debug, Clone, Default)]
@@ -81,9 +97,16 @@ pub async fn verify_remote(
         .open_read(&format!("{}/{name}", settings.sftp.database_dir(database)))
         .await?;
 
+    let meter = Meter::new();
     if matches!(name.kind().format, DumpFormat::Globals | DumpFormat::Tar) {
-        let listed = crate::restore::check_archive(reader, manifest, &settings.restore, None).await;
-        let _ = remote.close().await;
+        let listed = guarded(
+            settings.limits,
+            &meter,
+            name,
+            crate::restore::check_archive(reader, manifest, &settings.restore, None, &meter),
+        )
+        .await;
+        close_remote(remote).await;
         let listed = listed?;
         steps.extend(listed.steps);
         return Ok(Verification {
@@ -111,8 +134,8 @@ pub async fn verify_remote(
     steps.insert("connect".into(), millis(started.elapsed()));
     tracing::info!(scratch = %scratch_name, artifact = %name, "restoring into a scratch database");
     let scratch = settings.scratch.with_dbname(&scratch_name);
-    let outcome = async {
-        let restored = restore_stream(
+    let work = async {
+        let restored = restore_stream_metered(
             RestoreSource {
                 reader,
                 manifest: manifest.clone(),
@@ -120,25 +143,38 @@ pub async fn verify_remote(
             &scratch,
             &settings.restore,
             None,
+            &meter,
         )
         .await?;
+        meter.set_phase(Phase::Checks);
         let checked = run_checks(&scratch, &manifest, &extras, &settings.operator_checks).await?;
         Ok::<_, VerifyError>((restored, checked))
-    }
-    .await;
-    // Dropped whatever happened; FORCE ends sessions a failed psql may have left.
+    };
+    let watched = async {
+        tokio::select! {
+            outcome = work => outcome,
+            never = watch_scratch_server(&admin, &scratch_name, &meter, settings.limits) => match never {},
+        }
+    };
+    let outcome = guarded(settings.limits, &meter, name, watched).await;
+    // Dropped whatever happened; FORCE ends sessions a failed or killed
+    // psql left, including one still waiting on a lock.
     let dropping = Instant::now();
-    if let Err(error) = admin
-        .batch_execute(&format!(
-            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-            quote_ident(&scratch_name)
-        ))
-        .await
-    {
-        tracing::error!(scratch = %scratch_name, error = %backup_core::error_chain(&error), "could not drop the scratch database");
+    let drop_sql = format!(
+        "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+        quote_ident(&scratch_name)
+    );
+    match tokio::time::timeout(CLEANUP_TIMEOUT, admin.batch_execute(&drop_sql)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => {
+            tracing::error!(scratch = %scratch_name, error = %backup_core::error_chain(&error), "could not drop the scratch database");
+        }
+        Err(_) => {
+            tracing::error!(scratch = %scratch_name, "dropping the scratch database timed out; it will be swept at the next start");
+        }
     }
     steps.insert("drop_scratch".into(), millis(dropping.elapsed()));
-    let _ = remote.close().await;
+    close_remote(remote).await;
     let (restored, checked) = outcome?;
     steps.extend(restored.steps);
     steps.extend(checked.steps);
@@ -152,6 +188,71 @@ pub async fn verify_remote(
         skipped: restored.skipped,
         steps,
     })
+}
+
+/// Runs `work` under the watchdog on `meter`; an abort names the step to
+/// blame (see [`Meter::attribute`]).
+async fn guarded<T>(
+    limits: Limits,
+    meter: &Meter,
+    artifact: &ArtifactName,
+    work: impl Future<Output = Result<T, VerifyError>>,
+) -> Result<T, VerifyError> {
+    match watchdog::guard("verify", meter.activity(), limits, work).await {
+        Ok(outcome) => outcome,
+        Err(aborted) => {
+            let aborted = meter.attribute(&aborted);
+            tracing::warn!(%artifact, %aborted, "verification aborted by the watchdog");
+            Err(VerifyError::Aborted {
+                artifact: artifact.to_string(),
+                aborted,
+                limits,
+            })
+        }
+    }
+}
+
+/// Backends of the scratch database (ours, not autovacuum) that are running
+/// and not waiting on a heavyweight lock, a buffer pin, a timer or their
+/// client are doing work
+/// that moves no byte the meter sees (an index build, a foreign key check):
+/// each sample that finds one keeps the watchdog quiet. Runs until dropped.
+async fn watch_scratch_server(
+    admin: &tokio_postgres::Client,
+    scratch: &str,
+    meter: &Meter,
+    limits: Limits,
+) -> Infallible {
+    const WORKING: &str = "SELECT count(*) FROM pg_stat_activity \
+        WHERE datname = $1 AND state = 'active' AND pid <> pg_backend_pid() \
+        AND backend_type IN ('client backend', 'parallel worker') \
+        AND (wait_event_type IS NULL OR wait_event_type IN ('IO', 'IPC', 'LWLock'))";
+    // As often as the watchdog looks, so one sample can bridge its interval.
+    let every = (limits.stall_after / 10).clamp(Duration::from_millis(100), Duration::from_secs(5));
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match admin.query_one(WORKING, &[&scratch]).await {
+            Ok(row) if row.get::<_, i64>(0) > 0 => meter.server_working(),
+            Ok(_) => {}
+            // A scratch server that does not answer shows no progress.
+            Err(error) => {
+                tracing::debug!(error = %backup_core::error_chain(&error), "sampling the scratch server")
+            }
+        }
+    }
+}
+
+/// Closes an SFTP session politely, but without waiting on a server that
+/// stopped answering.
+async fn close_remote(remote: SftpRemote) {
+    if tokio::time::timeout(CLEANUP_TIMEOUT, remote.close())
+        .await
+        .is_err()
+    {
+        tracing::debug!("closing the SFTP session timed out");
+    }
 }
 
 pub async fn write_record(

@@ -10,6 +10,7 @@ use std::time::Duration;
 use backup_core::bus::{Bus, NatsOptions};
 use backup_core::pg::PgTarget;
 use backup_core::sftp::SftpArgs;
+use backup_core::watchdog::Limits;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use test_support::nats::NatsServer;
@@ -34,6 +35,8 @@ struct Options {
     reverify_every: Option<Duration>,
     /// No in-process verifier: the test runs the binary itself.
     external: bool,
+    /// Watchdog limits; the binary's defaults when `None`.
+    limits: Option<Limits>,
 }
 
 const NO_OPTIONS: Options = Options {
@@ -41,6 +44,7 @@ const NO_OPTIONS: Options = Options {
     sql_checks: None,
     reverify_every: None,
     external: false,
+    limits: None,
 };
 
 impl Rig {
@@ -50,6 +54,9 @@ impl Rig {
 
     /// `before_start` runs once the servers are up, before the verifier.
     fn start_with(options: Options, before_start: impl FnOnce(&Rig)) -> Rig {
+        if std::env::var_os("VERIFIER_TEST_LOG").is_some() {
+            backup_core::telemetry::init(backup_core::config::LogFormat::Text);
+        }
         ensure_postgres_running();
         let mut rig = Rig {
             nats: NatsServer::start(),
@@ -99,6 +106,7 @@ impl Rig {
             operator_checks: operator_checks.unwrap_or_default(),
             reverify_every: options.reverify_every,
             grace: Duration::from_secs(2),
+            limits: options.limits.unwrap_or(verifier::DEFAULT_LIMITS),
         };
         let url = rig.nats.url.clone();
         let shutdown = rig.shutdown.clone();
@@ -689,6 +697,209 @@ fn reverification_catches_rot_and_withdraws_the_record() {
         "the corrupt backup's record must be withdrawn"
     );
     rig.assert_no_scratch_left();
+}
+
+/// Pids of the psql processes the in-process verifier started (children
+/// of this test process with the verifier's arguments), zombies excluded.
+fn verifier_psqls() -> Vec<u32> {
+    let me = std::process::id();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if process_alive_child_of(pid, me)
+            && std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.trim() == "psql")
+            && std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| c.windows(13).any(|w| w == b"--no-password"))
+        {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+/// Whether `pid` is a live (not zombie) child of `parent`.
+fn process_alive_child_of(pid: u32, parent: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // `pid (comm) state ppid ...`
+    let mut fields = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace();
+    let state = fields.next().unwrap_or("Z");
+    let ppid: u32 = fields.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    state != "Z" && ppid == parent
+}
+
+/// A process gone or a zombie: either way it holds nothing any more.
+fn process_gone(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| {
+        stat.rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+    })
+}
+
+#[test]
+fn a_restore_blocked_by_a_lock_on_the_scratch_server_is_aborted_without_leftovers_then_verified() {
+    let rig = Rig::start(Options {
+        limits: Some(Limits::new(
+            Duration::from_secs(3),
+            Duration::from_secs(3600),
+        )),
+        ..NO_OPTIONS
+    });
+    // A row-level security policy for a role that exists on the scratch
+    // server (the same server here): the restore keeps it (ownership and
+    // grants are skipped, policies are not) after all the data.
+    let role = format!("vlock_{:08x}", rand::random::<u32>());
+    let source = TestDatabase::create("vsrc");
+    source.execute(&format!(
+        "CREATE ROLE {role} NOLOGIN;
+         CREATE TABLE exam (id serial PRIMARY KEY, title text);
+         INSERT INTO exam(title) SELECT 'exam ' || i FROM generate_series(1, 20000) i;
+         ALTER TABLE exam ENABLE ROW LEVEL SECURITY;
+         CREATE POLICY readers ON exam FOR SELECT TO {role} USING (true);"
+    ));
+    let name = artifact_name(&source.name, "sql.gz");
+    let file = rig.work.path().join(&name);
+    sh(
+        "pg_dump -d \"$DB\" | gzip > \"$OUT\"",
+        &[("DB", &source.name), ("OUT", file.to_str().unwrap())],
+    );
+    let manifest = manifest_for(Some(&source), &source.name, &name, &file);
+    // Nothing depends on the role any more, so that the operator below can
+    // drop it.
+    source.execute("DROP POLICY readers ON exam;");
+
+    // An operator's transaction on the scratch server, still open: it
+    // dropped the role and holds the role's lock until it ends. Recording
+    // a policy's (or an owner's, a grant's) dependency on a role takes a
+    // share lock on the role, so the restore waits on it, as on a lock held
+    // by a long migration.
+    // Watched from another session: inside a transaction,
+    // pg_stat_activity does not change.
+    let (holder, observer) = rig.runtime.block_on(async {
+        let target = PgTarget::from_url("postgresql://postgres@127.0.0.1:5432/postgres").unwrap();
+        let holder = target.connect("lock-holder").await.unwrap();
+        holder
+            .batch_execute(&format!("BEGIN; DROP ROLE {role};"))
+            .await
+            .unwrap();
+        (holder, target.connect("observer").await.unwrap())
+    });
+
+    let backup_id = rig.ship(&source.name, &file, &manifest);
+    let mut scratch_seen = std::collections::BTreeSet::new();
+    let mut psql_seen = std::collections::BTreeSet::new();
+    test_support::wait_until(
+        Duration::from_secs(120),
+        "the restore to wait on the role's lock",
+        || {
+            let blocked = rig.runtime.block_on(async {
+                observer
+                    .query_one(
+                        "SELECT count(*) FROM pg_stat_activity \
+                         WHERE datname LIKE $1 AND wait_event_type = 'Lock'",
+                        &[&format!("{}\\_%", rig.prefix)],
+                    )
+                    .await
+                    .unwrap()
+                    .get::<_, i64>(0)
+                    > 0
+            });
+            // Taken while blocked: the names and pids of this attempt.
+            scratch_seen.extend(databases_with_prefix(&rig.prefix));
+            psql_seen.extend(verifier_psqls());
+            blocked && !scratch_seen.is_empty() && !psql_seen.is_empty()
+        },
+    );
+
+    let (subject, failed) = rig.verdict(&backup_id);
+    assert_eq!(subject, "dump.failed", "{failed:#}");
+    assert_eq!(failed["stage"], "verify", "{failed:#}");
+    assert_eq!(failed["will_retry"], true, "{failed:#}");
+    let aborted = &failed["aborted"];
+    assert_eq!(aborted["step"], "restore", "{failed:#}");
+    assert_eq!(aborted["reason"], "stalled", "{failed:#}");
+    assert_eq!(aborted["stall_after_s"], 3, "{failed:#}");
+    let bytes = aborted["bytes"].as_u64().unwrap();
+    assert!(bytes > 0, "{failed:#}");
+    assert_eq!(
+        failed["error"],
+        format!("restore of {name} stalled: no progress for 3s after {bytes} bytes; aborted")
+    );
+    // Nothing of the aborted attempt is left: its psql is gone, and so is
+    // its scratch database, with the backend that waited on the lock.
+    for pid in &psql_seen {
+        assert!(process_gone(*pid), "psql {pid} survived the abort");
+    }
+    let left: Vec<String> = databases_with_prefix(&rig.prefix)
+        .into_iter()
+        .filter(|d| scratch_seen.contains(d))
+        .collect();
+    assert!(left.is_empty(), "scratch databases left: {left:?}");
+
+    // The operator's transaction ends; the retry verifies the backup.
+    rig.runtime
+        .block_on(holder.batch_execute("ROLLBACK"))
+        .unwrap();
+    let mut verified = None;
+    test_support::wait_until(Duration::from_secs(180), "the retry to verify", || {
+        verified = rig
+            .events("dump.verified")
+            .into_iter()
+            .find(|e| e["backup_id"] == backup_id.as_str());
+        verified.is_some()
+    });
+    let verified = verified.unwrap();
+    assert_eq!(
+        verified["limits"],
+        json!({"stall_after_s": 3, "deadline_s": 3600})
+    );
+    assert!(
+        verified["checks"].to_string().contains("exact row counts"),
+        "{verified:#}"
+    );
+    rig.assert_no_scratch_left();
+    assert!(verifier_psqls().is_empty());
+    drop(source);
+    sh(
+        "psql -X -q -d postgres -c \"DROP ROLE IF EXISTS $ROLE\"",
+        &[("ROLE", &role)],
+    );
+}
+
+#[test]
+fn binary_documents_its_limits_and_rejects_a_zero_stall_timeout() {
+    let bin = test_support::process::workspace_bin("verifier");
+    let help = Command::new(&bin).arg("--help").output().unwrap();
+    assert!(help.status.success());
+    let help = String::from_utf8_lossy(&help.stdout);
+    for variable in ["VERIFY_STALL_TIMEOUT", "VERIFY_DEADLINE"] {
+        assert!(help.contains(variable), "--help lacks {variable}:\n{help}");
+    }
+    let output = Command::new(&bin)
+        .env("NATS_URL", "nats://127.0.0.1:1")
+        .env("SFTP_HOST", "127.0.0.1")
+        .env("SFTP_USER", "backup")
+        .env("SFTP_DIR", "/backups")
+        .env("SFTP_KEY_FILE", "/nonexistent")
+        .env("SFTP_HOST_FINGERPRINT", "SHA256:AAAA")
+        .env("VERIFY_STALL_TIMEOUT", "0s")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.starts_with("verifier: ") && l.contains("VERIFY_STALL_TIMEOUT")),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -1,0 +1,61 @@
+//! The shipper's start-up checks: each destination takes a file. An SFTP
+//! destination is logged in to as uploads do (pinned host key, key auth)
+//! and its base directory takes a probe written under a `.partial` name,
+//! renamed and deleted; a local destination's directory takes the same
+//! probe. `backup_core::preflight` retries them while they fail.
+
+use backup_core::preflight::{self, Check};
+
+use crate::{Destination, Settings};
+
+/// Runs the shipper's start-up checks once, each bounded in time.
+pub async fn preflight_checks(settings: &Settings) -> Vec<Check> {
+    let mut checks = Vec::new();
+    for destination in &settings.destinations {
+        checks.extend(match destination {
+            Destination::Sftp {
+                label,
+                dir,
+                settings,
+            } => preflight::bounded(label, sftp(label, dir, settings)).await,
+            Destination::Local { label, dir } => {
+                let name = format!("{label}.write");
+                preflight::bounded(&name, async {
+                    vec![preflight::dir_writable(&name, dir, "shipper").await]
+                })
+                .await
+            }
+        });
+    }
+    checks
+}
+
+async fn sftp(label: &str, dir: &str, settings: &remote_sftp::SftpSettings) -> Vec<Check> {
+    let remote = match preflight::sftp_login(label, settings).await {
+        Ok(remote) => remote,
+        Err(check) => return vec![check],
+    };
+    let name = format!("{label}.write");
+    let dir = dir.trim_end_matches('/');
+    let probe = format!("{dir}/{}", preflight::probe_name("shipper"));
+    let written = async {
+        // Uploads create the base directory the same way.
+        remote.create_dir_all(dir).await?;
+        remote
+            .write_file_atomic(&probe, b"shipper start-up check\n")
+            .await?;
+        remote.remove_file(&probe).await
+    }
+    .await;
+    let _ = remote.close().await;
+    vec![match written {
+        Ok(()) => Check::pass(
+            name,
+            format!(
+                "{}@{}:{}: logged in, wrote, renamed and deleted a probe in {dir}",
+                settings.user, settings.host, settings.port
+            ),
+        ),
+        Err(e) => Check::fail(name, format!("cannot write in {dir}: {e}")),
+    }]
+}
