@@ -157,6 +157,20 @@ where
     tokio::spawn(async move { run_until_passing(&health, checks, &shutdown).await });
 }
 
+/// [`spawn`] for the usual case: a service's checks over its own settings.
+pub fn spawn_checks<S, Fut>(
+    health: &HealthState,
+    settings: &S,
+    checks: fn(std::sync::Arc<S>) -> Fut,
+    shutdown: &CancellationToken,
+) where
+    S: Clone + Send + Sync + 'static,
+    Fut: Future<Output = Vec<Check>> + Send + 'static,
+{
+    let settings = std::sync::Arc::new(settings.clone());
+    spawn(health, move || checks(settings.clone()), shutdown);
+}
+
 /// `30s`, `2m`, `10m`: the pauses are whole minutes from a minute on.
 fn short(d: Duration) -> String {
     let secs = d.as_secs();

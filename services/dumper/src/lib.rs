@@ -163,13 +163,10 @@ pub async fn run_with_clock(
     clock: Arc<dyn Clock>,
     shutdown: CancellationToken,
 ) -> Result<(), bus::BusError> {
-    let checked = settings.clone();
-    backup_core::preflight::spawn(
+    backup_core::preflight::spawn_checks(
         bus.health(),
-        move || {
-            let settings = checked.clone();
-            async move { preflight::preflight_checks(&settings).await }
-        },
+        &settings,
+        preflight::preflight_checks,
         &shutdown,
     );
     // An unusable spool is reported by the start-up checks (unhealthy, and

@@ -9,7 +9,8 @@ use backup_core::preflight::{self, Check};
 use crate::Settings;
 
 /// Runs the dumper's start-up checks once, each bounded in time.
-pub async fn preflight_checks(settings: &Settings) -> Vec<Check> {
+pub async fn preflight_checks(settings: std::sync::Arc<Settings>) -> Vec<Check> {
+    let settings: &Settings = &settings;
     let mut checks = Vec::new();
     for database in &settings.databases {
         let name = format!("postgres.{database}");

@@ -307,55 +307,6 @@ fn pg_dumps_of(database: &str) -> Vec<u32> {
         .collect()
 }
 
-/// A tmpfs of `size` mounted on a fresh directory, unmounted on drop.
-struct Tmpfs {
-    dir: tempfile::TempDir,
-}
-
-impl Tmpfs {
-    fn mount(size: &str) -> Tmpfs {
-        let dir = tempfile::tempdir().expect("mount point");
-        let status = Command::new("mount")
-            .args([
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size={size},mode=0700"),
-                "tmpfs",
-            ])
-            .arg(dir.path())
-            .status()
-            .expect("run mount");
-        assert!(
-            status.success(),
-            "mounting a tmpfs needs root (CAP_SYS_ADMIN): {status}"
-        );
-        Tmpfs { dir }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn remount_read_only(&self) {
-        let status = Command::new("mount")
-            .args(["-o", "remount,ro"])
-            .arg(self.path())
-            .status()
-            .expect("run mount");
-        assert!(status.success());
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount")
-            .arg("-l")
-            .arg(self.dir.path())
-            .status();
-    }
-}
-
 fn utc(text: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(text)
         .unwrap()
@@ -728,7 +679,7 @@ async fn a_killed_pg_dump_is_a_failure_and_leaves_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_full_spool_fails_with_no_space_left_and_removes_the_partial() {
-    let tmpfs = Tmpfs::mount("2m");
+    let tmpfs = test_support::tmpfs::Tmpfs::mount("2m");
     let mut rig = Rig::start().await;
     let db = TestDatabase::create("dumper_full");
     // ~6 MB of random bytes: does not compress, does not fit.
@@ -756,7 +707,7 @@ async fn a_full_spool_fails_with_no_space_left_and_removes_the_partial() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_spool_too_small_for_the_estimate_is_refused_up_front() {
-    let tmpfs = Tmpfs::mount("1m");
+    let tmpfs = test_support::tmpfs::Tmpfs::mount("1m");
     let mut rig = Rig::start().await;
     let db = sample_database("dumper_small");
     let mut settings = rig.settings(&[&db]);
@@ -773,7 +724,7 @@ async fn a_spool_too_small_for_the_estimate_is_refused_up_front() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_unwritable_spool_fails_the_dump() {
-    let tmpfs = Tmpfs::mount("64m");
+    let tmpfs = test_support::tmpfs::Tmpfs::mount("64m");
     let mut rig = Rig::start().await;
     let db = sample_database("dumper_ro");
     let mut settings = rig.settings(&[&db]);

@@ -120,13 +120,10 @@ pub async fn run_with_clock(
     clock: Arc<dyn Clock>,
     shutdown: CancellationToken,
 ) -> Result<(), NotifyError> {
-    let checked = settings.clone();
-    backup_core::preflight::spawn(
+    backup_core::preflight::spawn_checks(
         bus.health(),
-        move || {
-            let settings = checked.clone();
-            async move { preflight::preflight_checks(&settings).await }
-        },
+        &settings,
+        preflight::preflight_checks,
         &shutdown,
     );
     let channels = Channels::build(

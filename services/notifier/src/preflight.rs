@@ -8,7 +8,8 @@ use backup_core::preflight::Check;
 use crate::{Channels, HealthcheckSettings, Settings};
 
 /// Runs the notifier's start-up checks once; they touch no network.
-pub async fn preflight_checks(settings: &Settings) -> Vec<Check> {
+pub async fn preflight_checks(settings: std::sync::Arc<Settings>) -> Vec<Check> {
+    let settings: &Settings = &settings;
     let none = HealthcheckSettings::default();
     let policy = settings.delivery;
     let mut checks = Vec::new();

@@ -8,7 +8,8 @@ use remote_sftp::RemoteError;
 use crate::Settings;
 
 /// Runs the pruner's start-up checks once, bounded in time.
-pub async fn preflight_checks(settings: &Settings) -> Vec<Check> {
+pub async fn preflight_checks(settings: std::sync::Arc<Settings>) -> Vec<Check> {
+    let settings: &Settings = &settings;
     preflight::bounded("sftp", sftp(settings)).await
 }
 

@@ -128,13 +128,10 @@ pub async fn run(
         !settings.destinations.is_empty(),
         "the shipper needs at least one destination"
     );
-    let checked = settings.clone();
-    backup_core::preflight::spawn(
+    backup_core::preflight::spawn_checks(
         bus.health(),
-        move || {
-            let settings = checked.clone();
-            async move { preflight::preflight_checks(&settings).await }
-        },
+        &settings,
+        preflight::preflight_checks,
         &shutdown,
     );
     bus.ensure_stream().await?;

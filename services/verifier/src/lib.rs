@@ -99,13 +99,10 @@ pub async fn run(
     settings: Settings,
     shutdown: CancellationToken,
 ) -> Result<(), bus::BusError> {
-    let checked = settings.clone();
-    backup_core::preflight::spawn(
+    backup_core::preflight::spawn_checks(
         bus.health(),
-        move || {
-            let settings = checked.clone();
-            async move { preflight::preflight_checks(&settings).await }
-        },
+        &settings,
+        preflight::preflight_checks,
         &shutdown,
     );
     bus.ensure_stream().await?;

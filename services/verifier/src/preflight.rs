@@ -11,7 +11,8 @@ use rand::Rng;
 use crate::Settings;
 
 /// Runs the verifier's start-up checks once, each bounded in time.
-pub async fn preflight_checks(settings: &Settings) -> Vec<Check> {
+pub async fn preflight_checks(settings: std::sync::Arc<Settings>) -> Vec<Check> {
+    let settings: &Settings = &settings;
     let mut checks = preflight::bounded("scratch", scratch(settings)).await;
     checks.extend(preflight::bounded("sftp", sftp(settings)).await);
     checks
