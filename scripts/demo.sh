@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs the whole pipeline once on local defaults: a private NATS with
 # JetStream, a local OpenSSH SFTP target with a pinned host key, a small
-# Korrigo-like database, the five services, then `backupctl trigger --wait`
-# and `backupctl list`. Everything lives under .demo/ (or $DEMO_DIR).
+# Korrigo-like database, the five services, then `backupctl trigger --wait`,
+# `backupctl list` and `backupctl doctor`. Everything lives under .demo/
+# (or $DEMO_DIR).
 # Set DEMO_KEEP_RUNNING=1 to leave the servers and services up afterwards.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -123,6 +124,8 @@ echo "==> backupctl trigger --wait"
 "$bin/backupctl" trigger --database "$db" --reason "demo" --wait --timeout 10m
 echo "==> backupctl list"
 "$bin/backupctl" list --database "$db"
+echo "==> backupctl doctor (every piece of the set-up, checked)"
+"$bin/backupctl" doctor
 echo "==> on the SFTP target ($home/backups/$db)"
 ls -l "$home/backups/$db"
 echo
