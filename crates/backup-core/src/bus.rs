@@ -86,19 +86,31 @@ impl NatsOptions {
                 })?,
             None => async_nats::ConnectOptions::new(),
         };
+        let connected_before = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let mut options = base
             .name(name)
             .connection_timeout(Duration::from_secs(5))
             // After the first connection, the client reconnects by itself
             // forever; we only log the transitions.
             .max_reconnects(None)
-            .event_callback(|event| async move {
-                match event {
-                    async_nats::Event::Connected => tracing::info!("NATS connection restored"),
-                    async_nats::Event::Disconnected => {
-                        tracing::warn!("NATS connection lost; reconnecting")
+            .event_callback(move |event| {
+                let connected_before = std::sync::Arc::clone(&connected_before);
+                async move {
+                    match event {
+                        // The callback also fires for the first connection,
+                        // which restores nothing.
+                        async_nats::Event::Connected => {
+                            if connected_before.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                                tracing::info!("NATS connection restored");
+                            } else {
+                                tracing::info!("NATS connected");
+                            }
+                        }
+                        async_nats::Event::Disconnected => {
+                            tracing::warn!("NATS connection lost; reconnecting")
+                        }
+                        other => tracing::debug!(event = %other, "NATS event"),
                     }
-                    other => tracing::debug!(event = %other, "NATS event"),
                 }
             });
         if let Some(token) = &self.token {

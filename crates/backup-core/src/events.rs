@@ -227,6 +227,10 @@ pub struct DumpPruned {
     /// Why each kept artifact was kept (rule names), by artifact name.
     #[serde(default)]
     pub kept_reasons: std::collections::BTreeMap<String, Vec<String>>,
+    /// Bytes of the kept artifacts on the remote after this run (sidecars
+    /// not counted): what the daily digest reports as space used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kept_bytes: Option<u64>,
     pub dry_run: bool,
 }
 

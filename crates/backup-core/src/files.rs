@@ -12,7 +12,7 @@ use std::task::{Context, Poll};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::names::{PARTIAL_SUFFIX, Sha256Hex};
+use crate::names::{ArtifactName, PARTIAL_SUFFIX, Sha256Hex};
 
 /// Creates `dir` (and parents) and makes it 0700.
 pub fn ensure_private_dir(dir: &Path) -> io::Result<()> {
@@ -118,6 +118,72 @@ pub fn remove_stale_partials(spool: &Path) -> io::Result<Vec<PathBuf>> {
                     removed.push(path);
                 }
             }
+        }
+    }
+    Ok(removed)
+}
+
+/// Removes artifacts left in the spool (one level deep per database
+/// directory) by a process that was killed between the rename to the final
+/// name and the manifest write: a regular file whose name is an
+/// [`ArtifactName`] with no manifest beside it, last modified more than
+/// `older_than` ago. Such an artifact was never announced and nothing else
+/// would ever remove it. The age spares a file another process sharing the
+/// spool is still re-hashing before it writes the manifest. Files whose names
+/// are not artifacts, and manifests without artifacts, are left alone.
+/// Returns what it removed.
+pub fn remove_unannounced_artifacts(
+    spool: &Path,
+    older_than: std::time::Duration,
+) -> io::Result<Vec<PathBuf>> {
+    let mut removed = Vec::new();
+    let Ok(entries) = std::fs::read_dir(spool) else {
+        return Ok(removed);
+    };
+    let now = std::time::SystemTime::now();
+    for entry in entries {
+        let entry = entry?;
+        if !entry.file_type()?.is_dir() {
+            continue;
+        }
+        let dir = entry.path();
+        let mut removed_here = false;
+        for inner in std::fs::read_dir(&dir)? {
+            let inner = inner?;
+            // `file_type` does not follow symlinks: only regular files.
+            if !inner.file_type()?.is_file() {
+                continue;
+            }
+            let Some(name) = inner.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            let Ok(artifact) = name.parse::<ArtifactName>() else {
+                continue;
+            };
+            match std::fs::symlink_metadata(dir.join(artifact.manifest_name())) {
+                Ok(_) => continue,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+            let modified = inner.metadata()?.modified()?;
+            // A modification time in the future counts as fresh.
+            let age = now.duration_since(modified).unwrap_or_default();
+            if age <= older_than {
+                continue;
+            }
+            let path = inner.path();
+            match std::fs::remove_file(&path) {
+                Ok(()) => {
+                    removed_here = true;
+                    removed.push(path);
+                }
+                // Removed meanwhile by someone else: the goal is reached.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if removed_here {
+            fsync_dir(&dir)?;
         }
     }
     Ok(removed)
@@ -286,6 +352,75 @@ mod tests {
         assert_eq!(
             sha.as_str(),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
+    #[test]
+    fn unannounced_artifacts_older_than_the_threshold_are_removed() {
+        let spool = tempfile::tempdir().unwrap();
+        let dir = spool.path().join("viatique");
+        std::fs::create_dir_all(&dir).unwrap();
+        let two_hours_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(2 * 3600);
+        let plant = |name: &str, old: bool| {
+            let path = dir.join(name);
+            std::fs::write(&path, b"data").unwrap();
+            if old {
+                std::fs::File::options()
+                    .write(true)
+                    .open(&path)
+                    .unwrap()
+                    .set_modified(two_hours_ago)
+                    .unwrap();
+            }
+            path
+        };
+        let orphan = plant("viatique_20260301_020000.sql.gz", true);
+        let fresh = plant("viatique_20260302_020000.sql.gz", false);
+        let announced = plant("viatique_20260303_020000.sql.gz", true);
+        let manifest = plant("viatique_20260303_020000.sql.gz.manifest.json", true);
+        let lonely_manifest = plant("viatique_20260304_020000.sql.gz.manifest.json", true);
+        let stranger = plant("notes.txt", true);
+        let partial = plant("viatique_20260305_020000.sql.gz.partial", true);
+        // Not a regular file: a directory with an artifact's name.
+        let not_a_file = dir.join("viatique_20260306_020000.sql.gz");
+        std::fs::create_dir(&not_a_file).unwrap();
+        // A file directly in the spool is not in a database directory.
+        let top_level = spool.path().join("viatique_20260307_020000.sql.gz");
+        std::fs::write(&top_level, b"data").unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&top_level)
+            .unwrap()
+            .set_modified(two_hours_ago)
+            .unwrap();
+
+        let threshold = std::time::Duration::from_secs(30 * 60);
+        let removed = remove_unannounced_artifacts(spool.path(), threshold).unwrap();
+        assert_eq!(removed, vec![orphan.clone()]);
+        assert!(!orphan.exists());
+        for kept in [
+            &fresh,
+            &announced,
+            &manifest,
+            &lonely_manifest,
+            &stranger,
+            &partial,
+            &not_a_file,
+            &top_level,
+        ] {
+            assert!(kept.exists(), "{} was removed", kept.display());
+        }
+
+        // Nothing left to do the second time; a missing spool is no error.
+        assert!(
+            remove_unannounced_artifacts(spool.path(), threshold)
+                .unwrap()
+                .is_empty()
+        );
+        assert!(
+            remove_unannounced_artifacts(&spool.path().join("absent"), threshold)
+                .unwrap()
+                .is_empty()
         );
     }
 }

@@ -8,6 +8,7 @@
 //! with backoff) or a terminate, so a restart never loses work in flight.
 
 pub mod bus;
+pub mod calendar;
 pub mod clock;
 pub mod config;
 pub mod events;

@@ -1368,7 +1368,7 @@ pub fn test_notice(database: DatabaseName) -> Notice {
     let when = Utc::now().format("%Y-%m-%d %H:%M UTC");
     Notice {
         kind: NoticeKind::Success,
-        database,
+        database: Some(database),
         subject: format!("[backup] test alert from backupctl doctor on {host}"),
         body: format!(
             "This is a test message sent by `backupctl doctor --send-test-alert` on {host} at {when}.\n\

@@ -29,6 +29,12 @@
 //! is unreachable) makes the whole trigger be redelivered with backoff;
 //! jobs already dumped for that trigger are found in the spool by their
 //! backup id and announced again instead of dumped twice.
+//!
+//! Start-up: `.partial` files left by a dumper killed mid-write are removed,
+//! and so are artifacts with a final name but no manifest, left by a dumper
+//! killed between the rename and the manifest write (older than
+//! [`UNANNOUNCED_ARTIFACT_AGE`]). Those were never announced; the trigger,
+//! never acked, is redelivered and dumps them again.
 
 pub mod compress;
 pub mod dump;
@@ -78,6 +84,12 @@ pub const DEFAULT_DUMP_DEADLINE: Duration = Duration::from_secs(6 * 3600);
 /// name the locked table. The dump step's stall interval is at least the
 /// lock wait plus this.
 pub const LOCK_WAIT_MARGIN: Duration = Duration::from_secs(60);
+
+/// An artifact without a manifest is swept at start-up once it is this old
+/// (see [`files::remove_unannounced_artifacts`]): a younger one may belong to
+/// another dumper sharing the spool, still re-hashing it before writing the
+/// manifest.
+pub const UNANNOUNCED_ARTIFACT_AGE: Duration = Duration::from_secs(30 * 60);
 
 /// Everything the dumper needs besides the bus.
 #[derive(Debug, Clone)]
@@ -181,6 +193,20 @@ pub async fn run_with_clock(
             }
         }
         Err(error) => tracing::warn!(%error, "could not sweep the spool for partial files"),
+    }
+    match files::remove_unannounced_artifacts(&settings.spool_dir, UNANNOUNCED_ARTIFACT_AGE) {
+        Ok(removed) => {
+            for path in removed {
+                tracing::warn!(
+                    path = %path.display(),
+                    "removed an artifact that was never announced (a dumper stopped before \
+                     writing its manifest); the redelivered trigger dumps it again"
+                );
+            }
+        }
+        Err(error) => {
+            tracing::warn!(%error, "could not sweep the spool for unannounced artifacts")
+        }
     }
     bus.ensure_stream().await?;
     let activity = Activity::new();

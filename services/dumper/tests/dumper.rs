@@ -761,6 +761,70 @@ async fn partial_files_of_a_killed_dumper_are_swept_at_start_up() {
     rig.stop().await;
 }
 
+/// Sets a file's modification time `ago` in the past.
+fn back_date(path: &Path, ago: Duration) {
+    std::fs::File::options()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() - ago)
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn unannounced_artifacts_of_a_killed_dumper_are_swept_at_start_up() {
+    let mut rig = Rig::start().await;
+    let db = sample_database("dumper_unannounced");
+    let dir = rig.spool.path().join(&db.name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let plant = |name: String, age: Option<Duration>| {
+        let path = dir.join(name);
+        std::fs::write(&path, b"a whole dump, never announced").unwrap();
+        if let Some(age) = age {
+            back_date(&path, age);
+        }
+        path
+    };
+    let two_hours = Some(Duration::from_secs(2 * 3600));
+    // Renamed to its final name, then killed before the manifest.
+    let orphan = plant(format!("{}_20010101_020000.sql.gz", db.name), two_hours);
+    // Another dumper sharing the spool may still be re-hashing this one.
+    let fresh = plant(format!("{}_20010102_020000.sql.gz", db.name), None);
+    // A finished backup: artifact and manifest.
+    let announced = plant(format!("{}_20010103_020000.sql.gz", db.name), two_hours);
+    let manifest = plant(
+        format!("{}_20010103_020000.sql.gz.manifest.json", db.name),
+        two_hours,
+    );
+    // Not ours to judge.
+    let stranger = plant("operator-notes.txt".to_owned(), two_hours);
+
+    let settings = rig.settings(&[&db]);
+    rig.run(settings, now_clock());
+    rig.trigger("").await;
+    let (subject, event) = rig.log.outcome(&db.name).await;
+    assert_eq!(subject, subject::CREATED, "{event}");
+    assert!(artifact_path(rig.spool.path(), &event).exists());
+
+    assert!(
+        !orphan.exists(),
+        "an unannounced artifact survived start-up: {:?}",
+        files_in(&dir)
+    );
+    for kept in [&fresh, &announced, &manifest, &stranger] {
+        assert!(
+            kept.exists(),
+            "{} was removed: {:?}",
+            kept.display(),
+            files_in(&dir)
+        );
+    }
+    // The trigger made one fresh dump; nothing planted was announced.
+    let created = rig.log.of_database(subject::CREATED, &db.name);
+    assert_eq!(created.len(), 1, "{}", rig.log.dump());
+    rig.stop().await;
+}
+
 // --------------------------------------------------- formats and restores
 
 fn restore_plain(script_to_stdout: &str, into: &TestDatabase) {

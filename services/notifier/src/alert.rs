@@ -33,6 +33,8 @@ pub enum NoticeKind {
     /// A scheduled dump did not start because the previous one was still
     /// running: a warning, not an incident (nothing to resolve).
     Skipped,
+    /// The daily digest of every database (`ALERT_DIGEST_SCHEDULE`).
+    Digest,
 }
 
 /// The healthchecks.io-style signal a notice carries.
@@ -46,7 +48,8 @@ pub enum HealthPing {
 #[derive(Debug, Clone)]
 pub struct Notice {
     pub kind: NoticeKind,
-    pub database: DatabaseName,
+    /// The database it is about; `None` for the digest, which covers all.
+    pub database: Option<DatabaseName>,
     /// Email subject: one line.
     pub subject: String,
     /// Email body: everything the on-call needs without opening anything.
@@ -56,6 +59,15 @@ pub struct Notice {
     /// Whether email, Telegram, Slack (or the log) carry it.
     pub for_people: bool,
     pub health: Option<HealthPing>,
+}
+
+impl Notice {
+    /// The database for logs, or "all databases".
+    pub fn scope(&self) -> &str {
+        self.database
+            .as_ref()
+            .map_or("all databases", DatabaseName::as_str)
+    }
 }
 
 /// The runbook section that tells what to do after a failure of `stage`.
@@ -172,7 +184,7 @@ impl Notice {
         short.push_str(&format!("Next: runbook \"{section}\""));
         Notice {
             kind,
-            database: database.clone(),
+            database: Some(database.clone()),
             subject,
             body,
             short,
@@ -210,7 +222,7 @@ impl Notice {
         }
         Notice {
             kind: NoticeKind::Resolved,
-            database: database.clone(),
+            database: Some(database.clone()),
             subject,
             body,
             short: short.trim_end().to_owned(),
@@ -225,7 +237,7 @@ impl Notice {
         let size = verified.artifact.size_bytes;
         Notice {
             kind: NoticeKind::Success,
-            database: database.clone(),
+            database: Some(database.clone()),
             subject: format!("[backup] OK {database}: backup verified"),
             body: format!(
                 "Backup {} of database {database} was verified at {}.\n\nArtifact: {}\nSize: {size} bytes\nTables: {}\nRows: {}\n",
@@ -262,7 +274,7 @@ impl Notice {
         );
         Notice {
             kind: NoticeKind::Skipped,
-            database: database.clone(),
+            database: Some(database.clone()),
             subject: format!("[backup] SKIPPED {database}: the previous dump is still running"),
             body,
             short: format!("⏭ {what}"),
@@ -306,7 +318,7 @@ impl Notice {
             } else {
                 NoticeKind::Stale
             },
-            database: database.clone(),
+            database: Some(database.clone()),
             subject,
             body,
             short,

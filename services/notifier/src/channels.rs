@@ -166,7 +166,12 @@ impl Channel {
     fn wants(&self, notice: &Notice) -> bool {
         match self {
             Channel::Healthcheck(hc) => {
-                notice.health.is_some() && hc.url_for(&notice.database).is_some()
+                notice.health.is_some()
+                    && notice
+                        .database
+                        .as_ref()
+                        .and_then(|d| hc.url_for(d))
+                        .is_some()
             }
             _ => notice.for_people,
         }
@@ -179,7 +184,7 @@ impl Channel {
             Channel::Slack(slack) => slack.send(notice).await,
             Channel::Healthcheck(hc) => hc.send(notice).await,
             Channel::Log => {
-                tracing::error!(database = %notice.database, subject = %notice.subject, body = %notice.body, "ALERT");
+                tracing::error!(database = notice.scope(), subject = %notice.subject, body = %notice.body, "ALERT");
                 Ok(())
             }
         }
@@ -304,7 +309,7 @@ impl Channels {
             attempt += 1;
             let error = match channel.send(notice).await {
                 Ok(()) => {
-                    tracing::info!(channel = channel.name(), database = %notice.database, kind = ?notice.kind, attempt, "notice delivered");
+                    tracing::info!(channel = channel.name(), database = notice.scope(), kind = ?notice.kind, attempt, "notice delivered");
                     return Delivered::Yes;
                 }
                 Err(error) => ChannelError {
@@ -315,7 +320,7 @@ impl Channels {
             if !error.transient || attempt >= self.policy.attempts {
                 tracing::error!(
                     channel = channel.name(),
-                    database = %notice.database,
+                    database = notice.scope(),
                     subject = %notice.subject,
                     attempt,
                     error = %error,
@@ -327,7 +332,7 @@ impl Channels {
                 Some(asked) => asked.min(self.policy.max_retry_after),
                 None => self.policy.backoff.delay(attempt),
             };
-            tracing::warn!(channel = channel.name(), database = %notice.database, attempt, retry_in = ?delay, error = %error, "notice not delivered yet; retrying");
+            tracing::warn!(channel = channel.name(), database = notice.scope(), attempt, retry_in = ?delay, error = %error, "notice not delivered yet; retrying");
             tokio::time::sleep(delay).await;
         }
     }
@@ -546,7 +551,10 @@ impl Healthcheck {
     }
 
     async fn send(&self, notice: &Notice) -> Result<(), ChannelError> {
-        let (Some(base), Some(ping)) = (self.url_for(&notice.database), notice.health) else {
+        let (Some(base), Some(ping)) = (
+            notice.database.as_ref().and_then(|d| self.url_for(d)),
+            notice.health,
+        ) else {
             return Ok(());
         };
         let mut url = base.clone();

@@ -1,11 +1,14 @@
 //! Rebuilds the notifier's memory from the `BACKUPS` stream at start-up, so
 //! a restart neither repeats alerts already sent nor forgets when each
-//! database last verified (the dead man's switch needs no state of its own).
+//! database last verified (the dead man's switch needs no state of its own),
+//! nor the sizes and durations the digest's trends compare.
 //!
 //! Events the notifier's durable consumer already acked are replayed
 //! silently through [`Incidents`]; later ones will be delivered by the
 //! consumer, and only their verification times are noted now so the stale
-//! check does not fire on a backlog. Reading is best effort: if the stream
+//! check does not fire on a backlog. The digest's [`Ledger`] takes every
+//! event, acked or not: it counts each fact once however often it is read.
+//! Reading is best effort: if the stream
 //! cannot be read, the notifier starts with an empty memory (at worst one
 //! repeated alert) rather than not at all.
 
@@ -13,10 +16,12 @@ use std::time::Duration;
 
 use async_nats::jetstream::consumer::{self, AckPolicy, DeliverPolicy};
 use backup_core::bus::{Bus, BusError};
-use backup_core::events::{DumpFailed, DumpPruned, DumpVerified, Event, subject};
+use backup_core::events::subject;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 
+use crate::Message;
+use crate::digest::Ledger;
 use crate::incidents::Incidents;
 
 fn js_error(e: impl std::fmt::Display) -> BusError {
@@ -35,21 +40,22 @@ pub struct Replayed {
 }
 
 /// Builds the incidents with `make(first event time in the stream)` and
-/// replays the stream into them.
+/// replays the stream into them and into a new digest ledger.
 pub async fn rebuild(
     bus: &Bus,
     durable: &str,
     make: impl FnOnce(Option<DateTime<Utc>>) -> Incidents,
-) -> Result<(Incidents, Replayed), BusError> {
+) -> Result<(Incidents, Ledger, Replayed), BusError> {
     let mut stream = bus.ensure_stream().await?;
     let state = stream.info().await.map_err(js_error)?.state.clone();
     let first = (state.messages > 0)
         .then(|| to_chrono(state.first_timestamp.unix_timestamp()))
         .flatten();
     let mut incidents = make(first);
+    let mut ledger = Ledger::default();
     let mut replayed = Replayed::default();
     if state.messages == 0 {
-        return Ok((incidents, replayed));
+        return Ok((incidents, ledger, replayed));
     }
     let last_sequence = state.last_sequence;
     let ack_floor = match stream.get_consumer::<consumer::pull::Config>(durable).await {
@@ -75,7 +81,7 @@ pub async fn rebuild(
         .await
         .map_err(js_error)?;
     if reader.cached_info().num_pending == 0 {
-        return Ok((incidents, replayed));
+        return Ok((incidents, ledger, replayed));
     }
     let mut messages = reader.messages().await.map_err(js_error)?;
     loop {
@@ -88,48 +94,44 @@ pub async fn rebuild(
         };
         let Ok(info) = message.info() else { continue };
         let sequence = info.stream_sequence;
-        let payload = &message.payload;
+        let last = sequence >= last_sequence || info.pending == 0;
+        // A dump.failed that does not decode was terminated as poison;
+        // nothing to remember of it.
+        let Ok(event) = Message::decode(message.subject.as_str(), &message.payload) else {
+            if last {
+                break;
+            }
+            continue;
+        };
+        ledger.record(&event);
         if sequence <= ack_floor {
             replayed.acked_events += 1;
-            match message.subject.as_str() {
-                subject::FAILED => {
-                    if let Ok(failure) = DumpFailed::decode(payload) {
-                        let _ = incidents.on_failure(&failure, failure.header.occurred_at);
-                    }
+            match event {
+                Message::Failed(failure) => {
+                    let _ = incidents.on_failure(&failure, failure.header.occurred_at);
                 }
-                subject::VERIFIED => {
-                    if let Ok(verified) = DumpVerified::decode(payload) {
-                        if verified.reverification {
-                            incidents.note_verified(
-                                &verified.header.database,
-                                verified.artifact.artifact.taken_at(),
-                            );
-                        } else {
-                            let _ = incidents.on_verified(&verified);
-                        }
-                    }
+                Message::Verified(verified) if verified.reverification => incidents.note_verified(
+                    &verified.header.database,
+                    verified.artifact.artifact.taken_at(),
+                ),
+                Message::Verified(verified) => {
+                    let _ = incidents.on_verified(&verified);
                 }
-                subject::PRUNED => {
-                    if let Ok(pruned) = DumpPruned::decode(payload) {
-                        incidents.on_pruned(&pruned);
-                    }
-                }
+                Message::Pruned(pruned) => incidents.on_pruned(&pruned),
                 _ => {}
             }
         } else {
             replayed.pending_events += 1;
-            if message.subject.as_str() == subject::VERIFIED
-                && let Ok(verified) = DumpVerified::decode(payload)
-            {
+            if let Message::Verified(verified) = event {
                 incidents.note_verified(
                     &verified.header.database,
                     verified.artifact.artifact.taken_at(),
                 );
             }
         }
-        if sequence >= last_sequence || info.pending == 0 {
+        if last {
             break;
         }
     }
-    Ok((incidents, replayed))
+    Ok((incidents, ledger, replayed))
 }

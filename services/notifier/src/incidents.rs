@@ -196,6 +196,41 @@ impl Incidents {
         }
     }
 
+    /// The database's open incidents, oldest first (for the digest).
+    pub fn open(&self, database: &DatabaseName) -> Vec<IncidentSummary> {
+        let mut open: Vec<IncidentSummary> = self
+            .databases
+            .get(database)
+            .map(|state| {
+                state
+                    .incidents
+                    .values()
+                    .map(|i| IncidentSummary {
+                        title: i.title.clone(),
+                        first_seen: i.first_seen,
+                        occurrences: i.occurrences,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        open.sort_by_key(|i| i.first_seen);
+        open
+    }
+
+    /// When the newest verified backup of `database` was taken.
+    pub fn last_verified(&self, database: &DatabaseName) -> Option<DateTime<Utc>> {
+        self.databases.get(database)?.last_verified
+    }
+
+    /// Every database with something remembered, and the watched ones.
+    pub fn databases(&self) -> impl Iterator<Item = &DatabaseName> {
+        self.configured.iter().chain(
+            self.databases
+                .keys()
+                .filter(|d| !self.configured.contains(*d)),
+        )
+    }
+
     /// Records a verification without deciding anything (events the
     /// consumer has yet to deliver, read at start-up).
     pub fn note_verified(&mut self, database: &DatabaseName, at: DateTime<Utc>) {

@@ -14,6 +14,10 @@
 //!   for `stale_after` is alerted even if no event at all arrives. Its
 //!   memory is the stream itself, read again at start-up (see [`history`]).
 //!
+//! - The daily digest (`ALERT_DIGEST_SCHEDULE`, off by default) sums up
+//!   every database: last verified backup, size and duration trends, the
+//!   day's failures, space used on the remote (see [`digest`]).
+//!
 //! Retries: each channel retries its delivery with backoff on its own,
 //! honouring a `429`'s retry-after, so one channel down does not delay or
 //! lose the others (see [`channels`]). The event is acked only when every
@@ -23,6 +27,7 @@
 pub mod alert;
 pub mod channels;
 pub mod clock;
+pub mod digest;
 pub mod history;
 pub mod incidents;
 pub mod preflight;
@@ -32,8 +37,10 @@ use std::time::Duration;
 
 use backup_core::Stage;
 use backup_core::bus::{self, Bus, ConsumerSpec, Delivery, Handler, Outcome};
+use backup_core::calendar::LocalCron;
 use backup_core::events::{
-    self, DumpFailed, DumpPruned, DumpSkipped, DumpVerified, Event, subject,
+    self, DumpCreated, DumpFailed, DumpPruned, DumpShipped, DumpSkipped, DumpVerified, Event,
+    subject,
 };
 use backup_core::names::DatabaseName;
 use tokio_util::sync::CancellationToken;
@@ -44,6 +51,7 @@ pub use channels::{
     SlackSettings, TelegramSettings,
 };
 pub use clock::{Clock, ManualClock, SystemClock};
+use digest::Ledger;
 use incidents::{Incidents, Policy};
 
 pub const CONSUMER: ConsumerSpec =
@@ -64,6 +72,8 @@ pub struct Settings {
     pub stale_check_every: Duration,
     /// Also tell people about every verified backup.
     pub alert_on_success: bool,
+    /// When the daily digest goes out (its zone is `BACKUP_TZ`); `None`: never.
+    pub digest: Option<LocalCron>,
     pub delivery: DeliveryPolicy,
     pub grace: Duration,
 }
@@ -81,6 +91,7 @@ impl Default for Settings {
             remind_every: Duration::from_secs(6 * 3600),
             stale_check_every: Duration::from_secs(60),
             alert_on_success: false,
+            digest: None,
             delivery: DeliveryPolicy::default(),
             grace: Duration::from_secs(20),
         }
@@ -160,18 +171,18 @@ pub async fn run_with_clock(
             first_event.map_or(now, |first| first.min(now)),
         )
     };
-    let incidents = match history::rebuild(&bus, CONSUMER.durable, make).await {
-        Ok((incidents, replayed)) => {
+    let (incidents, ledger) = match history::rebuild(&bus, CONSUMER.durable, make).await {
+        Ok((incidents, ledger, replayed)) => {
             tracing::info!(
                 acked = replayed.acked_events,
                 pending = replayed.pending_events,
                 "memory rebuilt from the stream"
             );
-            incidents
+            (incidents, ledger)
         }
         Err(error) => {
             tracing::warn!(%error, "could not read the stream's history; starting with an empty memory");
-            make(None)
+            (make(None), Ledger::default())
         }
     };
     tracing::info!(
@@ -183,6 +194,7 @@ pub async fn run_with_clock(
 
     let shared = Arc::new(Shared {
         incidents: Mutex::new(incidents),
+        ledger: Mutex::new(ledger),
         channels,
         clock,
     });
@@ -192,16 +204,30 @@ pub async fn run_with_clock(
         settings.stale_check_every,
         watcher_stop.clone(),
     ));
+    let digests = settings.digest.clone().map(|schedule| {
+        tracing::info!(schedule = %schedule, "daily digest scheduled");
+        tokio::spawn(send_digests(
+            Arc::clone(&shared),
+            schedule,
+            settings.databases.clone(),
+            settings.stale_after,
+            watcher_stop.clone(),
+        ))
+    });
     let handler = NotifyHandler { shared };
     let result = bus::run_worker(&bus, &CONSUMER, &handler, shutdown, settings.grace).await;
     watcher_stop.cancel();
     let _ = watcher.await;
+    if let Some(digests) = digests {
+        let _ = digests.await;
+    }
     Ok(result?)
 }
 
 #[derive(Debug)]
 struct Shared {
     incidents: Mutex<Incidents>,
+    ledger: Mutex<Ledger>,
     channels: Channels,
     clock: Arc<dyn Clock>,
 }
@@ -213,9 +239,13 @@ impl Shared {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
+    fn ledger(&self) -> std::sync::MutexGuard<'_, Ledger> {
+        self.ledger.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     async fn send(&self, notice: &Notice) {
         if notice.for_people {
-            tracing::warn!(database = %notice.database, kind = ?notice.kind, subject = %notice.subject, "sending notice");
+            tracing::warn!(database = notice.scope(), kind = ?notice.kind, subject = %notice.subject, "sending notice");
         }
         self.channels.deliver(notice).await;
     }
@@ -241,6 +271,42 @@ async fn watch_staleness(shared: Arc<Shared>, every: Duration, stop: Cancellatio
     }
 }
 
+/// The daily digest: at each time of the schedule, on the notifier's clock.
+async fn send_digests(
+    shared: Arc<Shared>,
+    schedule: LocalCron,
+    configured: Vec<DatabaseName>,
+    stale_after: Duration,
+    stop: CancellationToken,
+) {
+    loop {
+        let Some(next) = schedule.next_after(shared.clock.now()) else {
+            return;
+        };
+        tracing::info!(next = %next, "next daily digest");
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            () = shared.clock.sleep_until(next) => {}
+        }
+        let notice = {
+            let ledger = shared.ledger();
+            let incidents = shared.incidents();
+            digest::digest(
+                &ledger,
+                &incidents,
+                &configured,
+                stale_after,
+                shared.clock.now(),
+                schedule.zone(),
+            )
+        };
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            () = shared.send(&notice) => {}
+        }
+    }
+}
+
 #[derive(Debug)]
 struct NotifyHandler {
     shared: Arc<Shared>,
@@ -249,6 +315,8 @@ struct NotifyHandler {
 /// Events the notifier reads; others on `dump.>` are acked untouched.
 #[derive(Debug)]
 pub enum Message {
+    Created(Box<DumpCreated>),
+    Shipped(Box<DumpShipped>),
     Failed(Box<DumpFailed>),
     Verified(Box<DumpVerified>),
     Pruned(Box<DumpPruned>),
@@ -260,27 +328,7 @@ impl Handler for NotifyHandler {
     type Message = Message;
 
     fn decode(&self, subject: &str, payload: &[u8]) -> Result<Message, events::DecodeError> {
-        // A malformed success event is its consumer's to report (the pruner
-        // reads dump.verified); here it only means no recovery message.
-        let lenient = |result: Result<Message, events::DecodeError>| {
-            result.unwrap_or_else(|error| {
-                tracing::warn!(subject, %error, "ignoring an event that does not decode");
-                Message::Other
-            })
-        };
-        Ok(match subject {
-            subject::FAILED => Message::Failed(Box::new(DumpFailed::decode(payload)?)),
-            subject::VERIFIED => {
-                lenient(DumpVerified::decode(payload).map(|v| Message::Verified(Box::new(v))))
-            }
-            subject::PRUNED => {
-                lenient(DumpPruned::decode(payload).map(|p| Message::Pruned(Box::new(p))))
-            }
-            subject::SKIPPED => {
-                lenient(DumpSkipped::decode(payload).map(|s| Message::Skipped(Box::new(s))))
-            }
-            _ => Message::Other,
-        })
+        Message::decode(subject, payload)
     }
 
     async fn handle(
@@ -290,6 +338,7 @@ impl Handler for NotifyHandler {
         _shutdown: &CancellationToken,
     ) -> Outcome {
         let now = self.shared.clock.now();
+        self.shared.ledger().record(&message);
         let notice = {
             let mut incidents = self.shared.incidents();
             match message {
@@ -309,7 +358,7 @@ impl Handler for NotifyHandler {
                     None
                 }
                 Message::Skipped(skipped) => Some(Notice::skipped(&skipped)),
-                Message::Other => None,
+                Message::Created(_) | Message::Shipped(_) | Message::Other => None,
             }
         };
         if let Some(notice) = notice {
@@ -317,5 +366,39 @@ impl Handler for NotifyHandler {
             self.shared.send(&notice).await;
         }
         Outcome::Ack
+    }
+}
+
+impl Message {
+    /// Only a `dump.failed` that does not decode is refused (it becomes a
+    /// poison message); the others are read leniently.
+    pub fn decode(subject: &str, payload: &[u8]) -> Result<Message, events::DecodeError> {
+        // A malformed success event is its consumer's to report (the pruner
+        // reads dump.verified); here it only means no recovery message.
+        let lenient = |result: Result<Message, events::DecodeError>| {
+            result.unwrap_or_else(|error| {
+                tracing::warn!(subject, %error, "ignoring an event that does not decode");
+                Message::Other
+            })
+        };
+        Ok(match subject {
+            subject::FAILED => Message::Failed(Box::new(DumpFailed::decode(payload)?)),
+            subject::VERIFIED => {
+                lenient(DumpVerified::decode(payload).map(|v| Message::Verified(Box::new(v))))
+            }
+            subject::PRUNED => {
+                lenient(DumpPruned::decode(payload).map(|p| Message::Pruned(Box::new(p))))
+            }
+            subject::SKIPPED => {
+                lenient(DumpSkipped::decode(payload).map(|s| Message::Skipped(Box::new(s))))
+            }
+            subject::CREATED => {
+                lenient(DumpCreated::decode(payload).map(|c| Message::Created(Box::new(c))))
+            }
+            subject::SHIPPED => {
+                lenient(DumpShipped::decode(payload).map(|s| Message::Shipped(Box::new(s))))
+            }
+            _ => Message::Other,
+        })
     }
 }

@@ -62,6 +62,12 @@ struct Args {
     /// First delay between attempts on a channel (doubles up to 2 minutes).
     #[arg(long, env = "ALERT_RETRY_INITIAL", default_value = "2s", value_parser = parse_duration)]
     retry_initial: Duration,
+    /// When to send the daily digest: five cron fields in BACKUP_TZ, or `off`.
+    #[arg(long, env = "ALERT_DIGEST_SCHEDULE", default_value = "off")]
+    digest_schedule: String,
+    /// Time zone of the digest's schedule and of the times it shows (IANA name).
+    #[arg(long = "backup-tz", env = "BACKUP_TZ", default_value = "UTC")]
+    timezone: chrono_tz::Tz,
     /// How often the dead man's switch looks at the clock.
     #[arg(long, env = "ALERT_CHECK_EVERY", default_value = "1m", value_parser = parse_duration)]
     check_every: Duration,
@@ -154,6 +160,12 @@ fn settings(args: &Args) -> anyhow::Result<notifier::Settings> {
         remind_every: args.remind_every,
         stale_check_every: args.check_every.max(Duration::from_millis(100)),
         alert_on_success: args.alert_on_success,
+        digest: backup_core::calendar::LocalCron::parse(
+            "ALERT_DIGEST_SCHEDULE",
+            &args.digest_schedule,
+            args.timezone,
+        )
+        .map_err(anyhow::Error::msg)?,
         delivery: notifier::DeliveryPolicy {
             attempts: args.delivery_attempts,
             backoff: Backoff::new(args.retry_initial, Duration::from_secs(120)),

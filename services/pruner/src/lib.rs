@@ -265,12 +265,30 @@ pub struct Report {
 }
 
 impl Report {
+    /// The `Nats-Msg-Id` of this run's `dump.pruned`: a dry run and a real
+    /// run for the same backup are different news.
+    pub fn msg_id(&self, run: &BackupId) -> String {
+        if self.dry_run {
+            format!("{run}:pruned-dry-run")
+        } else {
+            format!("{run}:pruned")
+        }
+    }
+
     pub fn event(&self, backup_id: BackupId) -> DumpPruned {
         DumpPruned {
             header: EventHeader::now(backup_id, self.plan.database.clone()),
             deleted: self.plan.plan.delete.keys().cloned().collect(),
             kept: self.plan.plan.keep.keys().cloned().collect(),
             kept_reasons: self.plan.plan.kept_reasons(),
+            kept_bytes: Some(
+                self.plan
+                    .plan
+                    .keep
+                    .keys()
+                    .filter_map(|artifact| self.plan.catalog.remote_sizes.get(artifact))
+                    .sum(),
+            ),
             dry_run: self.dry_run,
         }
     }
@@ -445,7 +463,7 @@ impl PruneHandler {
             let run_id = scheduled_id(&database, Utc::now());
             match self.prune(&database).await {
                 Ok(report) => {
-                    let msg_id = format!("{run_id}:pruned");
+                    let msg_id = report.msg_id(&run_id);
                     if let Err(error) = self
                         .bus
                         .publish(subject::PRUNED, &msg_id, &report.event(run_id))
@@ -501,7 +519,7 @@ impl Handler for PruneHandler {
         let backup_id = verified.header.backup_id.clone();
         match self.prune(&database).await {
             Ok(report) => {
-                let msg_id = format!("{backup_id}:pruned");
+                let msg_id = report.msg_id(&backup_id);
                 match self
                     .bus
                     .publish(subject::PRUNED, &msg_id, &report.event(backup_id))

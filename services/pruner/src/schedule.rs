@@ -6,17 +6,16 @@
 //! uploads when no backup reaches `dump.verified` for days, which is
 //! exactly when the remote needs watching.
 
-use std::str::FromStr;
 use std::time::Duration;
 
+use backup_core::calendar::LocalCron;
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
-use croner::Cron;
 
 #[derive(Debug, Clone)]
 pub enum Schedule {
     Off,
-    Cron { cron: Box<Cron>, timezone: Tz },
+    Cron(Box<LocalCron>),
     Every(Duration),
 }
 
@@ -29,21 +28,9 @@ impl Schedule {
             }
             return Ok(Schedule::Every(interval));
         }
-        let text = cron.trim();
-        if text.is_empty() || text.eq_ignore_ascii_case("off") || text.eq_ignore_ascii_case("none")
-        {
-            return Ok(Schedule::Off);
-        }
-        if text.split_whitespace().count() != 5 {
-            return Err(format!(
-                "PRUNE_SCHEDULE {text:?} must have five fields (minute hour day month weekday)"
-            ));
-        }
-        let cron = Cron::from_str(text)
-            .map_err(|e| format!("PRUNE_SCHEDULE {text:?} is not a cron expression: {e}"))?;
-        Ok(Schedule::Cron {
-            cron: Box::new(cron),
-            timezone,
+        Ok(match LocalCron::parse("PRUNE_SCHEDULE", cron, timezone)? {
+            Some(cron) => Schedule::Cron(Box::new(cron)),
+            None => Schedule::Off,
         })
     }
 
@@ -55,10 +42,7 @@ impl Schedule {
             Schedule::Every(interval) => {
                 now.checked_add_signed(chrono::TimeDelta::from_std(*interval).ok()?)
             }
-            Schedule::Cron { cron, timezone } => cron
-                .find_next_occurrence(&now.with_timezone(timezone), false)
-                .ok()
-                .map(|next| next.with_timezone(&Utc)),
+            Schedule::Cron(cron) => cron.next_after(now),
         }
     }
 }

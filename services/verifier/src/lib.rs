@@ -195,9 +195,11 @@ impl Handler for VerifyHandler {
         let _restoring = self.one_restore_at_a_time.lock().await;
         let started = Instant::now();
         let database = &shipped.header.database;
+        let mut cleanup = verify::ScratchCleanup::default();
         let outcome = match verify::verify_remote(&self.settings, database, &shipped.artifact).await
         {
-            Ok(verification) => {
+            Ok(mut verification) => {
+                cleanup = std::mem::take(&mut verification.cleanup);
                 let record = record_of(
                     &shipped.header.backup_id,
                     &shipped.artifact,
@@ -210,6 +212,22 @@ impl Handler for VerifyHandler {
             }
             Err(error) => Err(error),
         };
+        let outcome = self.report(&shipped, delivery, outcome).await;
+        // Acked only once the scratch database is gone.
+        cleanup.finish().await;
+        outcome
+    }
+}
+
+impl VerifyHandler {
+    /// Publishes the verdict of one verification; the outcome for JetStream.
+    async fn report(
+        &self,
+        shipped: &DumpShipped,
+        delivery: &Delivery,
+        outcome: Result<(verify::Verification, u64), VerifyError>,
+    ) -> Outcome {
+        let database = &shipped.header.database;
         match outcome {
             Ok((verification, duration_ms)) => {
                 let verified = DumpVerified {

@@ -151,7 +151,8 @@ async fn reverify_one(
     }
     .await;
     match outcome {
-        Ok((manifest, artifact, verification, new_record)) => {
+        Ok((manifest, artifact, mut verification, new_record)) => {
+            let cleanup = std::mem::take(&mut verification.cleanup);
             let verified = DumpVerified {
                 header: EventHeader::now(record.backup_id.clone(), database.clone()),
                 origin: manifest.origin,
@@ -174,6 +175,7 @@ async fn reverify_one(
                 tracing::warn!(%error, "re-verified, but dump.verified could not be published");
             }
             tracing::info!(artifact = %artifact_name, "re-verified");
+            cleanup.finish().await;
         }
         Err(error) => {
             let condemned = error.condemns_backup();

@@ -14,6 +14,13 @@
 //! pg_restore with their process groups and the scratch database is
 //! dropped `WITH (FORCE)` as after any failure, which also ends the
 //! backend left waiting on the lock.
+//!
+//! Fixed costs overlap with work: the scratch database is created while the
+//! SFTP session opens and the manifest is read, and after a successful
+//! verification it is dropped while the caller writes the record and
+//! publishes the verdict ([`ScratchCleanup`]); the caller waits for the drop
+//! before acking, so a verifier never takes new work with a scratch
+//! database still standing.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -37,7 +44,7 @@ use crate::restore::{Meter, Phase, RestoreSource, VerifyError, millis, restore_s
 const CLEANUP_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// What a successful verification established.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub struct Verification {
     pub checks: Vec<String>,
     pub tables: u64,
@@ -45,6 +52,39 @@ pub struct Verification {
     pub large_objects: u64,
     pub skipped: Vec<String>,
     pub steps: BTreeMap<String, u64>,
+    /// The scratch database's drop, still running.
+    pub cleanup: ScratchCleanup,
+}
+
+/// A scratch database being dropped in the background: await
+/// [`ScratchCleanup::finish`] before taking new work.
+#[derive(Debug, Default)]
+pub struct ScratchCleanup(Option<tokio::task::JoinHandle<()>>);
+
+impl ScratchCleanup {
+    pub async fn finish(self) {
+        if let Some(task) = self.0 {
+            let _ = task.await;
+        }
+    }
+}
+
+/// `DROP DATABASE ... WITH (FORCE)`, bounded; a failure is logged (the
+/// start-up sweep takes what is left).
+async fn drop_scratch(admin: &tokio_postgres::Client, scratch_name: &str) {
+    let drop_sql = format!(
+        "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+        quote_ident(scratch_name)
+    );
+    match tokio::time::timeout(CLEANUP_TIMEOUT, admin.batch_execute(&drop_sql)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => {
+            tracing::error!(scratch = %scratch_name, error = %backup_core::error_chain(&error), "could not drop the scratch database");
+        }
+        Err(_) => {
+            tracing::error!(scratch = %scratch_name, "dropping the scratch database timed out; it will be swept at the next start");
+        }
+    }
 }
 
 /// Reads a manifest from the remote.
@@ -82,23 +122,37 @@ pub async fn verify_remote(
     let name = &artifact.artifact;
     let mut steps = BTreeMap::new();
     let started = Instant::now();
-    let remote = SftpRemote::connect(&settings.sftp_settings).await?;
-    let (manifest, extras) = read_manifest(&remote, settings, database, name).await?;
-    if manifest.sha256 != artifact.sha256 || manifest.size_bytes != artifact.size_bytes {
-        return Err(VerifyError::Manifest {
-            artifact: name.to_string(),
-            detail: format!(
-                "it says {} bytes, sha256 {}, but the event says {} bytes, sha256 {}",
-                manifest.size_bytes, manifest.sha256, artifact.size_bytes, artifact.sha256
-            ),
-        });
-    }
-    let reader = remote
-        .open_read(&format!("{}/{name}", settings.sftp.database_dir(database)))
-        .await?;
+    let open_remote = async {
+        let remote = SftpRemote::connect(&settings.sftp_settings).await?;
+        let opened = async {
+            let (manifest, extras) = read_manifest(&remote, settings, database, name).await?;
+            if manifest.sha256 != artifact.sha256 || manifest.size_bytes != artifact.size_bytes {
+                return Err(VerifyError::Manifest {
+                    artifact: name.to_string(),
+                    detail: format!(
+                        "it says {} bytes, sha256 {}, but the event says {} bytes, sha256 {}",
+                        manifest.size_bytes, manifest.sha256, artifact.size_bytes, artifact.sha256
+                    ),
+                });
+            }
+            let reader = remote
+                .open_read(&format!("{}/{name}", settings.sftp.database_dir(database)))
+                .await?;
+            Ok((manifest, extras, reader))
+        }
+        .await;
+        match opened {
+            Ok(opened) => Ok((remote, opened)),
+            Err(error) => {
+                close_remote(remote).await;
+                Err(error)
+            }
+        }
+    };
 
     let meter = Meter::new();
     if matches!(name.kind().format, DumpFormat::Globals | DumpFormat::Tar) {
+        let (remote, (manifest, _, reader)) = open_remote.await?;
         let listed = guarded(
             settings.limits,
             &meter,
@@ -121,16 +175,32 @@ pub async fn verify_remote(
         settings.scratch_prefix,
         rand::rng().random::<u64>() & 0xffff_ffff_ffff
     );
-    let admin = settings.scratch.connect("backup-verifier").await?;
-    // template0: a template1 someone added objects to must not leak into
-    // the comparison, and encoding/locale come from the dump.
-    admin
-        .batch_execute(&format!(
-            "CREATE DATABASE {} TEMPLATE template0",
-            quote_ident(&scratch_name)
-        ))
-        .await
-        .map_err(|e| settings.scratch.query_error(&e))?;
+    let create_scratch = async {
+        let admin = settings.scratch.connect("backup-verifier").await?;
+        // template0: a template1 someone added objects to must not leak into
+        // the comparison, and encoding/locale come from the dump.
+        admin
+            .batch_execute(&format!(
+                "CREATE DATABASE {} TEMPLATE template0",
+                quote_ident(&scratch_name)
+            ))
+            .await
+            .map_err(|e| settings.scratch.query_error(&e))?;
+        Ok::<_, VerifyError>(admin)
+    };
+    let (remote, (manifest, extras, reader), admin) =
+        match tokio::join!(open_remote, create_scratch) {
+            (Ok((remote, opened)), Ok(admin)) => (remote, opened, admin),
+            (Err(error), Ok(admin)) => {
+                drop_scratch(&admin, &scratch_name).await;
+                return Err(error);
+            }
+            (Ok((remote, _)), Err(error)) => {
+                close_remote(remote).await;
+                return Err(error);
+            }
+            (Err(error), Err(_)) => return Err(error),
+        };
     steps.insert("connect".into(), millis(started.elapsed()));
     tracing::info!(scratch = %scratch_name, artifact = %name, "restoring into a scratch database");
     let scratch = settings.scratch.with_dbname(&scratch_name);
@@ -158,22 +228,18 @@ pub async fn verify_remote(
     };
     let outcome = guarded(settings.limits, &meter, name, watched).await;
     // Dropped whatever happened; FORCE ends sessions a failed or killed
-    // psql left, including one still waiting on a lock.
-    let dropping = Instant::now();
-    let drop_sql = format!(
-        "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-        quote_ident(&scratch_name)
-    );
-    match tokio::time::timeout(CLEANUP_TIMEOUT, admin.batch_execute(&drop_sql)).await {
-        Ok(Ok(())) => {}
-        Ok(Err(error)) => {
-            tracing::error!(scratch = %scratch_name, error = %backup_core::error_chain(&error), "could not drop the scratch database");
-        }
+    // psql left, including one still waiting on a lock. After a failure
+    // the drop comes first (the failure event may make someone look); after
+    // a success it overlaps with the record and the event.
+    let cleanup = match &outcome {
         Err(_) => {
-            tracing::error!(scratch = %scratch_name, "dropping the scratch database timed out; it will be swept at the next start");
+            drop_scratch(&admin, &scratch_name).await;
+            ScratchCleanup::default()
         }
-    }
-    steps.insert("drop_scratch".into(), millis(dropping.elapsed()));
+        Ok(_) => ScratchCleanup(Some(tokio::spawn(async move {
+            drop_scratch(&admin, &scratch_name).await;
+        }))),
+    };
     close_remote(remote).await;
     let (restored, checked) = outcome?;
     steps.extend(restored.steps);
@@ -187,6 +253,7 @@ pub async fn verify_remote(
         large_objects: checked.large_objects,
         skipped: restored.skipped,
         steps,
+        cleanup,
     })
 }
 
