@@ -19,6 +19,10 @@ pub struct PgTarget {
     pub user: String,
     pub password: Option<SecretString>,
     pub dbname: String,
+    /// What `psql`, `pg_dump` and `pg_restore` started for this target call
+    /// themselves on the server (`PGAPPNAME`), so their sessions can be
+    /// found and ended; libpq's default when `None`.
+    pub application_name: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +83,7 @@ impl PgArgs {
             user,
             password: secret_from_env("PGPASSWORD")?,
             dbname: dbname.to_owned(),
+            application_name: None,
         })
     }
 }
@@ -121,6 +126,7 @@ impl PgTarget {
                 .get_password()
                 .map(|p| SecretString::from(String::from_utf8_lossy(p).into_owned())),
             dbname: config.get_dbname().unwrap_or("postgres").to_owned(),
+            application_name: None,
         })
     }
 
@@ -148,6 +154,9 @@ impl PgTarget {
         ];
         if let Some(password) = &self.password {
             env.push(("PGPASSWORD", password.expose_secret().to_owned()));
+        }
+        if let Some(name) = &self.application_name {
+            env.push(("PGAPPNAME", name.clone()));
         }
         env
     }

@@ -2,7 +2,8 @@
 //! (for `trigger --wait`: verified), 1 the backup failed, 2 bad usage or
 //! configuration, 3 timed out waiting. `restore`: 0 restored and the row
 //! counts match the manifest, 1 the restore or a check failed, 2 bad usage,
-//! configuration, or a refusal (non-empty target, no confirmation).
+//! configuration, or a refusal (non-empty target, no confirmation), 130
+//! interrupted (Ctrl-C or SIGTERM; the target holds a partial restore).
 //! `doctor`: 0 every check passed or was skipped, 1 a check failed, 2 bad
 //! usage.
 
@@ -425,7 +426,10 @@ async fn run_restore(cmd: RestoreCommand) -> anyhow::Result<ExitCode> {
             "no target: set RESTORE_TARGET_URL (or RESTORE_TARGET_URL_FILE), or pass --target-url"
         ),
     };
-    let target = backup_core::pg::PgTarget::from_url(&url).context("target URL")?;
+    let mut target = backup_core::pg::PgTarget::from_url(&url).context("target URL")?;
+    // The restore's psql / pg_restore sessions carry this name, so an
+    // interrupted restore can end them on the server too.
+    target.application_name = Some(format!("backupctl-restore-{}", std::process::id()));
     if from_env.is_none() && target.password.is_some() {
         eprintln!(
             "backupctl: warning: --target-url holds a password, visible to other users in the process list; prefer RESTORE_TARGET_URL_FILE"
@@ -528,7 +532,14 @@ async fn run_restore(cmd: RestoreCommand) -> anyhow::Result<ExitCode> {
         Arc::new(move |p: verifier::restore::RestoreProgress| bar.set_position(p.bytes_read))
             as verifier::restore::ProgressFn
     });
-    let outcome = restore::restore(
+    // From here on, Ctrl-C or SIGTERM ends the restore with a word on what
+    // it leaves behind. psql and pg_restore stay in our process group, so
+    // a Ctrl-C in the terminal stops them too; dropping the restore kills
+    // whatever is left.
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt()).context("listening for SIGINT")?;
+    let mut terminate = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
+    let restoring = restore::restore(
         &remote,
         &cmd.sftp,
         manifest.clone(),
@@ -536,12 +547,41 @@ async fn run_restore(cmd: RestoreCommand) -> anyhow::Result<ExitCode> {
         &target,
         &options,
         progress,
-    )
-    .await;
+    );
+    let outcome = tokio::select! {
+        biased;
+        _ = interrupt.recv() => None,
+        _ = terminate.recv() => None,
+        outcome = restoring => match outcome {
+            // psql may die of the terminal's SIGINT a moment before the
+            // signal reaches us: that failure is the interruption.
+            Err(error) => match tokio::time::timeout(Duration::from_millis(300), interrupt.recv()).await {
+                Ok(_) => None,
+                Err(_) => Some(Err(error)),
+            },
+            ok => Some(ok),
+        },
+    };
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
     let _ = remote.close().await;
+    let Some(outcome) = outcome else {
+        // Killing psql does not end its server session while it waits on
+        // a lock (the server notices the closed socket only when it next
+        // talks to it): end them here.
+        restore::end_sessions(&target).await;
+        eprintln!(
+            "backupctl: interrupted: {} holds a partial restore of {artifact}{}; drop it, or restore again into it with --force",
+            restore::describe_target(&target),
+            if cmd.create {
+                " (created by this run)"
+            } else {
+                ""
+            }
+        );
+        return Ok(ExitCode::from(130));
+    };
     let mut out = std::io::stdout().lock();
     match outcome {
         Ok(restored) => {

@@ -205,6 +205,34 @@ pub async fn restore(
     Ok(Restored { report, checks })
 }
 
+/// Ends the server sessions of an interrupted restore (those carrying the
+/// target's `application_name`). Best effort and bounded: the operator
+/// has already asked to stop.
+pub async fn end_sessions(target: &PgTarget) {
+    let Some(name) = &target.application_name else {
+        return;
+    };
+    let ending = async {
+        let admin = target.connect("backupctl").await.ok()?;
+        admin
+            .execute(
+                "SELECT pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity \
+                 WHERE application_name = $1 AND pid <> pg_catalog.pg_backend_pid()",
+                &[name],
+            )
+            .await
+            .ok()
+    };
+    if tokio::time::timeout(std::time::Duration::from_secs(10), ending)
+        .await
+        .ok()
+        .flatten()
+        .is_none()
+    {
+        tracing::debug!("could not end the interrupted restore's sessions");
+    }
+}
+
 /// The target URL without its password, for the confirmation prompt.
 pub fn describe_target(target: &PgTarget) -> String {
     let password = if target
