@@ -536,9 +536,7 @@ async fn run_restore(cmd: RestoreCommand) -> anyhow::Result<ExitCode> {
     // it leaves behind. psql and pg_restore stay in our process group, so
     // a Ctrl-C in the terminal stops them too; dropping the restore kills
     // whatever is left.
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut interrupt = signal(SignalKind::interrupt()).context("listening for SIGINT")?;
-    let mut terminate = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
+    let interrupted = backup_core::shutdown::on_signals();
     let restoring = restore::restore(
         &remote,
         &cmd.sftp,
@@ -550,13 +548,12 @@ async fn run_restore(cmd: RestoreCommand) -> anyhow::Result<ExitCode> {
     );
     let outcome = tokio::select! {
         biased;
-        _ = interrupt.recv() => None,
-        _ = terminate.recv() => None,
+        () = interrupted.cancelled() => None,
         outcome = restoring => match outcome {
             // psql may die of the terminal's SIGINT a moment before the
             // signal reaches us: that failure is the interruption.
-            Err(error) => match tokio::time::timeout(Duration::from_millis(300), interrupt.recv()).await {
-                Ok(_) => None,
+            Err(error) => match tokio::time::timeout(Duration::from_millis(300), interrupted.cancelled()).await {
+                Ok(()) => None,
                 Err(_) => Some(Err(error)),
             },
             ok => Some(ok),

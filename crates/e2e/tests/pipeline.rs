@@ -69,15 +69,6 @@ impl Rig {
             ("RUST_LOG", "info".into()),
             ("BACKUP_DATABASES", self.source.name.clone()),
             ("BACKUP_SPOOL_DIR", self.spool.path().display().to_string()),
-            ("SFTP_HOST", "127.0.0.1".into()),
-            ("SFTP_PORT", self.sshd.port.to_string()),
-            ("SFTP_USER", self.sshd.user.clone()),
-            ("SFTP_DIR", self.remote_dir().display().to_string()),
-            ("SFTP_KEY_FILE", self.sshd.client_key.display().to_string()),
-            (
-                "SFTP_KNOWN_HOSTS",
-                self.sshd.known_hosts.display().to_string(),
-            ),
             (
                 "VERIFY_DATABASE_URL",
                 "postgresql://postgres@127.0.0.1:5432/postgres".into(),
@@ -90,6 +81,7 @@ impl Rig {
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
+        .chain(self.sshd.sftp_env(&self.remote_dir()))
         .collect();
         env.extend(pg_env());
         env

@@ -189,6 +189,22 @@ impl Sshd {
 
     /// Kills the listener and every connection it spawned, keeping all files
     /// and the user, so that [`Sshd::restart`] brings the same server back.
+    /// The `SFTP_*` environment a pipeline binary needs to use this server,
+    /// with `dir` as `SFTP_DIR`.
+    pub fn sftp_env(&self, dir: &Path) -> Vec<(String, String)> {
+        [
+            ("SFTP_HOST", "127.0.0.1".to_owned()),
+            ("SFTP_PORT", self.port.to_string()),
+            ("SFTP_USER", self.user.clone()),
+            ("SFTP_DIR", dir.display().to_string()),
+            ("SFTP_KEY_FILE", self.client_key.display().to_string()),
+            ("SFTP_KNOWN_HOSTS", self.known_hosts.display().to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect()
+    }
+
     pub fn stop(&mut self) {
         let Some(mut child) = self.child.take() else {
             return;

@@ -296,9 +296,10 @@ fn section(
                     .map(|size| format!(", {}", human_bytes(size)))
                     .unwrap_or_default()
             ));
+            let dump = trend("dump", newest, &earlier, |f| f.dump_ms, human_ms);
             let trends: Vec<String> = [
                 trend("size", newest, &earlier, |f| f.size_bytes, human_bytes),
-                trend("dump", newest, &earlier, |f| f.dump_ms, human_ms),
+                dump.clone(),
                 trend("upload", newest, &earlier, |f| f.ship_ms, human_ms),
                 trend("verify", newest, &earlier, |f| f.verify_ms, human_ms),
             ]
@@ -311,7 +312,7 @@ fn section(
             if let Some(size) = newest.size_bytes {
                 short.push_str(&format!(", {}", human_bytes(size)));
             }
-            if let Some(dump) = trend("dump", newest, &earlier, |f| f.dump_ms, human_ms) {
+            if let Some(dump) = dump {
                 short.push_str(&format!(", {dump}"));
             }
         }

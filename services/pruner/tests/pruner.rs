@@ -60,15 +60,6 @@ impl Rig {
         let mut env: Vec<(String, String)> = [
             ("NATS_URL", self.nats.url.clone()),
             ("RUST_LOG", "info".into()),
-            ("SFTP_HOST", "127.0.0.1".into()),
-            ("SFTP_PORT", self.sshd.port.to_string()),
-            ("SFTP_USER", self.sshd.user.clone()),
-            ("SFTP_DIR", self.base().display().to_string()),
-            ("SFTP_KEY_FILE", self.sshd.client_key.display().to_string()),
-            (
-                "SFTP_KNOWN_HOSTS",
-                self.sshd.known_hosts.display().to_string(),
-            ),
             ("BACKUP_SPOOL_DIR", self.spool.path().display().to_string()),
             ("BACKUP_TZ", "Europe/Paris".into()),
             ("PRUNE_SCHEDULE", "off".into()),
@@ -76,6 +67,7 @@ impl Rig {
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
+        .chain(self.sshd.sftp_env(&self.base()))
         .collect();
         env.extend(
             extra

@@ -889,18 +889,10 @@ async fn benchmark_against_openssh_sftp() {
         ("NATS_URL", rig.nats.url.clone()),
         ("RUST_LOG", "info".into()),
         ("BACKUP_SPOOL_DIR", rig.spool().display().to_string()),
-        ("SFTP_HOST", "127.0.0.1".into()),
-        ("SFTP_PORT", sshd.port.to_string()),
-        ("SFTP_USER", sshd.user.clone()),
-        (
-            "SFTP_DIR",
-            sshd.remote_root.join("backups").display().to_string(),
-        ),
-        ("SFTP_KEY_FILE", sshd.client_key.display().to_string()),
-        ("SFTP_KNOWN_HOSTS", sshd.known_hosts.display().to_string()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
+    .chain(sshd.sftp_env(&sshd.remote_root.join("backups")))
     .collect();
     let service = test_support::ServiceProcess::spawn("shipper", &[], &env);
     assert!(

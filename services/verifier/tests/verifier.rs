@@ -1039,15 +1039,6 @@ fn benchmark_verifier_against_gzip_psql() {
     let env: Vec<(String, String)> = [
         ("NATS_URL", rig.nats.url.clone()),
         ("RUST_LOG", "info".into()),
-        ("SFTP_HOST", "127.0.0.1".into()),
-        ("SFTP_PORT", rig.sshd.port.to_string()),
-        ("SFTP_USER", rig.sshd.user.clone()),
-        ("SFTP_DIR", rig.remote_base().display().to_string()),
-        ("SFTP_KEY_FILE", rig.sshd.client_key.display().to_string()),
-        (
-            "SFTP_KNOWN_HOSTS",
-            rig.sshd.known_hosts.display().to_string(),
-        ),
         (
             "VERIFY_DATABASE_URL",
             "postgresql://postgres@127.0.0.1:5432/postgres".into(),
@@ -1057,6 +1048,7 @@ fn benchmark_verifier_against_gzip_psql() {
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
+    .chain(rig.sshd.sftp_env(&rig.remote_base()))
     .collect();
     let verifier = test_support::ServiceProcess::spawn("verifier", &[], &env);
     assert!(

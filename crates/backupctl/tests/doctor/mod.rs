@@ -89,15 +89,6 @@ impl Rig {
                 "BACKUP_SPOOL_DIR",
                 self.dir.path().join("spool").display().to_string(),
             ),
-            ("SFTP_HOST", "127.0.0.1".into()),
-            ("SFTP_PORT", self.sshd.port.to_string()),
-            ("SFTP_USER", self.sshd.user.clone()),
-            ("SFTP_DIR", self.remote_dir().display().to_string()),
-            ("SFTP_KEY_FILE", self.sshd.client_key.display().to_string()),
-            (
-                "SFTP_KNOWN_HOSTS",
-                self.sshd.known_hosts.display().to_string(),
-            ),
             (
                 "VERIFY_DATABASE_URL",
                 "postgresql://postgres@127.0.0.1:5432/postgres".into(),
@@ -114,6 +105,7 @@ impl Rig {
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
+        .chain(self.sshd.sftp_env(&self.remote_dir()))
         .collect();
         env.extend(pg_env());
         env

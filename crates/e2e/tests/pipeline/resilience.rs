@@ -408,15 +408,6 @@ impl Pipeline {
             ("BACKUP_DATABASES", databases),
             ("BACKUP_SCHEDULE", "off".into()),
             ("BACKUP_SPOOL_DIR", self.spool.display().to_string()),
-            ("SFTP_HOST", "127.0.0.1".into()),
-            ("SFTP_PORT", self.sshd.port.to_string()),
-            ("SFTP_USER", self.sshd.user.clone()),
-            ("SFTP_DIR", self.remote_base().display().to_string()),
-            ("SFTP_KEY_FILE", self.sshd.client_key.display().to_string()),
-            (
-                "SFTP_KNOWN_HOSTS",
-                self.sshd.known_hosts.display().to_string(),
-            ),
             (
                 "VERIFY_DATABASE_URL",
                 "postgresql://postgres@127.0.0.1:5432/postgres".into(),
@@ -432,6 +423,7 @@ impl Pipeline {
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
+        .chain(self.sshd.sftp_env(&self.remote_base()))
         .collect();
         env.extend(pg_env());
         for (target, name, value) in &self.extra {
