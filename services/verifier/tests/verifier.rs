@@ -148,6 +148,13 @@ impl Rig {
         )
         .unwrap();
         self.chown_remote();
+        self.publish_shipped(database, manifest)
+    }
+
+    /// Publishes `dump.shipped` for what `manifest` describes; returns the
+    /// backup id.
+    fn publish_shipped(&self, database: &str, manifest: &Value) -> String {
+        let name = manifest["artifact"].as_str().unwrap().to_owned();
         let backup_id = manifest["backup_id"].as_str().unwrap().to_owned();
         let shipped = json!({
             "version": 1,
@@ -531,6 +538,36 @@ fn every_feature_restores_from_plain_and_from_encrypted_custom_format() {
         .collect();
     assert!(staged.is_empty(), "{staged:?}");
     rig.assert_no_scratch_left();
+}
+
+/// The manifest is read while the scratch database is being created: when
+/// the remote side fails, the database created beside it is dropped.
+#[test]
+fn an_event_that_disagrees_with_the_remote_manifest_fails_and_leaves_no_scratch() {
+    let rig = Rig::start(NO_OPTIONS);
+    let (source, file, name) = small_source(&rig);
+    let manifest = manifest_for(Some(&source), &source.name, &name, &file);
+    rig.ship(&source.name, &file, &manifest);
+    let first = rig.verdict(manifest["backup_id"].as_str().unwrap());
+    assert_eq!(first.0, "dump.verified", "{:#}", first.1);
+    rig.assert_no_scratch_left();
+
+    let mut forged = manifest;
+    forged["backup_id"] = json!("forged-1");
+    forged["sha256"] = json!("ab".repeat(32));
+    let backup_id = rig.publish_shipped(&source.name, &forged);
+    let error = rig.expect_failure(&backup_id);
+    assert!(
+        error.contains("the event says") && error.contains(&"ab".repeat(32)),
+        "{error}"
+    );
+    // After a failure the drop comes before the event: none may be left
+    // now (not only after the start-up sweep's second look).
+    assert_eq!(
+        databases_with_prefix(&rig.prefix),
+        Vec::<String>::new(),
+        "scratch database left when the failure was reported"
+    );
 }
 
 #[test]
