@@ -1,61 +1,131 @@
 #!/usr/bin/env bash
-# Creates deploy/secrets/ (0700, files 0600) for compose.yaml:
-#   - random NATS passwords for each service and the operator, and nats/auth.conf;
-#   - postgres_password from Korrigo's .env (KORRIGO_ENV, default ../../korrigo/.env)
-#     or from POSTGRES_PASSWORD in the environment;
-#   - an ed25519 key for the SFTP account (add sftp_key.pub to its authorized_keys);
-#   - sftp_known_hosts from ssh-keyscan, whose fingerprint you must compare out of band;
-#   - verify_database_url and smtp_url from VERIFY_DATABASE_URL and SMTP_URL if set.
-# Existing files are kept: run it again safely.
+# Makes deploy/secrets/ for compose.yaml. Run it from anywhere, as root (or
+# with sudo), after writing deploy/.env; safe to run again: existing secrets
+# are kept, and every run checks them all and puts their owner and mode back.
+#
+#   - one random NATS password per service and for the operator, and
+#     nats/auth.conf (root's, 0600) that gives each its permissions;
+#   - backup_reader_password: the password of the read-only role the dumper
+#     connects as (create the role with it, see the setup guide);
+#   - scratch_db_password and verify_database_url: the verifier's scratch
+#     server (the `scratch-db` service), unless VERIFY_DATABASE_URL is set;
+#   - sftp_key (+ .pub): an ed25519 key for the SFTP account;
+#   - sftp_known_hosts: the SFTP server's host key, read with ssh-keyscan from
+#     SFTP_HOST/SFTP_PORT (deploy/.env or the environment); compare its
+#     fingerprint with the one your provider publishes;
+#   - smtp_url from SMTP_URL (required), and the optional channels, keys and
+#     the restore target (TELEGRAM_BOT_TOKEN, SLACK_WEBHOOK_URL,
+#     HEALTHCHECK_URL, AGE_IDENTITY, RESTORE_TARGET_URL) from the environment,
+#     rewritten whenever the variable is set; an empty file leaves that
+#     setting off.
+#
+# The services run as uid 10001 (the image's `pgbackup` user) and compose
+# mounts file secrets as they are on the host, so every secret is owned by
+# SECRETS_UID (default 10001) with mode 0400: readable by the services and
+# by root, by nobody else. Exits 1, naming each problem and its fix, while a
+# required secret is missing or unusable.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 secrets=$here/secrets
+owner=${SECRETS_UID:-10001}
 umask 077
 mkdir -p "$secrets"
 chmod 700 "$secrets"
+
+problems=0
+problem() { # problem MESSAGE: one line, every run, until fixed
+  echo "init-secrets: $*" >&2
+  problems=$((problems + 1))
+}
+
+# Settings from deploy/.env (plain KEY=VALUE lines; never sourced), unless
+# already in the environment.
+setting() { # setting NAME DEFAULT
+  local name=$1 value=${!1:-}
+  if [[ -z $value && -f $here/.env ]]; then
+    value=$(sed -n "s/^$name=//p" "$here/.env" | tail -n 1)
+  fi
+  printf '%s' "${value:-$2}"
+}
+
+random_secret() { head -c 24 /dev/urandom | base64 | tr -d '/+=\n'; }
 
 write_once() { # write_once NAME VALUE
   [[ -e $secrets/$1 ]] || printf '%s\n' "$2" >"$secrets/$1"
 }
 
 for user in dumper shipper verifier pruner notifier operator; do
-  write_once "nats_${user}_password" "$(head -c 24 /dev/urandom | base64 | tr -d '/+=')"
+  write_once "nats_${user}_password" "$(random_secret)"
 done
 bash "$here/scripts/nats-auth.sh" "$secrets" >"$here/nats/auth.conf"
 chmod 600 "$here/nats/auth.conf"
 
-if [[ ! -e $secrets/postgres_password ]]; then
-  korrigo_env=${KORRIGO_ENV:-$here/../../korrigo/.env}
-  password=${POSTGRES_PASSWORD:-}
-  if [[ -z $password && -f $korrigo_env ]]; then
-    password=$(sed -n 's/^POSTGRES_PASSWORD=//p' "$korrigo_env" | tail -n 1)
-  fi
-  if [[ -n $password ]]; then
-    write_once postgres_password "$password"
-  else
-    echo "postgres_password: set POSTGRES_PASSWORD or KORRIGO_ENV and run again" >&2
-  fi
+write_once backup_reader_password "$(random_secret)"
+write_once scratch_db_password "$(random_secret)"
+if [[ -n ${VERIFY_DATABASE_URL:-} ]]; then
+  write_once verify_database_url "$VERIFY_DATABASE_URL"
+else
+  write_once verify_database_url \
+    "postgresql://postgres:$(tr -d '\n' <"$secrets/scratch_db_password")@scratch-db:5432/postgres"
 fi
 
 if [[ ! -e $secrets/sftp_key ]]; then
   ssh-keygen -q -t ed25519 -N '' -C korrigo-backup -f "$secrets/sftp_key"
-  echo "Add this public key to the SFTP account's authorized_keys:" >&2
+  echo "Add this public key to the SFTP account's authorized_keys (also in secrets/sftp_key.pub):" >&2
   cat "$secrets/sftp_key.pub" >&2
 fi
 
-if [[ ! -e $secrets/sftp_known_hosts && -n ${SFTP_HOST:-} ]]; then
-  ssh-keyscan -p "${SFTP_PORT:-22}" -t ed25519,rsa "$SFTP_HOST" 2>/dev/null >"$secrets/sftp_known_hosts"
-  echo "Pinned host keys; compare these fingerprints with the hosting provider's before going on:" >&2
-  ssh-keygen -lf "$secrets/sftp_known_hosts" >&2
+sftp_host=$(setting SFTP_HOST '')
+sftp_port=$(setting SFTP_PORT 22)
+pin=$secrets/sftp_known_hosts
+if [[ ! -s $pin ]]; then
+  rm -f "$pin"
+  if [[ -z $sftp_host ]]; then
+    problem "secrets/sftp_known_hosts: set SFTP_HOST (and SFTP_PORT) in deploy/.env and run again, or write the host key line your provider publishes into it"
+  else
+    scanned=$(ssh-keyscan -T 10 -p "$sftp_port" -t ed25519,rsa "$sftp_host" 2>/dev/null || true)
+    if [[ -z $scanned ]]; then
+      problem "secrets/sftp_known_hosts: no host key from $sftp_host port $sftp_port (SFTP_HOST, SFTP_PORT): check that this machine reaches it and run again, or write the host key line your provider publishes into it"
+    else
+      printf '%s\n' "$scanned" >"$pin"
+      echo "Pinned the host key of $sftp_host; compare this fingerprint with your provider's before going on:" >&2
+      ssh-keygen -lf "$pin" >&2
+    fi
+  fi
+elif ! ssh-keygen -lf "$pin" >/dev/null 2>&1; then
+  problem "secrets/sftp_known_hosts is not a known_hosts file: remove it and run again, or write the host key line your provider publishes into it"
 fi
 
-[[ -n ${VERIFY_DATABASE_URL:-} ]] && write_once verify_database_url "$VERIFY_DATABASE_URL"
-[[ -n ${SMTP_URL:-} ]] && write_once smtp_url "$SMTP_URL"
-# Optional channels and keys: an empty file leaves the setting off.
-for optional in telegram_bot_token slack_webhook_url healthcheck_url age_identity; do
+if [[ -n ${SMTP_URL:-} ]]; then
+  write_once smtp_url "$SMTP_URL"
+fi
+if [[ ! -s $secrets/smtp_url ]]; then
+  rm -f "$secrets/smtp_url"
+  problem "secrets/smtp_url: run again with SMTP_URL set (for example SMTP_URL=smtp://mail.example.org), see the setup guide's email section"
+fi
+# Optional settings: written whenever their variable is set (so a run with
+# RESTORE_TARGET_URL set points restores elsewhere), empty until then.
+for optional in telegram_bot_token slack_webhook_url healthcheck_url age_identity restore_target_url; do
   upper=$(tr '[:lower:]' '[:upper:]' <<<"$optional")
-  write_once "$optional" "${!upper:-}"
+  if [[ -n ${!upper:-} ]]; then
+    rm -f "$secrets/$optional"
+    printf '%s\n' "${!upper}" >"$secrets/$optional"
+  else
+    write_once "$optional" ""
+  fi
 done
-for required in postgres_password sftp_known_hosts verify_database_url smtp_url; do
-  [[ -e $secrets/$required ]] || echo "still missing: secrets/$required" >&2
+
+# Ownership and modes, every run: a copied or restored secret gets them back.
+for file in "$secrets"/*; do
+  chown "$owner:$owner" "$file"
+  case $file in
+    *.pub) chmod 0444 "$file" ;;
+    *) chmod 0400 "$file" ;;
+  esac
 done
+
+if ((problems)); then
+  echo "init-secrets: $problems problem(s) left; the stack cannot back up until they are fixed" >&2
+  exit 1
+fi
+echo "init-secrets: secrets complete in $secrets (owner uid $owner, mode 0400)" >&2

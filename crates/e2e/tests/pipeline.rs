@@ -582,7 +582,7 @@ fn compose_config(env_file: &Path) -> serde_json::Value {
 
 /// Variables a binary reads without a clap flag: secrets (and their `_FILE`
 /// form) and libpq's own.
-const SECRET_VARIABLES: [&str; 10] = [
+const SECRET_VARIABLES: [&str; 11] = [
     "NATS_PASSWORD",
     "NATS_TOKEN",
     "PGPASSWORD",
@@ -593,6 +593,7 @@ const SECRET_VARIABLES: [&str; 10] = [
     "TELEGRAM_BOT_TOKEN",
     "SLACK_WEBHOOK_URL",
     "HEALTHCHECK_URL",
+    "RESTORE_TARGET_URL",
 ];
 
 fn accepted_by(binary: &str, variable: &str) -> bool {
@@ -603,6 +604,8 @@ fn accepted_by(binary: &str, variable: &str) -> bool {
             &["trigger", "--help"],
             &["status", "--help"],
             &["list", "--help"],
+            &["restore", "--help"],
+            &["doctor", "--help"],
         ]
     } else {
         &[&["--help"]]
@@ -640,7 +643,7 @@ fn compose_environment_runs_natively_to_a_verified_backup() {
     std::fs::copy(&rig.sshd.client_key, secrets.join("sftp_key")).unwrap();
     std::fs::copy(&rig.sshd.known_hosts, secrets.join("sftp_known_hosts")).unwrap();
     std::fs::write(
-        secrets.join("postgres_password"),
+        secrets.join("backup_reader_password"),
         "unused-with-trust-auth\n",
     )
     .unwrap();
@@ -656,6 +659,7 @@ fn compose_environment_runs_natively_to_a_verified_backup() {
         "slack_webhook_url",
         "healthcheck_url",
         "age_identity",
+        "restore_target_url",
     ] {
         std::fs::write(secrets.join(unused), "\n").unwrap();
     }
@@ -669,7 +673,7 @@ fn compose_environment_runs_natively_to_a_verified_backup() {
     std::fs::write(
         &env_file,
         format!(
-            "POSTGRES_DB={db}\nPOSTGRES_USER=postgres\nKORRIGO_NETWORK=korrigo_default\nSFTP_HOST=127.0.0.1\n\
+            "POSTGRES_DB={db}\nBACKUP_PGUSER=postgres\nKORRIGO_NETWORK=korrigo_default\nSFTP_HOST=127.0.0.1\n\
              SFTP_PORT={port}\nSFTP_USER={user}\nSFTP_DIR={dir}\nALERT_EMAIL_FROM=backups@korrigo.example\n\
              ALERT_EMAIL_TO=oncall@korrigo.example\nBACKUP_TZ=Europe/Paris\n",
             db = rig.source.name,
@@ -733,18 +737,20 @@ fn compose_environment_runs_natively_to_a_verified_backup() {
         );
     }
 
-    // The image cannot be built here (no Docker engine): at least every
-    // binary compose runs is one the Dockerfile copies into it, and the
-    // spool compose mounts is the directory the image makes for its user.
+    // scripts/compose-test.sh builds and runs the image on a real engine;
+    // here, every binary compose runs is one the Dockerfile copies into it,
+    // and the spool compose mounts is the directory the image makes for its
+    // user.
     let dockerfile = std::fs::read_to_string(root.join("deploy/Dockerfile")).unwrap();
+    let copied = dockerfile
+        .lines()
+        .find(|line| line.trim_start().starts_with("for bin in"))
+        .expect("the Dockerfile copies a list of binaries");
     for name in health_ports.keys().chain(&["backupctl"]) {
-        assert!(
-            dockerfile.contains(&format!("target/release/{name}")),
-            "the image lacks {name}"
-        );
+        assert!(copied.contains(name), "the image lacks {name}: {copied}");
     }
     assert!(
-        dockerfile.contains("USER backup")
+        dockerfile.contains("USER 10001:10001")
             && dockerfile.contains("-m 0700 /var/lib/backup /var/lib/backup/spool"),
         "the image's user owns the spool compose mounts"
     );
