@@ -51,17 +51,22 @@ demo_pids() {
   local pid
   while read -r pid; do
     [[ $pid =~ ^[0-9]+$ ]] || continue
-    if tr '\0' '\n' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF "$demo" ||
-      tr '\0' '\n' <"/proc/$pid/environ" 2>/dev/null | grep -qxF "BACKUP_SPOOL_DIR=$demo/spool"; then
+    # A process already gone (and reaped) has no /proc entry.
+    if tr '\0' '\n' 2>/dev/null <"/proc/$pid/cmdline" | grep -qF "$demo" ||
+      tr '\0' '\n' 2>/dev/null <"/proc/$pid/environ" | grep -qxF "BACKUP_SPOOL_DIR=$demo/spool"; then
       echo "$pid"
     fi
   done <"$demo/pids"
 }
 
+# What clean_all did, for the last line the operator reads.
+cleaned=()
+
 stop_processes() {
   local pids
   mapfile -t pids < <(demo_pids)
   if ((${#pids[@]})); then
+    cleaned+=("stopped ${#pids[@]} server and service process(es)")
     kill "${pids[@]}" 2>/dev/null || true
     # The services finish or release their work within SHUTDOWN_GRACE (5s).
     for _ in $(seq 1 60); do
@@ -83,24 +88,36 @@ demo_database_exists() {
 # Everything the demo creates outside its directory, then the directory.
 clean_all() { # clean_all <keep logs: 0|1>
   stop_processes
-  if demo_database_exists; then
-    psql_admin -d postgres -c "DROP DATABASE $db WITH (FORCE)" || true
+  if demo_database_exists && psql_admin -d postgres -c "DROP DATABASE $db WITH (FORCE)"; then
+    cleaned+=("dropped database $db")
   fi
-  if id "$user" >/dev/null 2>&1; then
-    userdel "$user" 2>/dev/null || true
+  if id "$user" >/dev/null 2>&1 && userdel "$user"; then
+    cleaned+=("removed user $user")
   fi
   if [[ -d $demo ]]; then
     if (($1)); then
-      find "$demo" -mindepth 1 -maxdepth 1 ! -name logs -exec rm -rf {} +
+      # The marker stays with the logs, so that the next run may remove them.
+      find "$demo" -mindepth 1 -maxdepth 1 ! -name logs ! -name .pgbackup-demo -exec rm -rf {} +
+      cleaned+=("removed $demo except its logs")
     else
       rm -rf "$demo"
+      cleaned+=("removed $demo")
     fi
+  fi
+}
+
+report_cleaned() {
+  if ((${#cleaned[@]})); then
+    local IFS=';'
+    echo "Cleaned up:${cleaned[*]/#/ }."
+  else
+    echo "Nothing to clean up."
   fi
 }
 
 if [[ ${1:-} == --clean ]]; then
   clean_all 0
-  log "stopped the demo's servers and services; removed database $db, user $user and $demo"
+  report_cleaned
   exit 0
 elif [[ $# -gt 0 ]]; then
   fail "unknown argument $1; usage: demo.sh [--clean]"
@@ -122,12 +139,16 @@ on_exit() {
     clean_all 0
     echo "Demo finished in ${SECONDS}s: the backup above was dumped, shipped over SFTP, read back"
     echo "and restored into a scratch database with matching row counts."
-    echo "Cleaned up: servers and services stopped; database $db, user $user and $demo removed."
+    report_cleaned
     echo "To keep them and explore (backupctl status, list, restore): DEMO_KEEP_RUNNING=1 bash scripts/demo.sh"
   else
     clean_all 1
-    echo "Demo FAILED (exit status $status) after ${SECONDS}s. Cleaned up: servers and services"
-    echo "stopped; database $db and user $user removed."
+    local what=FAILED
+    if ((status == 130 || status == 143)); then
+      what=interrupted
+    fi
+    echo "Demo $what (exit status $status) after ${SECONDS}s."
+    report_cleaned
     if [[ -d $demo/logs ]]; then
       echo "Logs kept in $demo/logs (bash scripts/demo.sh --clean removes them)."
     fi
@@ -144,6 +165,10 @@ cargo build --workspace --bins --locked
 
 # A previous run's leftovers, if it was kept running or killed.
 clean_all 0
+if ((${#cleaned[@]})); then
+  log "an earlier demo was left behind; $(report_cleaned)"
+  cleaned=()
+fi
 mkdir -p "$demo"/{nats,spool,logs,etc}
 : >"$demo/.pgbackup-demo"
 # The SFTP account must traverse to its home and authorized_keys; private
@@ -237,11 +262,21 @@ for service in dumper shipper verifier pruner notifier; do
   fail "$service did not report \"waiting for work\" within 30 s; see $demo/logs/$service.log"
 done
 
+# backupctl runs as a background job that the script waits for: Ctrl-C then
+# interrupts `wait` and reaches the clean-up at once, and the clean-up stops
+# backupctl with the rest (`backupctl trigger --wait` does not end on
+# SIGINT by itself).
+backupctl() {
+  "$bin/backupctl" "$@" &
+  local child=$!
+  echo "$child" >>"$demo/pids"
+  wait "$child"
+}
 log "backupctl trigger --wait"
-"$bin/backupctl" trigger --database "$db" --reason "demo" --wait --timeout 10m
+backupctl trigger --database "$db" --reason "demo" --wait --timeout 10m
 log "backupctl list"
-"$bin/backupctl" list --database "$db"
+backupctl list --database "$db"
 log "backupctl doctor (every piece of the set-up, checked)"
-"$bin/backupctl" doctor
+backupctl doctor
 log "on the SFTP target ($home/backups/$db)"
 ls -l "$home/backups/$db"
