@@ -66,10 +66,6 @@ const NOT_BINARY_SETTINGS: &[&str] = &[
     // libpq's own variables: pg_dump, psql and pg_restore read them from the
     // environment they inherit (the dumper adds its options to PGOPTIONS).
     "PGOPTIONS",
-    "PGSSLMODE",
-    "PGPASSFILE",
-    "PGCONNECT_TIMEOUT",
-    "PGAPPNAME",
     // The operating system's login name, libpq's default role.
     "USER",
     // psql's own variable, and shell variables of the runbook's procedures.
@@ -80,11 +76,8 @@ const NOT_BINARY_SETTINGS: &[&str] = &[
     "OLD_DB",
     // Read by the tracing-subscriber library (its EnvFilter), not by our code.
     "RUST_LOG",
-    // scripts/demo.sh and the test harness.
-    "DEMO_DIR",
-    "DEMO_DATABASE",
+    // scripts/demo.sh.
     "DEMO_KEEP_RUNNING",
-    "TEST_SUPPORT_NO_BUILD",
     // The prose's placeholder for "a secret's file variable".
     "NAME_FILE",
 ];
@@ -416,6 +409,15 @@ fn the_settings_the_docs_name_are_the_ones_the_binaries_read() {
                  if it is not a binary's setting (compose, libpq, a shell variable of a \
                  procedure), add it to NOT_BINARY_SETTINGS in {} under its group",
                 places.join(", "),
+                file!()
+            ));
+        }
+    }
+    for name in NOT_BINARY_SETTINGS {
+        if !named.contains_key(*name) && !binaries.names.contains_key(*name) {
+            problems.push(format!(
+                "{name} is in NOT_BINARY_SETTINGS of {} but neither a document nor a binary \
+                 names it any more: remove it from the list",
                 file!()
             ));
         }
