@@ -5,6 +5,8 @@
 mod docs;
 #[path = "pipeline/resilience.rs"]
 mod resilience;
+#[path = "pipeline/scripts.rs"]
+mod scripts;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
