@@ -3,11 +3,34 @@
 # run against, and makes sure a local PostgreSQL accepts connections on
 # 127.0.0.1:5432 as the postgres role. Safe to run again: it installs only
 # what is missing. Needs root (apt-get).
+#
+# Usage: install-deps.sh [--throwaway-machine]
+#
+# Without the flag it installs client tools only and changes nothing that
+# affects the machine's security: it refuses (exit 1, naming the flag) when
+# a server package is missing or when the local PostgreSQL needs its
+# authentication relaxed. With --throwaway-machine it also installs the
+# servers the tests start (openssh-server, postgresql, nats-server) and, if 127.0.0.1:5432 refuses the postgres role
+# without a password, adds `host all all 127.0.0.1/32 trust` to pg_hba.conf.
+# scripts/test.sh and scripts/demo.sh pass the flag: run them only on a
+# machine made for the purpose, never on the Korrigo host.
 set -euo pipefail
 
 log() { printf '==> %s\n' "$*" >&2; }
 
+throwaway=0
+for arg in "$@"; do
+  case $arg in
+    --throwaway-machine) throwaway=1 ;;
+    *)
+      log "unknown argument $arg; usage: install-deps.sh [--throwaway-machine]"
+      exit 2
+      ;;
+  esac
+done
+
 missing=()
+missing_servers=()
 need() { # need <package> <test command...>
   local package=$1
   shift
@@ -15,13 +38,22 @@ need() { # need <package> <test command...>
     missing+=("$package")
   fi
 }
+# A package that runs a network service or a root-equivalent daemon once
+# installed (Debian starts them): only with --throwaway-machine.
+need_server() { # need_server <package> <test command...>
+  local package=$1
+  shift
+  if ! "$@" >/dev/null 2>&1; then
+    missing_servers+=("$package")
+  fi
+}
 
-need nats-server command -v nats-server
-need openssh-server test -x /usr/sbin/sshd
+need_server nats-server command -v nats-server
+need_server openssh-server test -x /usr/sbin/sshd
+need_server postgresql command -v pg_ctlcluster
 need openssh-client command -v ssh-keygen
 need python3-aiosmtpd /usr/bin/python3 -c 'import aiosmtpd'
 need postgresql-client command -v psql
-need postgresql command -v pg_ctlcluster
 need gzip command -v gzip
 need zstd command -v zstd
 need age command -v age-keygen
@@ -30,6 +62,14 @@ need docker-compose command -v docker-compose
 need systemd command -v systemd-analyze
 need shellcheck command -v shellcheck
 need sudo command -v sudo
+
+if ((${#missing_servers[@]})) && ((!throwaway)); then
+  log "missing server packages: ${missing_servers[*]}. Installing them starts network services;" \
+    "run scripts/install-deps.sh --throwaway-machine (as scripts/test.sh and scripts/demo.sh do)" \
+    "only on a machine made for tests, never on the Korrigo host"
+  exit 1
+fi
+missing+=("${missing_servers[@]}")
 
 if ((${#missing[@]})); then
   if [[ $(id -u) -ne 0 ]]; then
@@ -43,11 +83,19 @@ if ((${#missing[@]})); then
 fi
 
 # sshd refuses to start without its privilege-separation directory.
-mkdir -p /run/sshd
+if ((throwaway)); then
+  mkdir -p /run/sshd
+fi
 
 pg_ready() { psql -X -h 127.0.0.1 -p 5432 -U postgres -d postgres -Atc 'SELECT 1' >/dev/null 2>&1; }
 
 if ! pg_ready; then
+  if ((!throwaway)); then
+    log "PostgreSQL does not accept connections on 127.0.0.1:5432 as postgres without a password;" \
+      "the tests need that, which only a throw-away machine should allow:" \
+      "run scripts/install-deps.sh --throwaway-machine there"
+    exit 1
+  fi
   version=$(find /etc/postgresql -mindepth 1 -maxdepth 1 -printf '%f\n' 2>/dev/null | sort -V | tail -n 1)
   if [[ -z $version ]]; then
     log "PostgreSQL is installed but has no cluster; creating one"
@@ -65,7 +113,7 @@ if ! pg_ready; then
     # as postgres from 127.0.0.1 without one, so trust that one address.
     hba=/etc/postgresql/$version/main/pg_hba.conf
     if [[ -f $hba ]] && ! grep -q '^host all all 127.0.0.1/32 trust' "$hba"; then
-      log "allowing local TCP connections without password in $hba (test machine set-up)"
+      log "throw-away machine: allowing local TCP connections without password in $hba"
       sed -i '1i host all all 127.0.0.1/32 trust' "$hba"
       pg_ctlcluster --skip-systemctl-redirect "$version" main reload
     fi

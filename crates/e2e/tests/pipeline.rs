@@ -1,8 +1,12 @@
 //! One backup travels the whole way, over real servers, and a dead SFTP
 //! server ends in `dump.failed` and an alert email.
 
+#[path = "pipeline/docs.rs"]
+mod docs;
 #[path = "pipeline/resilience.rs"]
 mod resilience;
+#[path = "pipeline/scripts.rs"]
+mod scripts;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

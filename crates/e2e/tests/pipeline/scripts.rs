@@ -1,0 +1,131 @@
+//! `scripts/install-deps.sh` weakens nothing without `--throwaway-machine`:
+//! no server package installed, no `trust` line added to pg_hba.conf. The
+//! script runs against stub commands (a PATH of shell scripts that record
+//! how they were called), so the test changes nothing on this machine.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Output};
+
+use test_support::process::workspace_root;
+
+/// The commands install-deps.sh looks for, as stubs that succeed, except
+/// those in `missing`; `apt-get` and `sed` record their arguments in
+/// `calls`, and `psql` answers as a server that asks for a password unless
+/// `pg_ready`.
+fn stub_path(dir: &Path, missing: &[&str], pg_ready: bool) {
+    let calls = dir.join("calls");
+    let mut stubs: Vec<(&str, String)> = [
+        "nats-server",
+        "ssh-keygen",
+        "pg_ctlcluster",
+        "pg_isready",
+        "gzip",
+        "zstd",
+        "age-keygen",
+        "jq",
+        "docker-compose",
+        "systemd-analyze",
+        "shellcheck",
+        "sudo",
+        "cargo",
+        "mkdir",
+        "find",
+        "sort",
+        "tail",
+        "grep",
+        "seq",
+        "sleep",
+    ]
+    .into_iter()
+    .map(|name| (name, "exit 0".to_owned()))
+    .collect();
+    stubs.push(("id", "echo 0".to_owned()));
+    stubs.push((
+        "psql",
+        if pg_ready { "exit 0" } else { "exit 2" }.to_owned(),
+    ));
+    for recorder in ["apt-get", "sed", "pg_createcluster"] {
+        stubs.push((
+            recorder,
+            format!("echo \"{recorder} $*\" >>'{}'", calls.display()),
+        ));
+    }
+    for (name, body) in stubs {
+        if missing.contains(&name) {
+            continue;
+        }
+        let path = dir.join(name);
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+}
+
+fn install_deps(dir: &Path, args: &[&str]) -> (Output, String) {
+    let out = Command::new("/bin/bash")
+        .arg(workspace_root().join("scripts/install-deps.sh"))
+        .args(args)
+        .env_clear()
+        .env("PATH", dir)
+        .output()
+        .expect("run install-deps.sh");
+    let calls = std::fs::read_to_string(dir.join("calls")).unwrap_or_default();
+    (out, calls)
+}
+
+#[test]
+fn install_deps_installs_no_server_without_the_throwaway_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    stub_path(dir.path(), &["nats-server"], true);
+    let (out, calls) = install_deps(dir.path(), &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("nats-server") && stderr.contains("--throwaway-machine"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+    assert!(!calls.contains("apt-get"), "installed anyway: {calls}");
+
+    // The same machine with the flag: the server is installed.
+    let (_, calls) = install_deps(dir.path(), &["--throwaway-machine"]);
+    assert!(
+        calls
+            .lines()
+            .any(|l| l.starts_with("apt-get install") && l.contains("nats-server")),
+        "{calls}"
+    );
+}
+
+#[test]
+fn install_deps_leaves_pg_hba_alone_without_the_throwaway_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    stub_path(dir.path(), &[], false);
+    let (out, calls) = install_deps(dir.path(), &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("127.0.0.1:5432") && stderr.contains("--throwaway-machine"),
+        "{stderr}"
+    );
+    assert!(!calls.contains("sed "), "edited pg_hba.conf: {calls}");
+}
+
+#[test]
+fn install_deps_refuses_an_unknown_argument() {
+    let dir = tempfile::tempdir().unwrap();
+    stub_path(dir.path(), &[], true);
+    let (out, calls) = install_deps(dir.path(), &["--yes"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--throwaway-machine"), "{stderr}");
+    assert!(calls.is_empty(), "{calls}");
+    // Servers present and PostgreSQL reachable: nothing to weaken, success.
+    let (out, calls) = install_deps(dir.path(), &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!calls.contains("sed "), "{calls}");
+}
