@@ -318,9 +318,11 @@ check_remote_is_complete() {
 }
 # Each artifact was verified once: the verifier logged one success per
 # artifact name (its JSON lines carry the artifact).
+# `down` removes the containers and their logs: keep them first.
+keep_verifier_log() { (cd "$deploy" && docker compose logs --no-color verifier) >>"$work/verifier-before.log" 2>&1; }
 check_verified_once() {
   local logs artifact times
-  logs=$(cd "$deploy" && docker compose logs --no-color verifier 2>/dev/null)
+  logs=$(cat "$work/verifier-before.log" 2>/dev/null; cd "$deploy" && docker compose logs --no-color verifier 2>/dev/null)
   while IFS= read -r artifact; do
     times=$(grep -F "\"$artifact\"" <<<"$logs" | grep -c '"verified"' || true)
     ((times == 1)) || fail "$artifact was verified $times times (verifier log)"
@@ -366,6 +368,7 @@ check_remote_is_complete
 log "down, then up again, in the middle of a backup (volumes kept)"
 backupctl trigger --reason "down and up" >/dev/null
 wait_until "upload in progress" 300 partial_on_remote
+keep_verifier_log
 (cd "$deploy" && docker compose down) >/dev/null 2>&1
 (cd "$deploy" && docker compose up -d) >/dev/null 2>&1
 wait_healthy

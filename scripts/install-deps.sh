@@ -51,6 +51,10 @@ need_server() { # need_server <package> <test command...>
 need_server nats-server command -v nats-server
 need_server openssh-server test -x /usr/sbin/sshd
 need_server postgresql command -v pg_ctlcluster
+# The compose test (scripts/compose-test.sh) starts its own dockerd on
+# private paths; the package's own service is not started here.
+need_server docker.io command -v dockerd
+need debootstrap command -v debootstrap
 need openssh-client command -v ssh-keygen
 need python3-aiosmtpd /usr/bin/python3 -c 'import aiosmtpd'
 need postgresql-client command -v psql

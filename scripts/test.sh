@@ -17,5 +17,7 @@ echo "==> cargo clippy (warnings denied)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "==> building the binaries the end-to-end tests run"
 cargo build --workspace --bins --locked
+echo "==> the compose deployment on a real Docker engine (scripts/compose-test.sh)"
+bash scripts/compose-test.sh
 echo "==> cargo test"
 cargo test --workspace --locked

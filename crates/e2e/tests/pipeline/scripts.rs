@@ -25,6 +25,8 @@ fn stub_path(dir: &Path, missing: &[&str], pg_ready: bool) {
         "age-keygen",
         "jq",
         "docker-compose",
+        "dockerd",
+        "debootstrap",
         "systemd-analyze",
         "shellcheck",
         "sudo",
