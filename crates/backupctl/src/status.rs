@@ -480,6 +480,8 @@ mod tests {
         "2026-12-01T01:00:00Z".parse::<DateTime<Utc>>().unwrap() + TimeDelta::minutes(minutes)
     }
 
+    // By value: callers write `json!` literals inline.
+    #[allow(clippy::needless_pass_by_value)]
     fn event(subject: &str, value: serde_json::Value) -> StoredEvent {
         (subject.to_owned(), serde_json::to_vec(&value).unwrap())
     }

@@ -126,7 +126,7 @@ impl Rig {
             kind,
             &format!("pg_dump --no-password {format}"),
             &source.env(),
-            expected_tables(),
+            &expected_tables(),
             verified,
             tag,
         )
@@ -144,7 +144,7 @@ impl Rig {
         kind: ArtifactKind,
         producer: &str,
         env: &[(String, String)],
-        tables: BTreeMap<String, u64>,
+        tables: &BTreeMap<String, u64>,
         verified: bool,
         tag: Option<&str>,
     ) -> ArtifactName {
@@ -1130,7 +1130,7 @@ fn runbook_section_5_3_restores_roles_from_the_globals_backup() {
         kind,
         "pg_dumpall --globals-only --no-password",
         &test_support::postgres::pg_env(),
-        BTreeMap::new(),
+        &BTreeMap::new(),
         true,
         None,
     );
@@ -1174,7 +1174,7 @@ fn runbook_section_5_4_extracts_the_media_archive() {
         kind,
         &format!("tar -C '{}' -cf - media", media_root.path().display()),
         &[],
-        BTreeMap::new(),
+        &BTreeMap::new(),
         true,
         None,
     );

@@ -198,14 +198,14 @@ impl PlainFilter {
                     out.extend_from_slice(line);
                     return;
                 }
-                if at_statement_start && self.keep_owners {
-                    if let Statement::Ownership | Statement::Privilege | Statement::Policy =
+                if at_statement_start
+                    && self.keep_owners
+                    && let Statement::Ownership | Statement::Privilege | Statement::Policy =
                         classify(line)
-                    {
-                        for role in referenced_roles(line) {
-                            if !self.roles.contains(&role) {
-                                self.report.missing_roles.insert(role);
-                            }
+                {
+                    for role in referenced_roles(line) {
+                        if !self.roles.contains(&role) {
+                            self.report.missing_roles.insert(role);
                         }
                     }
                 }
