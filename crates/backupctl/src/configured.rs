@@ -14,10 +14,10 @@ use chrono_tz::Tz;
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct ConfiguredArgs {
     /// The databases the dumper backs up, comma-separated (as given to the dumper).
-    #[arg(long = "configured-databases", env = "BACKUP_DATABASES", hide = true)]
+    #[arg(long = "configured-databases", env = "BACKUP_DATABASES")]
     pub databases: Option<String>,
     /// The database backed up when BACKUP_DATABASES is empty (as given to the dumper).
-    #[arg(long = "configured-pgdatabase", env = "PGDATABASE", hide = true)]
+    #[arg(long = "configured-pgdatabase", env = "PGDATABASE")]
     pub pg_database: Option<String>,
 }
 
@@ -57,8 +57,7 @@ pub struct ScheduleArgs {
     #[arg(
         long = "schedule",
         env = "BACKUP_SCHEDULE",
-        default_value = "0 2 * * *",
-        hide = true
+        default_value = "0 2 * * *"
     )]
     pub schedule: String,
     #[command(flatten)]
@@ -87,7 +86,7 @@ impl ScheduleArgs {
 #[derive(Debug, Clone, clap::Args)]
 pub struct ZoneArgs {
     /// IANA time zone for times shown to people (the dumper's BACKUP_TZ).
-    #[arg(long = "tz", env = "BACKUP_TZ", default_value = "UTC", hide = true)]
+    #[arg(long = "tz", env = "BACKUP_TZ", default_value = "UTC")]
     pub tz: String,
 }
 

@@ -55,8 +55,9 @@ enum Command {
         #[command(flatten)]
         configured: backupctl::configured::ConfiguredArgs,
     },
-    /// Per database, the last verified backup and what is failing; per service, whether it is alive.
-    /// Exits 1 when something needs attention.
+    /// Per configured database, the last verified backup, what is failing, recent runs and
+    /// space on the remote; the next scheduled run; recently rejected triggers; per service,
+    /// whether it is alive. Exits 1 when a service is down or a stage is failing.
     Status {
         /// One JSON document for scripts.
         #[arg(long)]
