@@ -176,7 +176,15 @@ impl HealthState {
     /// Updates the metrics from an event stored on `subject`. Payloads that
     /// are not events of a stage are ignored.
     pub fn observe_event(&self, subject: &str, payload: &[u8]) {
-        self.0.metrics.observe(subject, payload);
+        self.0.metrics.observe(subject, payload, true);
+    }
+
+    /// Like [`HealthState::observe_event`] for an event handled before this
+    /// process started (a restarted notifier replaying the stream): the
+    /// gauges (last success and failure, duration, size) are set again; the
+    /// failure counter, which counts since the start, is not.
+    pub fn remember_event(&self, subject: &str, payload: &[u8]) {
+        self.0.metrics.observe(subject, payload, false);
     }
 
     /// The health of the process now, given the NATS connection state.
@@ -524,7 +532,8 @@ impl Metrics {
         }
     }
 
-    fn observe(&self, subject: &str, payload: &[u8]) {
+    /// `count`: whether a failure adds to the failure counter.
+    fn observe(&self, subject: &str, payload: &[u8], count: bool) {
         let stage = match subject {
             subject::CREATED => "dump",
             subject::SHIPPED => "ship",
@@ -555,7 +564,9 @@ impl Metrics {
                 database: database.to_owned(),
                 stage: stage.to_owned(),
             };
-            self.failures.get_or_create(&labels).inc();
+            if count {
+                self.failures.get_or_create(&labels).inc();
+            }
             self.last_failure.get_or_create(&labels).set(at);
             return;
         }

@@ -6,6 +6,7 @@
 //! It talks to the same NATS stream and SFTP server as the services and
 //! keeps no state of its own.
 
+pub mod configured;
 pub mod doctor;
 pub mod list;
 pub mod prune;

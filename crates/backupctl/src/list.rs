@@ -1,4 +1,6 @@
-//! `backupctl list`: the remote catalog, read from SFTP alone.
+//! `backupctl list`: the remote catalog, read from SFTP alone. The text
+//! shows when each backup was taken in BACKUP_TZ; `--json` keeps UTC
+//! (`taken_at`) for scripts.
 
 use backup_core::manifest::{MAX_SIDECAR_BYTES, Manifest};
 use backup_core::names::{ArtifactName, DatabaseName};
@@ -64,6 +66,33 @@ pub async fn catalog(
     Ok(entries)
 }
 
+/// The table `backupctl list` prints, times in `zone`.
+pub fn to_text(entries: &[CatalogEntry], zone: chrono_tz::Tz) -> String {
+    use std::fmt::Write as _;
+    let mut out = format!(
+        "{:<45} {:>12}  {:<25} {:<9} TAG\n",
+        "ARTIFACT",
+        "BYTES",
+        format!("TAKEN ({zone})"),
+        "VERIFIED"
+    );
+    for e in entries {
+        let taken = chrono::DateTime::parse_from_rfc3339(&e.taken_at)
+            .map(|t| crate::configured::local_time(t.with_timezone(&chrono::Utc), zone))
+            .unwrap_or_else(|_| e.taken_at.clone());
+        let _ = writeln!(
+            out,
+            "{:<45} {:>12}  {:<25} {:<9} {}",
+            e.artifact,
+            e.size_bytes,
+            taken,
+            if e.verified { "yes" } else { "no" },
+            e.tag.as_deref().unwrap_or("-")
+        );
+    }
+    out
+}
+
 /// Databases present under SFTP_DIR (each is a directory named after one).
 pub async fn remote_databases(
     remote: &SftpRemote,
@@ -79,4 +108,25 @@ pub async fn remote_databases(
         .filter(|e| e.is_dir)
         .filter_map(|e| DatabaseName::try_from(e.name).ok())
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_are_shown_in_the_zone() {
+        let entry = CatalogEntry {
+            database: "viatique".into(),
+            artifact: "viatique_20261121_224004.sql.gz".into(),
+            size_bytes: 1700505,
+            taken_at: "2026-11-21T22:40:04+00:00".into(),
+            verified: true,
+            tag: None,
+            sha256: None,
+        };
+        let text = to_text(&[entry], "Europe/Paris".parse().unwrap());
+        assert!(text.contains("TAKEN (Europe/Paris)"), "{text}");
+        assert!(text.contains("2026-11-21 23:40:04 CET"), "{text}");
+    }
 }

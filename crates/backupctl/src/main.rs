@@ -52,13 +52,20 @@ enum Command {
         /// Give up waiting after this long (exit 3).
         #[arg(long, default_value = "2h", value_parser = parse_duration)]
         timeout: Duration,
+        #[command(flatten)]
+        configured: backupctl::configured::ConfiguredArgs,
     },
-    /// Per database, the last verified backup and what is failing; per service, whether it is alive.
-    /// Exits 1 when something needs attention.
+    /// Per configured database, the last verified backup, what is failing, recent runs and
+    /// space on the remote; the next scheduled run; recently rejected triggers; per service,
+    /// whether it is alive. Exits 1 when a service is down or a stage is failing.
     Status {
         /// One JSON document for scripts.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        configured: backupctl::configured::ConfiguredArgs,
+        #[command(flatten)]
+        schedule: backupctl::configured::ScheduleArgs,
     },
     /// List the backups on the SFTP server.
     List {
@@ -69,6 +76,8 @@ enum Command {
         /// One JSON document for scripts.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        zone: backupctl::configured::ZoneArgs,
     },
     /// Restore a backup from the SFTP server into a database, then compare row counts.
     ///
@@ -100,6 +109,10 @@ enum Command {
         /// Parallel jobs of pg_restore (custom format).
         #[arg(long, default_value_t = 2)]
         jobs: u32,
+        /// Leave owners and privileges out: objects belong to the role that restores
+        /// (by default they keep the dump's owners and grants, whose roles must exist).
+        #[arg(long)]
+        no_owner: bool,
         /// Do not ask for confirmation (required when stdin is not a terminal).
         #[arg(long)]
         yes: bool,
@@ -167,14 +180,34 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             reason,
             wait,
             timeout,
+            configured,
         } => {
+            let configured = configured.databases().map_err(anyhow::Error::msg)?;
+            let checked = match (&database, &configured) {
+                (Some(db), Some(c)) => {
+                    if let Err(refusal) =
+                        backupctl::trigger::check_database(db, &c.names, c.variable)
+                    {
+                        eprintln!("backupctl: {refusal}");
+                        return Ok(ExitCode::from(2));
+                    }
+                    ""
+                }
+                (Some(_), None) => {
+                    "; not checked against the configured databases (BACKUP_DATABASES and PGDATABASE are not set here): the dumper rejects an unknown name"
+                }
+                (None, _) => "",
+            };
             let nats = cli.common.nats_options().context("NATS settings")?;
             let shutdown = backup_core::shutdown::on_signals();
             let bus = connect(&nats, cli.connect_timeout, &shutdown).await?;
             let (request_id, seq) =
                 backupctl::trigger::publish(&bus, database, tag, reason).await?;
             let mut out = std::io::stdout().lock();
-            writeln!(out, "trigger {request_id} accepted (stream sequence {seq})")?;
+            writeln!(
+                out,
+                "trigger {request_id} accepted (stream sequence {seq}){checked}"
+            )?;
             if !wait {
                 return Ok(ExitCode::SUCCESS);
             }
@@ -200,45 +233,30 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Err(error) => Err(error.into()),
             }
         }
-        Command::Status { json } => {
+        Command::Status {
+            json,
+            configured,
+            schedule,
+        } => {
+            let configured = configured.databases().map_err(anyhow::Error::msg)?;
+            let zone = schedule.zone.zone().map_err(anyhow::Error::msg)?;
+            let now = chrono::Utc::now();
+            let next_run = schedule.next_run(now).map_err(anyhow::Error::msg)?;
             let nats = cli.common.nats_options().context("NATS settings")?;
             let shutdown = backup_core::shutdown::on_signals();
             let bus = connect(&nats, cli.connect_timeout, &shutdown).await?;
-            let status = backupctl::status::collect(&bus).await?;
+            let status = backupctl::status::collect(
+                &bus,
+                configured.as_ref().map(|c| c.names.as_slice()),
+                next_run,
+            )
+            .await?;
             let mut out = std::io::stdout().lock();
             if json {
                 serde_json::to_writer_pretty(&mut out, &status)?;
                 writeln!(out)?;
             } else {
-                let now = chrono::Utc::now();
-                for db in &status.databases {
-                    let last = match (&db.last_verified_artifact, db.last_verified_at) {
-                        (Some(artifact), Some(at)) => {
-                            format!(
-                                "last verified {artifact} ({} ago)",
-                                backupctl::status::age(at, now)
-                            )
-                        }
-                        _ => "never verified".to_owned(),
-                    };
-                    writeln!(out, "{}: {last}", db.database)?;
-                    for (stage, error) in &db.failing {
-                        writeln!(out, "  FAILING at {stage}: {error}")?;
-                    }
-                    for backup in &db.in_flight {
-                        writeln!(out, "  in flight: {backup}")?;
-                    }
-                }
-                for s in &status.services {
-                    writeln!(
-                        out,
-                        "service {:<9} {} (pending {}, working on {})",
-                        s.service,
-                        if s.alive { "alive" } else { "NOT RUNNING" },
-                        s.pending,
-                        s.working_on
-                    )?;
-                }
+                write!(out, "{}", status.to_text(now, zone))?;
             }
             Ok(if status.healthy() {
                 ExitCode::SUCCESS
@@ -265,7 +283,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             sftp,
             database,
             json,
+            zone,
         } => {
+            let zone = zone.zone().map_err(anyhow::Error::msg)?;
             let settings = sftp.settings().context("SFTP settings")?;
             let remote = remote_sftp::SftpRemote::connect(&settings)
                 .await
@@ -285,22 +305,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 serde_json::to_writer_pretty(&mut out, &entries)?;
                 writeln!(out)?;
             } else {
-                writeln!(
-                    out,
-                    "{:<45} {:>12}  {:<25} {:<9} TAG",
-                    "ARTIFACT", "BYTES", "TAKEN (UTC)", "VERIFIED"
-                )?;
-                for e in &entries {
-                    writeln!(
-                        out,
-                        "{:<45} {:>12}  {:<25} {:<9} {}",
-                        e.artifact,
-                        e.size_bytes,
-                        e.taken_at,
-                        if e.verified { "yes" } else { "no" },
-                        e.tag.as_deref().unwrap_or("-")
-                    )?;
-                }
+                write!(out, "{}", backupctl::list::to_text(&entries, zone))?;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -313,6 +318,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             create,
             force,
             jobs,
+            no_owner,
             yes,
             age_identity_file,
         } => {
@@ -328,6 +334,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 create,
                 force,
                 jobs,
+                no_owner,
                 yes,
                 age_identity_file,
             })
@@ -408,6 +415,7 @@ struct RestoreCommand {
     create: bool,
     force: bool,
     jobs: u32,
+    no_owner: bool,
     yes: bool,
     age_identity_file: Option<PathBuf>,
 }
@@ -516,6 +524,7 @@ async fn run_restore(cmd: RestoreCommand) -> anyhow::Result<ExitCode> {
     let options = verifier::RestoreOptions {
         jobs: cmd.jobs.max(1),
         age_identity: cmd.age_identity_file,
+        keep_owners: !cmd.no_owner,
         ..verifier::RestoreOptions::default()
     };
     let bar = std::io::stderr().is_terminal().then(|| {
@@ -599,6 +608,19 @@ async fn run_restore(cmd: RestoreCommand) -> anyhow::Result<ExitCode> {
                 writeln!(out, "  skipped: {skipped}")?;
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Err(RestoreError::Verify(verifier::VerifyError::MissingRoles { roles, .. })) => {
+            drop(out);
+            if cmd.create {
+                restore::drop_database(&target)
+                    .await
+                    .context("dropping the target database created by this run")?;
+            }
+            eprintln!(
+                "backupctl: {}",
+                restore::missing_roles_refusal(&artifact, &roles, &target, cmd.create)
+            );
+            Ok(ExitCode::from(2))
         }
         Err(error) => {
             eprintln!(

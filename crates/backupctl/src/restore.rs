@@ -4,7 +4,10 @@
 //! the verifier's checks (exact row counts against the manifest).
 //!
 //! The safety checks live here: the target must be empty unless forced,
-//! and is created on request. Retries: none; an operator is watching.
+//! and is created on request. Owners and privileges are restored as dumped
+//! (the application's role must find its tables as it left them), so every
+//! role the dump names must exist on the target; `--no-owner` leaves them
+//! out. Retries: none; an operator is watching.
 
 use backup_core::config::ExposeSecret;
 use backup_core::manifest::{MAX_SIDECAR_BYTES, Manifest};
@@ -167,6 +170,41 @@ pub async fn create_database(target: &PgTarget) -> Result<(), PgError> {
         ))
         .await
         .map_err(|e| admin_target.query_error(&e))
+}
+
+/// Drops the target database again (a refused restore into a database
+/// this run created, which holds nothing).
+pub async fn drop_database(target: &PgTarget) -> Result<(), PgError> {
+    let admin_target = target.with_dbname("postgres");
+    let admin = admin_target.connect("backupctl").await?;
+    admin
+        .batch_execute(&format!(
+            "DROP DATABASE IF EXISTS {}",
+            quote_ident(&target.dbname)
+        ))
+        .await
+        .map_err(|e| admin_target.query_error(&e))
+}
+
+/// The one line that refuses a restore whose roles are missing on the
+/// target, with the three ways out.
+pub fn missing_roles_refusal(
+    artifact: &ArtifactName,
+    roles: &str,
+    target: &PgTarget,
+    created: bool,
+) -> String {
+    format!(
+        "refusing: {artifact} has objects owned by or granted to role(s) {roles}, which do not exist on {}; nothing was restored{}. \
+         Create the roles first (from the globals backup when BACKUP_GLOBALS is on: see the runbook, \"Roles and globals\"; or CREATE ROLE), \
+         or pass --no-owner to restore every object as the role of the target URL, without the dump's privileges",
+        describe_target(target),
+        if created {
+            " (the database this run created was dropped again)"
+        } else {
+            ""
+        }
+    )
 }
 
 /// What a restore did.

@@ -1,5 +1,19 @@
 //! `backupctl trigger`: publish `backup.trigger` and, with `--wait`, follow
 //! every backup it started through created, shipped and verified.
+//!
+//! Which databases exist is the dumper's to know (BACKUP_DATABASES, or
+//! PGDATABASE). When backupctl has the same variables in its environment it
+//! checks `--database` against them and refuses an unknown name before
+//! publishing anything ([`check_database`]); otherwise it says the name was
+//! not checked, and the dumper rejects an unknown one (a `dump.failed` at
+//! stage `trigger`: one alert, shown by `--wait` and by `backupctl status`
+//! under "recent rejected triggers").
+//!
+//! While waiting, each stage event is one line, each failure the pipeline
+//! retries by itself is one line, and a quiet stage gets a line every
+//! [`QUIET_LINE_EVERY`] saying what is awaited and for how long (the shipper
+//! retries a short outage without an event). A failure for good is not
+//! printed here: it is the result, which the caller prints once.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -21,6 +35,40 @@ pub enum WaitResult {
     Verified(Vec<String>),
     /// At least one failed; the causes, one line each.
     Failed(Vec<String>),
+}
+
+/// A line while a stage is quiet this long, then again as long after.
+pub const QUIET_LINE_EVERY: Duration = Duration::from_secs(15);
+
+/// Why `--database` is refused before publishing: the configured databases
+/// are known here and the name is not one of them.
+pub fn check_database(
+    database: &DatabaseName,
+    configured: &[DatabaseName],
+    variable: &str,
+) -> Result<(), String> {
+    if configured.contains(database) {
+        return Ok(());
+    }
+    Err(format!(
+        "database {database} is not configured for backup ({variable}: {}); nothing triggered",
+        configured
+            .iter()
+            .map(DatabaseName::as_str)
+            .collect::<Vec<_>>()
+            .join(", ")
+    ))
+}
+
+/// `text` cut to `max` characters, with `…` when cut.
+pub fn clip(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        text.to_owned()
+    } else {
+        let mut cut: String = text.chars().take(max).collect();
+        cut.push('…');
+        cut
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -94,7 +142,13 @@ pub async fn wait(
     let mut batch: Option<Vec<DatabaseName>> = None;
     // Per database: Some(Ok(line)) verified, Some(Err(line)) failed for good.
     let mut done: BTreeMap<DatabaseName, Result<String, String>> = BTreeMap::new();
-    let deadline = tokio::time::Instant::now() + timeout;
+    // Per database: what it waits for next, and since when.
+    let mut awaiting: BTreeMap<DatabaseName, (&'static str, tokio::time::Instant)> =
+        BTreeMap::new();
+    let started = tokio::time::Instant::now();
+    let deadline = started + timeout;
+    let mut quiet = tokio::time::interval_at(started + QUIET_LINE_EVERY, QUIET_LINE_EVERY);
+    quiet.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         if batch
             .as_ref()
@@ -102,9 +156,28 @@ pub async fn wait(
         {
             break;
         }
-        let next = tokio::time::timeout_at(deadline, messages.next())
-            .await
-            .map_err(|_| TriggerError::Timeout(timeout))?;
+        let next = tokio::select! {
+            next = tokio::time::timeout_at(deadline, messages.next()) => {
+                next.map_err(|_| TriggerError::Timeout(timeout))?
+            }
+            now = quiet.tick() => {
+                if awaiting.is_empty() && batch.is_none() {
+                    report(&format!(
+                        "waiting for the dumper to take the trigger ({} so far)",
+                        crate::status::seconds_text(millis(now - started))
+                    ));
+                }
+                for (db, (what, since)) in &awaiting {
+                    if now - *since >= QUIET_LINE_EVERY {
+                        report(&format!(
+                            "{db}: {what} ({} so far, no event yet)",
+                            crate::status::seconds_text(millis(now - *since))
+                        ));
+                    }
+                }
+                continue;
+            }
+        };
         let Some(message) = next else { break };
         let message = message.map_err(|e| TriggerError::JetStream(e.to_string()))?;
         let Ok(any) = AnyEvent::decode(&message.payload) else {
@@ -114,6 +187,22 @@ pub async fn wait(
             continue;
         }
         let db = any.header.database.clone();
+        let now = tokio::time::Instant::now();
+        match message.subject.as_str() {
+            subject::STARTED => {
+                awaiting.insert(db.clone(), ("dumping", now));
+            }
+            subject::CREATED => {
+                awaiting.insert(db.clone(), ("shipping", now));
+            }
+            subject::SHIPPED => {
+                awaiting.insert(db.clone(), ("verifying", now));
+            }
+            subject::VERIFIED => {
+                awaiting.remove(&db);
+            }
+            _ => {}
+        }
         match message.subject.as_str() {
             subject::STARTED => {
                 if let Ok(started) = DumpStarted::decode(&message.payload) {
@@ -127,24 +216,34 @@ pub async fn wait(
             subject::CREATED => {
                 if let Ok(e) = DumpCreated::decode(&message.payload) {
                     report(&format!(
-                        "{db}: created {} ({} bytes, {} tables, {} rows) in {} ms",
-                        e.artifact.artifact, e.artifact.size_bytes, e.tables, e.rows, e.duration_ms
+                        "{db}: created {} ({} dumped, {} tables, {} rows) in {}",
+                        e.artifact.artifact,
+                        crate::status::bytes_text(e.artifact.size_bytes),
+                        e.tables,
+                        e.rows,
+                        crate::status::seconds_text(e.duration_ms)
                     ));
                 }
             }
             subject::SHIPPED => {
                 if let Ok(e) = DumpShipped::decode(&message.payload) {
                     report(&format!(
-                        "{db}: shipped to {} in {} ms",
-                        e.destination, e.duration_ms
+                        "{db}: shipped to {} ({} uploaded) in {}",
+                        e.destination,
+                        crate::status::bytes_text(e.artifact.size_bytes),
+                        crate::status::seconds_text(e.duration_ms)
                     ));
                 }
             }
             subject::VERIFIED => {
                 if let Ok(e) = DumpVerified::decode(&message.payload) {
                     let line = format!(
-                        "{db}: verified {} ({} tables, {} rows) in {} ms",
-                        e.artifact.artifact, e.tables, e.rows, e.duration_ms
+                        "{db}: verified {} ({} read back and restored, {} tables, {} rows) in {}",
+                        e.artifact.artifact,
+                        crate::status::bytes_text(e.artifact.size_bytes),
+                        e.tables,
+                        e.rows,
+                        crate::status::seconds_text(e.duration_ms)
                     );
                     report(&line);
                     done.insert(db, Ok(line));
@@ -162,7 +261,8 @@ pub async fn wait(
                         // The pipeline retries by itself; the backup may still succeed.
                         report(&format!("{line} (retrying)"));
                     } else {
-                        report(&line);
+                        // The result: printed once, by the caller.
+                        awaiting.remove(&db);
                         done.insert(db, Err(line));
                     }
                 }
@@ -177,5 +277,31 @@ pub async fn wait(
         ))
     } else {
         Ok(WaitResult::Failed(failures))
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unconfigured_database_is_refused_naming_the_variable() {
+        let name = |n: &str| DatabaseName::try_from(n.to_owned()).unwrap();
+        let configured = [name("viatique")];
+        assert!(check_database(&name("viatique"), &configured, "BACKUP_DATABASES").is_ok());
+        assert_eq!(
+            check_database(&name("viatique_ncc"), &configured, "BACKUP_DATABASES").unwrap_err(),
+            "database viatique_ncc is not configured for backup (BACKUP_DATABASES: viatique); nothing triggered"
+        );
+    }
+
+    #[test]
+    fn clip_marks_a_cut() {
+        assert_eq!(clip("abc", 3), "abc");
+        assert_eq!(clip("abcd", 3), "abc…");
     }
 }

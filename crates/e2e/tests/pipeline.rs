@@ -392,20 +392,51 @@ fn one_backup_travels_from_trigger_to_verified() {
         );
     }
 
-    // A trigger the dumper must refuse fails the wait at once, with exit 1.
-    let (status, output) = rig.backupctl(&[
-        "trigger",
-        "--database",
-        "not_configured",
-        "--wait",
-        "--timeout",
-        "60s",
-    ]);
-    assert_eq!(status.and_then(|s| s.code()), Some(1), "{output}");
+    // A name that is not configured: backupctl, which has BACKUP_DATABASES
+    // here, refuses it before publishing anything.
+    let (status, output) = rig.backupctl(&["trigger", "--database", "not_configured"]);
+    assert_eq!(status.and_then(|s| s.code()), Some(2), "{output}");
     assert!(
-        output.contains("trigger failed") && output.contains("not configured"),
+        output.contains("not configured for backup") && output.contains("nothing triggered"),
         "{output}"
     );
+    // Without the list, backupctl says it did not check; the dumper refuses
+    // and the wait fails at once, with exit 1 and the cause printed once.
+    let mut env = rig.env();
+    env.push(("RUST_LOG".into(), "warn".into()));
+    env.push(("BACKUP_DATABASES".into(), String::new()));
+    let mut ctl = ServiceProcess::spawn(
+        "backupctl",
+        &[
+            "trigger",
+            "--database",
+            "not_configured",
+            "--wait",
+            "--timeout",
+            "60s",
+        ],
+        &env,
+    );
+    let code = ctl
+        .wait_timeout(Duration::from_secs(90))
+        .and_then(|s| s.code());
+    let output = ctl.log();
+    assert_eq!(code, Some(1), "{output}");
+    assert!(output.contains("not checked"), "{output}");
+    assert!(output.contains("trigger failed"), "{output}");
+    assert_eq!(
+        output.matches("is not configured for backup").count(),
+        1,
+        "the failure is printed once: {output}"
+    );
+    // The rejected trigger is listed by status, which stays healthy.
+    let (status, output) = rig.backupctl(&["status"]);
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{output}");
+    assert!(
+        output.contains("recent rejected triggers") && output.contains("not_configured"),
+        "{output}"
+    );
+    assert!(!output.contains("FAILING"), "{output}");
     // An unreachable NATS is a prompt, clear failure for the CLI.
     let mut ctl = ServiceProcess::spawn(
         "backupctl",

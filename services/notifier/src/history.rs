@@ -1,7 +1,8 @@
 //! Rebuilds the notifier's memory from the `BACKUPS` stream at start-up, so
 //! a restart neither repeats alerts already sent nor forgets when each
 //! database last verified (the dead man's switch needs no state of its own),
-//! nor the sizes and durations the digest's trends compare.
+//! nor the sizes and durations the digest's trends compare, nor the
+//! `/metrics` gauges (last success and failure per stage, durations, sizes).
 //!
 //! Events the notifier's durable consumer already acked are replayed
 //! silently through [`Incidents`]; later ones will be delivered by the
@@ -95,6 +96,11 @@ pub async fn rebuild(
         let Ok(info) = message.info() else { continue };
         let sequence = info.stream_sequence;
         let last = sequence >= last_sequence || info.pending == 0;
+        // Later events update the metrics when the consumer delivers them.
+        if sequence <= ack_floor {
+            bus.health()
+                .remember_event(message.subject.as_str(), &message.payload);
+        }
         // A dump.failed that does not decode was terminated as poison;
         // nothing to remember of it.
         let Ok(event) = Message::decode(message.subject.as_str(), &message.payload) else {

@@ -100,6 +100,12 @@ impl Incidents {
     /// after the interval, one more when the pipeline gives up; otherwise
     /// nothing.
     pub fn on_failure(&mut self, failure: &DumpFailed, now: DateTime<Utc>) -> Option<Notice> {
+        if failure.stage == Stage::Trigger && !failure.will_retry {
+            // A trigger the dumper refused (a database it does not back
+            // up) is one alert, not a state: no incident stays open, and
+            // nothing will ever resolve it.
+            return Some(Notice::failure(failure, NoticeKind::Failure, 1, now));
+        }
         let key = IncidentKey::Failure {
             stage: failure.stage,
             cause: cause_class(&failure.error),
@@ -376,6 +382,29 @@ mod tests {
             state.on_verified(&verified(t0() + 10 * HOUR)).kind,
             NoticeKind::Success
         );
+    }
+
+    /// Issue 16: a mistyped `backupctl trigger --database` is one alert,
+    /// not an incident that stays open (nor a database the dead man's
+    /// switch then watches).
+    #[test]
+    fn a_rejected_trigger_alerts_each_time_and_opens_nothing() {
+        let mut state = Incidents::new(policy(), [], t0());
+        let mut rejected = failed(
+            "database viatique_ncc is not configured for backup",
+            1,
+            false,
+        );
+        rejected.stage = Stage::Trigger;
+        rejected.header.database = "viatique_ncc".parse().unwrap();
+        for hour in [0, 1] {
+            let notice = state.on_failure(&rejected, t0() + hour * HOUR);
+            assert_eq!(notice.unwrap().kind, NoticeKind::Failure);
+        }
+        let name: DatabaseName = "viatique_ncc".parse().unwrap();
+        assert!(state.open(&name).is_empty());
+        assert_eq!(state.databases().count(), 0);
+        assert!(state.check_stale(t0() + 400 * 24 * HOUR).is_empty());
     }
 
     #[test]

@@ -527,6 +527,41 @@ async fn the_dead_mans_switch_remembers_the_last_verified_backup_across_a_restar
     second.stop().await;
 }
 
+/// The value of `backup_last_success_timestamp_seconds` for `stage` of DB.
+fn last_success(bus: &Bus, stage: &str) -> Option<f64> {
+    let text = bus.health().metrics_text(&bus.client().connection_state());
+    let prefix =
+        format!("backup_last_success_timestamp_seconds{{database=\"{DB}\",stage=\"{stage}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Issue 16: after a restart, /metrics had no last-success gauge until the
+/// next backup, although the memory was rebuilt from the stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restarted_notifier_rebuilds_its_metrics_from_the_stream() {
+    let nats = NatsServer::start();
+    let clock = ManualClock::new(t0());
+    let first = Running::start(&nats, settings(), &clock).await;
+    let event = verified("viatique-20260302-020000", t0());
+    let seq = first.publish("dump.verified", &event).await;
+    first.acked(seq).await;
+    let expected = (t0() + chrono::Duration::minutes(5)).timestamp() as f64;
+    assert_eq!(last_success(&first.bus, "verify"), Some(expected));
+    first.stop().await;
+
+    let second = Running::start(&nats, settings(), &clock).await;
+    // A new process, a new registry: only the replay can set it (the
+    // acked event is not delivered again).
+    eventually("the rebuilt last-success gauge", || {
+        last_success(&second.bus, "verify").is_some()
+    })
+    .await;
+    assert_eq!(last_success(&second.bus, "verify"), Some(expected));
+    second.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_429_is_retried_after_the_delay_the_service_asked_for() {
     let nats = NatsServer::start();

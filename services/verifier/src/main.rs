@@ -122,6 +122,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
             jobs: args.restore_jobs.max(1),
             age_identity: args.age_identity_file,
             staging_dir: args.staging_dir,
+            // The scratch server need not have the source's roles.
+            keep_owners: false,
         },
         operator_checks,
         reverify_every,

@@ -75,6 +75,10 @@ pub enum VerifyError {
         "extensions: {artifact} needs extension(s) the scratch server does not have: {missing} (install them there)"
     )]
     MissingExtensions { artifact: String, missing: String },
+    #[error(
+        "roles: {artifact} has objects owned by or granted to role(s) missing on the target server: {roles}"
+    )]
+    MissingRoles { artifact: String, roles: String },
     #[error("restore: {artifact}: {detail}")]
     Restore { artifact: String, detail: String },
     #[error("row counts: {count} table(s) differ from the manifest, first {first}; all: {details}")]
@@ -130,6 +134,7 @@ impl VerifyError {
                 | VerifyError::Scratch(_)
                 | VerifyError::Staging(_)
                 | VerifyError::MissingExtensions { .. }
+                | VerifyError::MissingRoles { .. }
                 | VerifyError::Aborted { .. }
         ) && !(matches!(self, VerifyError::Decrypt { detail, .. } if detail.contains(IDENTITY_HINT)))
     }
@@ -151,6 +156,13 @@ pub struct RestoreOptions {
     /// Where a private directory is made for staging custom-format
     /// archives. The system temporary directory when `None`.
     pub staging_dir: Option<PathBuf>,
+    /// Restore owners and privileges as dumped (a restore an application
+    /// will use). Every role the dump names must exist on the target: a
+    /// custom-format archive is checked before anything is restored, a
+    /// plain script is restored in one transaction that is rolled back
+    /// when a role is missing. `false` (the verifier's scratch restore):
+    /// objects belong to the role that restores, privileges are left out.
+    pub keep_owners: bool,
 }
 
 impl Default for RestoreOptions {
@@ -161,6 +173,7 @@ impl Default for RestoreOptions {
             jobs: 2,
             age_identity: None,
             staging_dir: None,
+            keep_owners: false,
         }
     }
 }
@@ -472,7 +485,14 @@ where
         }
     ));
     checks.push(match kind.format {
+        DumpFormat::Plain if options.keep_owners => {
+            "restore with psql ON_ERROR_STOP in one transaction (owners and privileges kept)".into()
+        }
         DumpFormat::Plain => "restore with psql ON_ERROR_STOP".into(),
+        DumpFormat::Custom if options.keep_owners => format!(
+            "restore with pg_restore --exit-on-error -j {} (owners and privileges kept)",
+            options.jobs.max(1)
+        ),
         DumpFormat::Custom => format!(
             "restore with pg_restore --exit-on-error --no-owner --no-privileges -j {}",
             options.jobs.max(1)
@@ -767,9 +787,14 @@ where
     let artifact = manifest.artifact.to_string();
     let plaintext = decrypted(stored, manifest, options).await?;
     let mut sql = decompressed(plaintext, manifest).await?;
-    let mut filter = PlainFilter::new(roles, extensions);
+    let mut filter = if options.keep_owners {
+        PlainFilter::keeping_owners(roles, extensions)
+    } else {
+        PlainFilter::new(roles, extensions)
+    };
 
-    let (mut psql, _group) = spawn_psql(&options.psql, target, &artifact, meter)?;
+    let (mut psql, _group) =
+        spawn_psql(&options.psql, target, &artifact, meter, options.keep_owners)?;
     // Bytes psql took: a psql waiting on the server stops taking them.
     let mut stdin = Counted::new(
         Counted::new(
@@ -803,6 +828,16 @@ where
         if !filter.report().missing_extensions.is_empty() {
             break;
         }
+        if !filter.report().missing_roles.is_empty() {
+            // Nothing more goes to psql, whose transaction is rolled back
+            // when it is killed below; the rest is read to name every
+            // missing role at once.
+            out.clear();
+            if n == 0 {
+                break;
+            }
+            continue;
+        }
         if !out.is_empty() {
             if stdin.write_all(&out).await.is_err() {
                 // psql stopped (ON_ERROR_STOP): its exit status tells why.
@@ -818,7 +853,10 @@ where
     drop(stdin);
     drop(sql);
     let missing = filter.report().missing_extensions.clone();
-    if !missing.is_empty() {
+    let missing_roles = filter.report().missing_roles.clone();
+    if !missing.is_empty() || !missing_roles.is_empty() {
+        // Killed, never left to read end of input: with one transaction,
+        // end of input would commit what was sent.
         let _ = psql.kill().await;
     }
     let status = psql.wait().await.map_err(|e| VerifyError::Restore {
@@ -831,6 +869,9 @@ where
             artifact,
             missing: missing.join(", "),
         });
+    }
+    if !missing_roles.is_empty() {
+        return Err(missing_roles_error(artifact, &missing_roles));
     }
     if let Some(error) = decode_failure {
         return Err(decode_error(manifest, &error));
@@ -848,18 +889,35 @@ where
     Ok(filter.report().clone())
 }
 
+fn missing_roles_error(artifact: String, roles: &BTreeSet<String>) -> VerifyError {
+    VerifyError::MissingRoles {
+        artifact,
+        roles: roles
+            .iter()
+            .map(|r| backup_core::pg::quote_ident(r))
+            .collect::<Vec<_>>()
+            .join(", "),
+    }
+}
+
 /// Starts psql (see [`Meter::spawn`]): dropping the guard (an aborted
-/// restore) kills it and anything it started.
+/// restore) kills it and anything it started. `single_transaction`: the
+/// whole script commits at its end or not at all.
 fn spawn_psql(
     psql: &Path,
     target: &PgTarget,
     artifact: &str,
     meter: &Meter,
+    single_transaction: bool,
 ) -> Result<(tokio::process::Child, ProcessGroup), VerifyError> {
+    let mut command = tokio::process::Command::new(psql);
+    command.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "--no-password"]);
+    if single_transaction {
+        command.arg("--single-transaction");
+    }
     meter
         .spawn(
-            tokio::process::Command::new(psql)
-                .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "--no-password"])
+            command
                 .envs(target.child_env())
                 .stdin(Stdio::piped())
                 .stdout(Stdio::null())
@@ -951,7 +1009,7 @@ where
                     report.missing_extensions.push((*name).to_owned());
                 }
             }
-            if fields.get(3) == Some(&"POLICY") {
+            if fields.get(3) == Some(&"POLICY") && !options.keep_owners {
                 policy_list.push_str(line);
                 policy_list.push('\n');
                 continue;
@@ -966,25 +1024,46 @@ where
             missing: report.missing_extensions.join(", "),
         });
     }
+    if options.keep_owners {
+        // The schema as SQL (no data: quick) names every owner and grantee;
+        // checked before anything is restored.
+        let schema = run_pg_restore(
+            options,
+            target,
+            &artifact,
+            &[
+                "--schema-only".into(),
+                "--file=-".into(),
+                path_arg(&archive),
+            ],
+            meter,
+        )
+        .await?;
+        let mut filter = PlainFilter::keeping_owners(roles.clone(), extensions.clone());
+        let mut sink = Vec::new();
+        filter.push(schema.as_bytes(), &mut sink);
+        filter.finish(&mut sink);
+        if !filter.report().missing_roles.is_empty() {
+            return Err(missing_roles_error(
+                artifact,
+                &filter.report().missing_roles,
+            ));
+        }
+    }
     let main_path = dir.path().join("main.list");
     std::fs::write(&main_path, main_list).map_err(staging)?;
-    run_pg_restore(
-        options,
-        target,
-        &artifact,
-        &[
-            "--exit-on-error".into(),
-            "--no-owner".into(),
-            "--no-privileges".into(),
-            format!("--jobs={}", options.jobs.max(1)),
-            format!("--use-list={}", main_path.display()),
-            format!("--dbname={}", conninfo_dbname(&target.dbname)),
-            path_arg(&archive),
-        ],
-        meter,
-    )
-    .await?;
-    report.archive_without_owner_and_privileges = true;
+    let mut args: Vec<String> = vec!["--exit-on-error".into()];
+    if !options.keep_owners {
+        args.extend(["--no-owner".into(), "--no-privileges".into()]);
+    }
+    args.extend([
+        format!("--jobs={}", options.jobs.max(1)),
+        format!("--use-list={}", main_path.display()),
+        format!("--dbname={}", conninfo_dbname(&target.dbname)),
+        path_arg(&archive),
+    ]);
+    run_pg_restore(options, target, &artifact, &args, meter).await?;
+    report.archive_without_owner_and_privileges = !options.keep_owners;
 
     if !policy_list.is_empty() {
         let policy_path = dir.path().join("policies.list");
@@ -1007,7 +1086,7 @@ where
         let mut out = Vec::new();
         filter.push(script.as_bytes(), &mut out);
         filter.finish(&mut out);
-        let (mut psql, _group) = spawn_psql(&options.psql, target, &artifact, meter)?;
+        let (mut psql, _group) = spawn_psql(&options.psql, target, &artifact, meter, false)?;
         let mut stdin = Counted::new(
             Counted::new(
                 psql.stdin.take().expect("piped stdin"),

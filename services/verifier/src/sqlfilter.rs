@@ -1,7 +1,7 @@
 //! A streaming filter over a plain-format pg_dump script, applied between
-//! the decompressor and `psql`. It makes a dump restorable on a scratch
-//! server that lacks the source's roles, the way `pg_restore --no-owner
-//! --no-privileges` does for archives:
+//! the decompressor and `psql`. By default ([`PlainFilter::new`]) it makes
+//! a dump restorable on a scratch server that lacks the source's roles, the
+//! way `pg_restore --no-owner --no-privileges` does for archives:
 //!
 //! - top-level `ALTER ... OWNER TO`, `SET SESSION AUTHORIZATION`, `GRANT`,
 //!   `REVOKE` and `ALTER DEFAULT PRIVILEGES` statements are dropped (and
@@ -11,6 +11,11 @@
 //!   security still restores;
 //! - `CREATE EXTENSION` of an extension the scratch server does not have is
 //!   reported by name instead of as psql's generic error.
+//!
+//! [`PlainFilter::keeping_owners`] is for a restore an application will
+//! use: every statement passes unchanged, and the roles that ownership,
+//! privilege and policy statements name are checked against the target, so
+//! a missing role is reported by name (all of them, not psql's first error).
 //!
 //! Only statement starts are looked at. A small lexer follows quotes,
 //! dollar quotes and comments so that function bodies, string literals and
@@ -33,6 +38,8 @@ pub struct FilterReport {
     /// A custom-format archive restored with `pg_restore --no-owner
     /// --no-privileges`, which does not count what it leaves out.
     pub archive_without_owner_and_privileges: bool,
+    /// Keeping owners: roles the script names that the target lacks.
+    pub missing_roles: BTreeSet<String>,
 }
 
 impl FilterReport {
@@ -41,12 +48,12 @@ impl FilterReport {
         let mut notes = Vec::new();
         if self.archive_without_owner_and_privileges {
             notes.push(
-                "ownership and privileges (pg_restore --no-owner --no-privileges): objects restored as the verifier's role".into(),
+                "ownership and privileges (pg_restore --no-owner --no-privileges): objects owned by the role that ran the restore".into(),
             );
         }
         if self.ownership_statements > 0 {
             notes.push(format!(
-                "{} ownership statement(s) (ALTER ... OWNER TO): objects restored as the verifier's role",
+                "{} ownership statement(s) (ALTER ... OWNER TO): objects owned by the role that ran the restore",
                 self.ownership_statements
             ));
         }
@@ -57,7 +64,7 @@ impl FilterReport {
             ));
         }
         for pair in &self.policy_roles {
-            notes.push(format!("policy role missing on the scratch server: {pair}"));
+            notes.push(format!("policy role missing on the target server: {pair}"));
         }
         notes
     }
@@ -94,6 +101,8 @@ pub struct PlainFilter {
     /// Whether something other than whitespace and comments was seen since
     /// the last `;`: a line starting then continues a statement.
     pending: bool,
+    /// Pass ownership and privilege statements through and check their roles.
+    keep_owners: bool,
     report: FilterReport,
 }
 
@@ -108,7 +117,19 @@ impl PlainFilter {
             lex: Lex::Normal,
             mode: Mode::Sql,
             pending: false,
+            keep_owners: false,
             report: FilterReport::default(),
+        }
+    }
+
+    /// A filter that keeps owners and privileges: nothing is removed or
+    /// rewritten; roles named by `OWNER TO`, `GRANT`, `REVOKE`, `ALTER
+    /// DEFAULT PRIVILEGES`, `SET SESSION AUTHORIZATION` and `CREATE POLICY`
+    /// that are not in `roles` land in [`FilterReport::missing_roles`].
+    pub fn keeping_owners(roles: BTreeSet<String>, available_extensions: BTreeSet<String>) -> Self {
+        Self {
+            keep_owners: true,
+            ..Self::new(roles, available_extensions)
         }
     }
 
@@ -177,8 +198,21 @@ impl PlainFilter {
                     out.extend_from_slice(line);
                     return;
                 }
+                if at_statement_start
+                    && self.keep_owners
+                    && let Statement::Ownership | Statement::Privilege | Statement::Policy =
+                        classify(line)
+                {
+                    for role in referenced_roles(line) {
+                        if !self.roles.contains(&role) {
+                            self.report.missing_roles.insert(role);
+                        }
+                    }
+                }
                 if at_statement_start {
                     match classify(line) {
+                        Statement::Ownership | Statement::Privilege | Statement::Policy
+                            if self.keep_owners => {}
                         Statement::Ownership | Statement::Privilege => {
                             if classify(line) == Statement::Ownership {
                                 self.report.ownership_statements += 1;
@@ -381,6 +415,75 @@ fn classify(line: &[u8]) -> Statement {
     }
 }
 
+/// Role names an ownership, privilege or policy statement (one line, as
+/// pg_dump writes it) refers to; `PUBLIC` and `CURRENT_USER`-like words
+/// are not roles.
+fn referenced_roles(line: &[u8]) -> Vec<String> {
+    let Ok(text) = std::str::from_utf8(line) else {
+        return Vec::new();
+    };
+    let upper = text.to_ascii_uppercase();
+    let mut roles = Vec::new();
+    let list_after = |at: Option<usize>| at.map(|at| role_list(&text[at..])).unwrap_or_default();
+    let after = |keyword: &str| upper.rfind(keyword).map(|i| i + keyword.len());
+    if let Some(name) = text.get("SET SESSION AUTHORIZATION ".len()..)
+        && upper.starts_with("SET SESSION AUTHORIZATION ")
+    {
+        let name = name.trim().trim_end_matches(';').trim();
+        if let Some(inner) = name.strip_prefix('\'').and_then(|n| n.strip_suffix('\'')) {
+            roles.push(inner.replace("''", "'"));
+        } else if !name.eq_ignore_ascii_case("DEFAULT") {
+            roles.push(unquote(name));
+        }
+    } else if upper.starts_with("ALTER DEFAULT PRIVILEGES ") {
+        roles.extend(list_after(
+            after(" FOR ROLE ").or_else(|| after(" FOR USER ")),
+        ));
+        roles.extend(list_after(if upper.contains(" REVOKE ") {
+            after(" FROM ")
+        } else {
+            after(" TO ")
+        }));
+    } else if upper.starts_with("REVOKE ") {
+        roles.extend(list_after(after(" FROM ")));
+    } else if upper.starts_with("GRANT ") || upper.starts_with("CREATE POLICY ") {
+        roles.extend(list_after(after(" TO ")));
+    } else if !upper.starts_with("RESET ") {
+        roles.extend(list_after(after(" OWNER TO ")));
+    }
+    roles
+}
+
+/// `name[, name]...` at the start of `text` (after `TO`, `FROM`, `FOR ROLE`).
+fn role_list(text: &str) -> Vec<String> {
+    let tokens = tokenize_head(text);
+    let mut roles = Vec::new();
+    let mut index = usize::from(
+        tokens
+            .first()
+            .is_some_and(|t| t.text.eq_ignore_ascii_case("GROUP")),
+    );
+    while let Some(token) = tokens.get(index) {
+        let special = [
+            "PUBLIC",
+            "CURRENT_USER",
+            "CURRENT_ROLE",
+            "SESSION_USER",
+            "DEFAULT",
+        ]
+        .iter()
+        .any(|k| token.text.eq_ignore_ascii_case(k));
+        if !special {
+            roles.push(unquote(&token.text));
+        }
+        match tokens.get(index + 1) {
+            Some(comma) if comma.text == "," => index += 2,
+            _ => break,
+        }
+    }
+    roles
+}
+
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
@@ -569,6 +672,52 @@ mod tests {
         assert_eq!(out, "CREATE TABLE public.t (id int);\nSELECT 1;\n");
         assert_eq!(report.ownership_statements, 1);
         assert_eq!(report.privilege_statements, 3);
+    }
+
+    #[test]
+    fn keeping_owners_passes_everything_and_names_every_missing_role() {
+        let script = "CREATE TABLE public.t (id int);\n\
+            ALTER TABLE public.t OWNER TO alice;\n\
+            ALTER FUNCTION public.f(integer) OWNER TO \"Odd Owner\";\n\
+            GRANT SELECT ON TABLE public.t TO bob, \"Mixed\" WITH GRANT OPTION;\n\
+            GRANT SELECT(id) ON TABLE public.t TO carol;\n\
+            REVOKE ALL ON SCHEMA public FROM PUBLIC;\n\
+            REVOKE ALL ON TABLE public.t FROM dave;\n\
+            ALTER DEFAULT PRIVILEGES FOR ROLE erin IN SCHEMA public GRANT SELECT ON TABLES TO frank;\n\
+            SET SESSION AUTHORIZATION 'gina';\n\
+            RESET SESSION AUTHORIZATION;\n\
+            CREATE POLICY p ON public.t TO alice, hank USING (true);\n\
+            SELECT 1;\n";
+        let mut filter = PlainFilter::keeping_owners(
+            ["alice", "bob"].iter().map(|r| r.to_string()).collect(),
+            BTreeSet::new(),
+        );
+        let mut out = Vec::new();
+        for chunk in script.as_bytes().chunks(5) {
+            filter.push(chunk, &mut out);
+        }
+        filter.finish(&mut out);
+        assert_eq!(String::from_utf8(out).unwrap(), script);
+        let report = filter.report();
+        assert_eq!(
+            report
+                .missing_roles
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>(),
+            [
+                "Mixed",
+                "Odd Owner",
+                "carol",
+                "dave",
+                "erin",
+                "frank",
+                "gina",
+                "hank"
+            ]
+        );
+        assert_eq!(report.ownership_statements, 0);
+        assert!(report.skipped().is_empty());
     }
 
     #[test]
