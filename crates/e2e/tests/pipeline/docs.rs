@@ -60,8 +60,6 @@ const NOT_BINARY_SETTINGS: &[&str] = &[
     // Read by deploy/compose.yaml and deploy/scripts/*, not by a binary.
     "POSTGRES_DB",
     "POSTGRES_USER",
-    "POSTGRES_PASSWORD",
-    "KORRIGO_ENV",
     "KORRIGO_NETWORK",
     "KORRIGO_MEDIA_VOLUME",
     "BACKUP_IMAGE",
@@ -73,7 +71,6 @@ const NOT_BINARY_SETTINGS: &[&str] = &[
     "SCRATCH_DB_IMAGE",
     "COMPOSE_FILE",
     "COMPOSE_PROJECT_NAME",
-    "SECRETS_UID",
     "KORRIGO_COMPOSE",
     // libpq's own variables: pg_dump, psql and pg_restore read them from the
     // environment they inherit (the dumper adds its options to PGOPTIONS).
@@ -90,8 +87,10 @@ const NOT_BINARY_SETTINGS: &[&str] = &[
     "RUST_LOG",
     // scripts/demo.sh.
     "DEMO_KEEP_RUNNING",
-    // The prose's placeholder for "a secret's file variable".
+    // The prose's placeholders: "a secret's file variable", the time in an
+    // artifact's name.
     "NAME_FILE",
+    "YYYYMMDD_HHMMSS",
 ];
 
 fn read(path: &Path) -> String {

@@ -1,7 +1,9 @@
-//! `scripts/install-deps.sh` weakens nothing without `--throwaway-machine`:
-//! no server package installed, no `trust` line added to pg_hba.conf. The
-//! script runs against stub commands (a PATH of shell scripts that record
-//! how they were called), so the test changes nothing on this machine.
+//! The operator's scripts. `scripts/install-deps.sh` weakens nothing without
+//! `--throwaway-machine`: no server package installed, no `trust` line added
+//! to pg_hba.conf; it runs against stub commands (a PATH of shell scripts
+//! that record how they were called), so the test changes nothing on this
+//! machine. `deploy/scripts/init-secrets.sh` runs on a copy of `deploy/`
+//! against a real sshd.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -130,4 +132,89 @@ fn install_deps_refuses_an_unknown_argument() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(!calls.contains("sed "), "{calls}");
+}
+
+/// deploy/ copied to a temporary directory, as an operator's checkout.
+fn deploy_copy() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let status = Command::new("cp")
+        .arg("-r")
+        .arg(workspace_root().join("deploy"))
+        .arg(dir.path())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    dir
+}
+
+fn init_secrets(deploy: &Path, env: &[(&str, String)]) -> Output {
+    Command::new("/bin/bash")
+        .arg(deploy.join("scripts/init-secrets.sh"))
+        .env_remove("SFTP_HOST")
+        .env_remove("SFTP_PORT")
+        .env_remove("SMTP_URL")
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .expect("run init-secrets.sh")
+}
+
+/// An SFTP host that cannot be reached leaves no empty pin behind, and every
+/// run says so (exit 1, naming the variables and the fix) until a key is
+/// pinned; a reachable one gets pinned, and every secret goes to the
+/// services' uid with mode 0400.
+#[test]
+fn init_secrets_never_leaves_an_empty_host_key_pin() {
+    let checkout = deploy_copy();
+    let deploy = checkout.path().join("deploy");
+    let closed = test_support::free_port();
+    let unreachable = [
+        ("SFTP_HOST", "127.0.0.1".to_owned()),
+        ("SFTP_PORT", closed.to_string()),
+        ("SMTP_URL", "smtp://mail.example.org".to_owned()),
+        ("SECRETS_UID", "4321".to_owned()),
+    ];
+    for run in 1..=2 {
+        let out = init_secrets(&deploy, &unreachable);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "run {run}: {stderr}");
+        assert!(
+            stderr.contains("secrets/sftp_known_hosts")
+                && stderr.contains("SFTP_HOST")
+                && stderr.contains(&closed.to_string()),
+            "run {run}: {stderr}"
+        );
+        assert!(
+            !deploy.join("secrets/sftp_known_hosts").exists(),
+            "run {run} left a pin behind"
+        );
+    }
+
+    let mut sshd = test_support::sshd::Sshd::start();
+    let reachable = [
+        ("SFTP_HOST", "127.0.0.1".to_owned()),
+        ("SFTP_PORT", sshd.port.to_string()),
+        ("SECRETS_UID", "4321".to_owned()),
+    ];
+    let out = init_secrets(&deploy, &reachable);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains(&sshd.host_key_fingerprint), "{stderr}");
+    let pin = std::fs::read_to_string(deploy.join("secrets/sftp_known_hosts")).unwrap();
+    assert!(
+        pin.starts_with(&format!("[127.0.0.1]:{} ", sshd.port)),
+        "{pin}"
+    );
+    use std::os::unix::fs::MetadataExt;
+    for entry in std::fs::read_dir(deploy.join("secrets")).unwrap() {
+        let path = entry.unwrap().path();
+        let meta = std::fs::metadata(&path).unwrap();
+        let mode = meta.mode() & 0o777;
+        let wanted = if path.extension().is_some_and(|e| e == "pub") { 0o444 } else { 0o400 };
+        assert_eq!((meta.uid(), mode), (4321, wanted), "{}", path.display());
+    }
+    assert_eq!(
+        std::fs::metadata(deploy.join("nats/auth.conf")).unwrap().mode() & 0o777,
+        0o600
+    );
+    sshd.stop();
 }
