@@ -19,7 +19,7 @@
 #     rewritten whenever the variable is set; an empty file leaves that
 #     setting off.
 #
-# The services run as uid 10001 (the image's `pgbackup` user) and compose
+# The services run as uid 10001 (the image's `pg-backup` user) and compose
 # mounts file secrets as they are on the host, so every secret is owned by
 # SECRETS_UID (default 10001) with mode 0400: readable by the services and
 # by root, by nobody else. Exits 1, naming each problem and its fix, while a

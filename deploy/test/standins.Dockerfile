@@ -11,7 +11,7 @@ RUN set -eux; \
       postgresql-15 openssh-server nats-server python3-aiosmtpd wget tini; \
     rm -rf /var/lib/apt/lists/*; \
     rm -f /etc/ssh/ssh_host_*; \
-    useradd --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin pgbackup; \
+    useradd --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin pg-backup; \
     install -d -m 1777 /var/lib/postgresql/data; \
     install -d -m 3777 /run/postgresql
 COPY standin-postgres.sh standin-sftp.sh /usr/local/bin/
