@@ -1,9 +1,19 @@
 //! Tracing set-up: human-readable text by default, JSON lines with
 //! `LOG_FORMAT=json`. The level comes from `RUST_LOG` (default `info`).
 
+use std::sync::OnceLock;
+
 use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
+
+/// The format chosen at [`init`]; `None` before (a settings error).
+static FORMAT: OnceLock<LogFormat> = OnceLock::new();
+
+/// The log format in use, if logging was set up.
+pub fn format() -> Option<LogFormat> {
+    FORMAT.get().copied()
+}
 
 pub fn init(format: LogFormat) {
     init_with_default(format, "info");
@@ -12,6 +22,7 @@ pub fn init(format: LogFormat) {
 /// Like [`init`] with another default level; `backupctl` uses `warn` so its
 /// own output is not buried under connection logs.
 pub fn init_with_default(format: LogFormat, default_level: &str) {
+    let _ = FORMAT.set(format);
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     use std::io::IsTerminal;
