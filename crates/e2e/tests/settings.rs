@@ -142,7 +142,7 @@ fn a_bad_schedule_names_the_variable_the_field_and_its_range_once() {
         &[("BACKUP_SCHEDULE", "0 2 * *")],
         &["BACKUP_SCHEDULE", "4 field(s)", "five"],
     );
-    assert_eq!(line.matches("0 2 * *").count(), 1, "{line}");
+    assert_eq!(line.matches("\"0 2 * *\"").count(), 1, "{line}");
     refused(
         "pruner",
         &[],
