@@ -105,12 +105,11 @@ impl NatsOptions {
                 async move {
                     match event {
                         // The callback also fires for the first connection,
-                        // which restores nothing.
+                        // which restores nothing and is logged once by
+                        // `Bus::connect`, with the URL.
                         async_nats::Event::Connected => {
                             if connected_before.swap(true, std::sync::atomic::Ordering::Relaxed) {
                                 tracing::info!("NATS connection restored");
-                            } else {
-                                tracing::info!("NATS connected");
                             }
                         }
                         async_nats::Event::Disconnected => {
@@ -125,6 +124,11 @@ impl NatsOptions {
                             tracing::warn!(%subject, "NATS refused a subject to this user (permissions violation)");
                             refused.record(subject);
                         }
+                        async_nats::Event::ServerError(_) | async_nats::Event::LameDuckMode => {
+                            tracing::warn!(event = %event, "NATS server notice");
+                        }
+                        // Client errors repeat on every reconnect attempt of
+                        // an outage already logged as "connection lost".
                         other => tracing::debug!(event = %other, "NATS event"),
                     }
                 }

@@ -136,7 +136,7 @@ enum Command {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli: Cli = backup_core::config::parse_settings("backupctl");
-    backup_core::telemetry::init_with_default(cli.common.log_format, "warn");
+    backup_core::telemetry::init_with_default(cli.common.log_format, "warn,backup_core::bus=error");
     match run(cli).await {
         Ok(code) => code,
         Err(error) => {

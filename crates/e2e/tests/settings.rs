@@ -204,3 +204,78 @@ fn an_unreadable_secret_file_names_the_variable_the_file_and_the_fix_once() {
     }
     assert_eq!(stderr.matches("Permission denied").count(), 1, "{stderr}");
 }
+
+/// The log of a service's start-up and of a NATS restart: one line for the
+/// connection, a warning for the loss, an INFO for the recovery, no ERROR;
+/// and `backupctl` with NATS down prints one error line, nothing before it.
+#[test]
+fn nats_connections_are_logged_once_and_a_recovery_is_no_error() {
+    use std::time::Duration;
+    use test_support::nats::NatsServer;
+    use test_support::process::ServiceProcess;
+
+    let mut nats = NatsServer::start();
+    let env = vec![
+        ("NATS_URL".to_owned(), nats.url.clone()),
+        // The default filter, as a deployment without RUST_LOG has it.
+        ("RUST_LOG".to_owned(), String::new()),
+    ];
+    let notifier = ServiceProcess::spawn("notifier", &[], &env);
+    assert!(
+        notifier.wait_for_log("waiting for work", Duration::from_secs(90)),
+        "{}",
+        notifier.log()
+    );
+    let log = notifier.log();
+    let connected: Vec<&str> = log
+        .lines()
+        .filter(|l| l.to_lowercase().contains("connected"))
+        .collect();
+    assert_eq!(connected.len(), 1, "one connection line expected:\n{log}");
+    assert!(connected[0].contains(&nats.url), "{log}");
+
+    nats.kill();
+    assert!(
+        notifier.wait_for_log("NATS connection lost", Duration::from_secs(30)),
+        "{}",
+        notifier.log()
+    );
+    nats.restart();
+    assert!(
+        notifier.wait_for_log("NATS connection restored", Duration::from_secs(60)),
+        "{}",
+        notifier.log()
+    );
+    let log = notifier.log();
+    let restored = log
+        .lines()
+        .find(|l| l.contains("NATS connection restored"))
+        .unwrap_or_default();
+    assert!(restored.contains(" INFO "), "{log}");
+    assert!(
+        !log.lines().any(|l| l.contains(" ERROR ")),
+        "an ERROR line in a recovery:\n{log}"
+    );
+    assert!(
+        !log.contains("event: "),
+        "the client's own event lines:\n{log}"
+    );
+    drop(notifier);
+
+    // backupctl with NATS down: one line, the error.
+    nats.kill();
+    let out = Command::new(workspace_bin("backupctl"))
+        .args(["--connect-timeout", "3s", "status"])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("NATS_URL", &nats.url)
+        .output()
+        .expect("run backupctl status");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with("backupctl: ") && stderr.contains("NATS"),
+        "{stderr}"
+    );
+}
