@@ -219,6 +219,30 @@ mod tests {
     }
 
     #[test]
+    fn an_unreadable_secret_file_says_its_cause_once_and_the_fix() {
+        use std::os::unix::fs::MetadataExt;
+        let error = ConfigError::SecretFile {
+            name: "SMTP_URL".into(),
+            path: "/run/secrets/smtp_url".into(),
+            cause: std::io::Error::from_raw_os_error(13),
+        };
+        // What a binary prints: the anyhow-style chain of the error.
+        let chain = crate::error_chain(&error);
+        assert_eq!(chain.matches("Permission denied").count(), 1, "{chain}");
+        let uid = std::fs::metadata("/proc/self").unwrap().uid();
+        assert!(
+            chain.starts_with("cannot read SMTP_URL_FILE /run/secrets/smtp_url: Permission denied"),
+            "{chain}"
+        );
+        assert!(
+            chain.contains(&format!(
+                "chown {uid} /run/secrets/smtp_url && chmod 0400 /run/secrets/smtp_url"
+            )),
+            "{chain}"
+        );
+    }
+
+    #[test]
     fn redacted_in_debug() {
         let secret = SecretString::from("hunter2".to_owned());
         assert!(!format!("{secret:?}").contains("hunter2"));
