@@ -77,7 +77,11 @@ impl NatsOptions {
         }
     }
 
-    async fn connect_options(&self, name: &str) -> Result<async_nats::ConnectOptions, BusError> {
+    async fn connect_options(
+        &self,
+        name: &str,
+        refused: &Refused,
+    ) -> Result<async_nats::ConnectOptions, BusError> {
         let base = match &self.creds_file {
             Some(path) => async_nats::ConnectOptions::with_credentials_file(path.clone())
                 .await
@@ -93,26 +97,42 @@ impl NatsOptions {
             // After the first connection, the client reconnects by itself
             // forever; we only log the transitions.
             .max_reconnects(None)
-            .event_callback(move |event| {
+            .event_callback({
+                let refused = refused.clone();
+                move |event| {
                 let connected_before = std::sync::Arc::clone(&connected_before);
+                let refused = refused.clone();
                 async move {
                     match event {
                         // The callback also fires for the first connection,
-                        // which restores nothing.
+                        // which restores nothing and is logged once by
+                        // `Bus::connect`, with the URL.
                         async_nats::Event::Connected => {
                             if connected_before.swap(true, std::sync::atomic::Ordering::Relaxed) {
                                 tracing::info!("NATS connection restored");
-                            } else {
-                                tracing::info!("NATS connected");
                             }
                         }
                         async_nats::Event::Disconnected => {
                             tracing::warn!("NATS connection lost; reconnecting")
                         }
+                        // A permission refusal reaches the client only
+                        // here; the request itself merely times out.
+                        async_nats::Event::ServerError(async_nats::ServerError::Other(text))
+                            if permission_subject(&text).is_some() =>
+                        {
+                            let subject = permission_subject(&text).unwrap_or_default();
+                            tracing::warn!(%subject, "NATS refused a subject to this user (permissions violation)");
+                            refused.record(subject);
+                        }
+                        async_nats::Event::ServerError(_) | async_nats::Event::LameDuckMode => {
+                            tracing::warn!(event = %event, "NATS server notice");
+                        }
+                        // Client errors repeat on every reconnect attempt of
+                        // an outage already logged as "connection lost".
                         other => tracing::debug!(event = %other, "NATS event"),
                     }
                 }
-            });
+            }});
         if let Some(token) = &self.token {
             options = options.token(token.expose_secret().to_owned());
         }
@@ -123,11 +143,56 @@ impl NatsOptions {
     }
 }
 
+/// The subject of a server's `Permissions Violation for Publish to
+/// "SUBJECT"` (or `Subscription to`) error.
+pub fn permission_subject(text: &str) -> Option<String> {
+    let lower = text.to_ascii_lowercase();
+    if !lower.contains("permissions violation") {
+        return None;
+    }
+    let start = text.find('"')? + 1;
+    let end = start + text[start..].find('"')?;
+    Some(text[start..end].to_owned())
+}
+
+/// The subjects NATS refused to this connection's user, as reported on
+/// the client's event callback.
+#[derive(Debug, Clone, Default)]
+pub struct Refused(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl Refused {
+    fn record(&self, subject: String) {
+        let mut list = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !list.contains(&subject) && list.len() < 100 {
+            list.push(subject);
+        }
+    }
+
+    pub fn contains(&self, subject: &str) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .any(|s| s == subject)
+    }
+
+    pub fn all(&self) -> Vec<String> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
+
 /// A connection to NATS with its JetStream context.
 #[derive(Debug, Clone)]
 pub struct Bus {
     client: async_nats::Client,
     js: jetstream::Context,
+    refused: Refused,
     /// What `/healthz` and `/metrics` report (see [`crate::health`]).
     health: crate::health::HealthState,
 }
@@ -144,7 +209,8 @@ impl Bus {
         let mut attempt = 0u32;
         loop {
             attempt += 1;
-            let connect_options = options.connect_options(name).await?;
+            let refused = Refused::default();
+            let connect_options = options.connect_options(name, &refused).await?;
             match connect_options.connect(options.url.as_str()).await {
                 Ok(client) => {
                     let js = jetstream::new(client.clone());
@@ -152,6 +218,7 @@ impl Bus {
                     return Ok(Bus {
                         client,
                         js,
+                        refused,
                         health: crate::health::HealthState::new(name),
                     });
                 }
@@ -196,6 +263,11 @@ impl Bus {
             Err(BusError::Shutdown) => Ok(None),
             Err(error) => Err(error),
         }
+    }
+
+    /// The subjects NATS refused to this user so far.
+    pub fn refused(&self) -> &Refused {
+        &self.refused
     }
 
     pub fn client(&self) -> &async_nats::Client {

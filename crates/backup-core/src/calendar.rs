@@ -27,13 +27,8 @@ impl LocalCron {
         {
             return Ok(None);
         }
-        if text.split_whitespace().count() != 5 {
-            return Err(format!(
-                "{setting} {text:?} must have five fields (minute hour day month weekday)"
-            ));
-        }
-        let cron = Cron::from_str(text)
-            .map_err(|e| format!("{setting} {text:?} is not a cron expression: {e}"))?;
+        check_fields(setting, text)?;
+        let cron = Cron::from_str(text).map_err(|e| cron_error(setting, text, &e))?;
         Ok(Some(Self {
             cron,
             zone,
@@ -52,6 +47,63 @@ impl LocalCron {
     pub fn zone(&self) -> Tz {
         self.zone
     }
+}
+
+/// The five fields of a cron expression, with the values each allows.
+const FIELDS: [(&str, u32, u32, &str); 5] = [
+    ("minute", 0, 59, "0-59"),
+    ("hour", 0, 23, "0-23"),
+    ("day of month", 1, 31, "1-31"),
+    ("month", 1, 12, "1-12 or JAN-DEC"),
+    ("weekday", 0, 7, "0-7 or SUN-SAT"),
+];
+
+/// Checks the shape of a five-field cron expression before croner parses
+/// it, so a refusal names the field and what it allows (croner says only
+/// "Number out of bounds"). `setting` is the variable the text came from.
+pub fn check_fields(setting: &str, text: &str) -> Result<(), String> {
+    let fields: Vec<&str> = text.split_whitespace().collect();
+    if fields.len() != 5 {
+        return Err(format!(
+            "{setting} {text:?} has {} field(s); it takes five: minute hour day-of-month month weekday (e.g. \"0 2 * * *\")",
+            fields.len()
+        ));
+    }
+    for (field, (name, low, high, allowed)) in fields.iter().zip(FIELDS) {
+        for part in field.split(',') {
+            let (range, step) = match part.split_once('/') {
+                Some((range, step)) => (range, Some(step)),
+                None => (part, None),
+            };
+            if let Some(step) = step
+                && !step.parse::<u32>().is_ok_and(|s| s > 0)
+            {
+                return Err(format!(
+                    "{setting} {text:?}: the {name} field's step {step:?} is not a positive number"
+                ));
+            }
+            // Only numbers are judged here; names (JAN, MON) and croner's
+            // extensions (L, W, #) are left to croner.
+            for value in range.split('-') {
+                if let Ok(number) = value.parse::<u32>()
+                    && !(low..=high).contains(&number)
+                {
+                    return Err(format!(
+                        "{setting} {text:?}: the {name} field is {number}, outside {allowed}"
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A croner refusal of a text [`check_fields`] let through, in one line
+/// naming the variable and the expected form.
+pub fn cron_error(setting: &str, text: &str, error: &croner::errors::CronError) -> String {
+    format!(
+        "{setting} {text:?} is not a cron expression (minute 0-59, hour 0-23, day of month 1-31, month 1-12, weekday 0-7): {error}"
+    )
 }
 
 impl std::fmt::Display for LocalCron {
@@ -85,5 +137,40 @@ mod tests {
         let short = LocalCron::parse("ALERT_DIGEST_SCHEDULE", "* * *", Tz::UTC).unwrap_err();
         assert!(short.starts_with("ALERT_DIGEST_SCHEDULE"), "{short}");
         assert!(LocalCron::parse("X", "61 * * * *", Tz::UTC).is_err());
+    }
+
+    #[test]
+    fn refusals_name_the_setting_the_field_and_its_range() {
+        let hour = LocalCron::parse("PRUNE_SCHEDULE", "0 25 * * *", Tz::UTC).unwrap_err();
+        assert_eq!(
+            hour,
+            "PRUNE_SCHEDULE \"0 25 * * *\": the hour field is 25, outside 0-23"
+        );
+        let month = check_fields("BACKUP_SCHEDULE", "0 2 1 1-13 *").unwrap_err();
+        assert!(
+            month.contains("the month field is 13, outside 1-12"),
+            "{month}"
+        );
+        let step = check_fields("BACKUP_SCHEDULE", "*/0 2 * * *").unwrap_err();
+        assert!(step.contains("minute field's step"), "{step}");
+        let short = check_fields("ALERT_DIGEST_SCHEDULE", "0 2 * *").unwrap_err();
+        assert!(
+            short.starts_with("ALERT_DIGEST_SCHEDULE \"0 2 * *\" has 4 field(s)"),
+            "{short}"
+        );
+        for good in [
+            "0 2 * * *",
+            "*/15 1-5 1,15 JAN-MAR MON-FRI",
+            "30 4 * * 7",
+            "0 0 L * *",
+        ] {
+            check_fields("X", good).unwrap();
+        }
+        let word = LocalCron::parse("X", "0 two * * *", Tz::UTC).unwrap_err();
+        assert!(
+            word.starts_with("X \"0 two * * *\" is not a cron expression (minute 0-59"),
+            "{word}"
+        );
+        assert!(!word.contains('\n'));
     }
 }

@@ -14,11 +14,13 @@ pub use secrecy::ExposeSecret;
 pub enum ConfigError {
     #[error("{name} and {name}_FILE are both set; keep one")]
     Ambiguous { name: String },
-    #[error("cannot read {name}_FILE {path}: {source}")]
+    /// The cause is part of the message and deliberately not a `#[source]`:
+    /// error chains (`{:#}`, [`crate::error_chain`]) would repeat it.
+    #[error("cannot read {name}_FILE {}: {}{}", path.display(), cause, secret_file_fix(path, cause))]
     SecretFile {
         name: String,
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("{name} is not valid unicode")]
     NotUnicode { name: String },
@@ -52,10 +54,10 @@ pub fn required_secret(name: &str) -> Result<SecretString, ConfigError> {
 }
 
 fn read_secret_file(name: &str, path: &Path) -> Result<Option<SecretString>, ConfigError> {
-    let mut text = std::fs::read_to_string(path).map_err(|source| ConfigError::SecretFile {
+    let mut text = std::fs::read_to_string(path).map_err(|cause| ConfigError::SecretFile {
         name: name.into(),
         path: path.into(),
-        source,
+        cause,
     })?;
     if text.ends_with('\n') {
         text.pop();
@@ -64,6 +66,29 @@ fn read_secret_file(name: &str, path: &Path) -> Result<Option<SecretString>, Con
         }
     }
     Ok((!text.is_empty()).then(|| SecretString::from(text)))
+}
+
+/// The operator's next step when a secret file cannot be read, in the
+/// terms of this process (its user id), so the same text fits a container
+/// (the image's user) and a host install.
+fn secret_file_fix(path: &Path, cause: &std::io::Error) -> String {
+    use std::os::unix::fs::MetadataExt;
+    match cause.kind() {
+        std::io::ErrorKind::PermissionDenied => {
+            let uid = std::fs::metadata("/proc/self")
+                .map(|m| m.uid().to_string())
+                .unwrap_or_else(|_| "UID".into());
+            let file = path.display();
+            format!(
+                "; the file must be readable by this process's user (uid {uid}): chown {uid} {file} && chmod 0400 {file}"
+            )
+        }
+        std::io::ErrorKind::NotFound => {
+            "; the file does not exist (check the path, and the secret's mount in a container)"
+                .into()
+        }
+        _ => String::new(),
+    }
 }
 
 /// Parses durations such as `26h`, `90s`, `1h 30m` (humantime syntax).
@@ -87,7 +112,8 @@ pub enum LogFormat {
     Json,
 }
 
-/// Flags every service shares.
+/// Flags of every binary, `backupctl` included: how to reach NATS and how
+/// to log.
 #[derive(Debug, Clone, clap::Args)]
 pub struct CommonArgs {
     /// NATS server URL.
@@ -102,17 +128,34 @@ pub struct CommonArgs {
     /// Log output: text for people, json for log collectors.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+}
+
+/// Flags of the five services: [`CommonArgs`] and what only a long-running
+/// service has (shutdown grace, health endpoint), so `backupctl --help`
+/// does not offer them.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServiceArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
     /// How long SIGTERM waits for the unit in flight before releasing it for redelivery.
     #[arg(long, env = "SHUTDOWN_GRACE", default_value = "20s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
-    /// Services: serve GET /healthz and /metrics (Prometheus) on this
-    /// address, e.g. 127.0.0.1:9464; empty: no endpoint.
+    /// Serve GET /healthz and /metrics (Prometheus) on this address, e.g.
+    /// 127.0.0.1:9464; empty: no endpoint.
     #[arg(long, env = "HEALTH_LISTEN", value_parser = parse_listen)]
     pub health_listen: Option<String>,
-    /// Services: ask the running service's /healthz (on HEALTH_LISTEN)
-    /// instead of running; print one line, exit 0 when healthy, 1 when not.
+    /// Ask the running service's /healthz (on HEALTH_LISTEN) instead of
+    /// running; print one line, exit 0 when healthy, 1 when not.
     #[arg(long)]
     pub health_probe: bool,
+}
+
+impl std::ops::Deref for ServiceArgs {
+    type Target = CommonArgs;
+
+    fn deref(&self) -> &CommonArgs {
+        &self.common
+    }
 }
 
 /// Help text appended to every binary, listing the secret variables.
@@ -176,6 +219,30 @@ mod tests {
     }
 
     #[test]
+    fn an_unreadable_secret_file_says_its_cause_once_and_the_fix() {
+        use std::os::unix::fs::MetadataExt;
+        let error = ConfigError::SecretFile {
+            name: "SMTP_URL".into(),
+            path: "/run/secrets/smtp_url".into(),
+            cause: std::io::Error::from_raw_os_error(13),
+        };
+        // What a binary prints: the anyhow-style chain of the error.
+        let chain = crate::error_chain(&error);
+        assert_eq!(chain.matches("Permission denied").count(), 1, "{chain}");
+        let uid = std::fs::metadata("/proc/self").unwrap().uid();
+        assert!(
+            chain.starts_with("cannot read SMTP_URL_FILE /run/secrets/smtp_url: Permission denied"),
+            "{chain}"
+        );
+        assert!(
+            chain.contains(&format!(
+                "chown {uid} /run/secrets/smtp_url && chmod 0400 /run/secrets/smtp_url"
+            )),
+            "{chain}"
+        );
+    }
+
+    #[test]
     fn redacted_in_debug() {
         let secret = SecretString::from("hunter2".to_owned());
         assert!(!format!("{secret:?}").contains("hunter2"));
@@ -227,6 +294,102 @@ pub fn parse_compression(text: &str) -> Result<(crate::names::Compression, Optio
     Ok((codec, level))
 }
 
+/// Parses a binary's settings (flags and the environment variables behind
+/// them). A bad value ends the process with one line on stderr naming what
+/// the operator set, the environment variable unless the flag was on the
+/// command line, and exit status 2; `--help` and `--version` print as usual.
+pub fn parse_settings<P: clap::Parser>(binary: &str) -> P {
+    use clap::error::ErrorKind;
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    match P::try_parse_from(&args) {
+        Ok(parsed) => parsed,
+        Err(error) => match error.kind() {
+            ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => error.exit(),
+            _ => {
+                let line = settings_error(&P::command(), &error, &args);
+                #[allow(clippy::print_stderr)]
+                {
+                    eprintln!("{binary}: {line}");
+                }
+                std::process::exit(2)
+            }
+        },
+    }
+}
+
+/// One line for a clap error, in the operator's words: `SFTP_PORT "abc":
+/// invalid digit found in string` rather than clap's `invalid value 'abc'
+/// for '--sftp-port <PORT>'` and its `--help` hint.
+pub fn settings_error(
+    command: &clap::Command,
+    error: &clap::Error,
+    args: &[std::ffi::OsString],
+) -> String {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    let on_command_line = |long: &str| {
+        args.iter().skip(1).any(|a| {
+            a.to_str()
+                .is_some_and(|a| a == format!("--{long}") || a.starts_with(&format!("--{long}=")))
+        })
+    };
+    // What the operator set: the variable, unless the flag was typed.
+    let setting = |shown: &str| -> String {
+        let flag = shown.split_whitespace().next().unwrap_or(shown);
+        let Some(long) = flag.strip_prefix("--") else {
+            return shown.to_owned();
+        };
+        match find_arg(command, long).and_then(|arg| arg.get_env()) {
+            Some(env) if !on_command_line(long) => env.to_string_lossy().into_owned(),
+            _ => flag.to_owned(),
+        }
+    };
+    let clap_line = || {
+        let rendered = error.render().to_string();
+        let first = rendered.lines().next().unwrap_or_default();
+        crate::one_line(first.strip_prefix("error: ").unwrap_or(first))
+    };
+    let invalid_arg = error.get(ContextKind::InvalidArg);
+    match (error.kind(), invalid_arg) {
+        (ErrorKind::MissingRequiredArgument, Some(ContextValue::Strings(missing))) => {
+            let names: Vec<String> = missing.iter().map(|m| setting(m)).collect();
+            format!("{} must be set", names.join(", "))
+        }
+        (ErrorKind::InvalidValue | ErrorKind::ValueValidation, Some(ContextValue::String(arg))) => {
+            let value = match error.get(ContextKind::InvalidValue) {
+                Some(ContextValue::String(value)) => value.clone(),
+                _ => String::new(),
+            };
+            let why = match (
+                std::error::Error::source(error),
+                error.get(ContextKind::ValidValue),
+            ) {
+                (Some(cause), _) => crate::error_chain(cause),
+                (None, Some(ContextValue::Strings(valid))) => {
+                    format!("use one of {}", valid.join(", "))
+                }
+                (None, _) if value.is_empty() => "must not be empty".to_owned(),
+                (None, _) => clap_line(),
+            };
+            format!("{} {value:?}: {why}", setting(arg))
+        }
+        _ => clap_line(),
+    }
+}
+
+/// The argument with this long flag, in the command or its subcommands.
+fn find_arg<'a>(command: &'a clap::Command, long: &str) -> Option<&'a clap::Arg> {
+    command
+        .get_arguments()
+        .find(|arg| arg.get_long() == Some(long))
+        .or_else(|| {
+            command
+                .get_subcommands()
+                .find_map(|sub| find_arg(sub, long))
+        })
+}
+
 /// Runs a binary's fallible body and turns an error into one line on
 /// stderr and exit status 2, the convention every binary follows for bad
 /// configuration and fatal errors.
@@ -234,10 +397,15 @@ pub fn exit_status(name: &str, result: anyhow_like::Result) -> std::process::Exi
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
-            tracing::error!(error = %error, "{name} stopped");
-            #[allow(clippy::print_stderr)]
-            {
-                eprintln!("{name}: {}", crate::one_line(&error));
+            // Logs and this line both go to stderr: one of them, not both.
+            // A log collector (JSON) gets the event, a person the line.
+            if crate::telemetry::format() == Some(LogFormat::Json) {
+                tracing::error!(error = %crate::one_line(&error), "{name} stopped");
+            } else {
+                #[allow(clippy::print_stderr)]
+                {
+                    eprintln!("{name}: {}", crate::one_line(&error));
+                }
             }
             std::process::ExitCode::from(2)
         }

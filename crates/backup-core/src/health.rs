@@ -38,7 +38,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::bus::{Bus, ConsumerSpec, Delivery};
-use crate::config::CommonArgs;
+use crate::config::ServiceArgs;
 use crate::events::subject;
 
 /// How long the probe waits for an answer.
@@ -590,7 +590,7 @@ impl Metrics {
 
 /// Serves `/healthz` and `/metrics` for `bus` on `HEALTH_LISTEN`, in the
 /// background until the process ends. Does nothing when it is not set.
-pub async fn serve(common: &CommonArgs, bus: &Bus) -> Result<Option<SocketAddr>, HealthError> {
+pub async fn serve(common: &ServiceArgs, bus: &Bus) -> Result<Option<SocketAddr>, HealthError> {
     serve_at(common.health_listen.as_deref(), bus).await
 }
 
@@ -758,7 +758,7 @@ pub async fn probe_once(listen: Option<&str>) -> ProbeResult {
 
 /// The `--health-probe` mode of every service: one line on stdout, exit 0
 /// when healthy and 1 otherwise.
-pub async fn probe(common: &CommonArgs) -> ExitCode {
+pub async fn probe(common: &ServiceArgs) -> ExitCode {
     let result = probe_once(common.health_listen.as_deref()).await;
     #[allow(clippy::print_stdout)]
     {

@@ -20,7 +20,8 @@ pub struct SftpArgs {
     /// Login on the SFTP server.
     #[arg(long = "sftp-user", env = "SFTP_USER")]
     pub user: String,
-    /// Base directory on the server; artifacts go to <dir>/<database>/.
+    /// Base directory on the server; artifacts go to <dir>/<database>/. A
+    /// relative path starts at the SFTP login directory.
     #[arg(long = "sftp-dir", env = "SFTP_DIR")]
     pub dir: String,
     /// Private key (ed25519 or RSA, OpenSSH or PEM); its passphrase comes
@@ -49,12 +50,7 @@ impl SftpArgs {
                 "SFTP_KNOWN_HOSTS (or SFTP_HOST_FINGERPRINT) must pin the server's host key; unknown keys are refused".into(),
             ));
         }
-        if !self.dir.starts_with('/') {
-            return Err(ConfigError::Invalid(format!(
-                "SFTP_DIR {:?} must be an absolute path",
-                self.dir
-            )));
-        }
+        check_dir("SFTP_DIR", &self.dir)?;
         Ok(SftpSettings {
             host: self.host.clone(),
             port: self.port,
@@ -73,11 +69,66 @@ impl SftpArgs {
         format!("{}/{}", self.dir.trim_end_matches('/'), database)
     }
 
-    /// `sftp://user@host:port/dir`, for events and logs.
+    /// `sftp://user@host:port/dir` (`/~/dir` for a directory relative to
+    /// the login directory), for events and logs.
     pub fn describe(&self) -> String {
-        format!(
-            "sftp://{}@{}:{}{}",
-            self.user, self.host, self.port, self.dir
-        )
+        let dir = if self.dir.starts_with('/') {
+            self.dir.clone()
+        } else {
+            format!("/~/{}", self.dir)
+        };
+        format!("sftp://{}@{}:{}{dir}", self.user, self.host, self.port)
+    }
+}
+
+/// A remote base directory as an operator may write it: absolute, or
+/// relative to the SFTP login directory (`backups` on a hosting account),
+/// never escaping upwards (`..`) and without control characters.
+pub fn check_dir(setting: &str, dir: &str) -> Result<(), ConfigError> {
+    let refuse = |why: &str| Err(ConfigError::Invalid(format!("{setting} {dir:?} {why}")));
+    if dir.trim().is_empty() {
+        return refuse("is empty; give the base directory on the server");
+    }
+    if dir.split('/').any(|part| part == "..") {
+        return refuse("must not contain a `..` component");
+    }
+    if dir.chars().any(char::is_control) {
+        return refuse("must not contain control characters");
+    }
+    Ok(())
+}
+
+/// Logs, once per process and directory, where a relative base directory
+/// lands on the server: the path it means after `remote`'s login.
+pub fn note_resolved_dir(setting: &str, dir: &str, remote: &remote_sftp::SftpRemote) {
+    use std::collections::HashSet;
+    use std::sync::{Mutex, PoisonError};
+    static LOGGED: Mutex<Option<HashSet<String>>> = Mutex::new(None);
+    if dir.starts_with('/') {
+        return;
+    }
+    let resolved = remote.resolve(dir);
+    let mut logged = LOGGED.lock().unwrap_or_else(PoisonError::into_inner);
+    if logged
+        .get_or_insert_with(HashSet::new)
+        .insert(format!("{setting}={dir}"))
+    {
+        tracing::info!("{setting} {dir:?} is relative to the SFTP login directory: {resolved}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_dirs_are_accepted_but_never_escape() {
+        for good in ["backups", "backups/korrigo", "/srv/backups", "./backups"] {
+            check_dir("SFTP_DIR", good).unwrap();
+        }
+        for bad in ["", "  ", "backups/../..", "..", "/srv/../etc", "a\nb"] {
+            let error = check_dir("SFTP_DIR", bad).unwrap_err().to_string();
+            assert!(error.starts_with("SFTP_DIR "), "{error}");
+        }
     }
 }

@@ -19,7 +19,7 @@
 
 use std::future::Future;
 use std::io::Write as _;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -514,14 +514,27 @@ pub async fn nats(options: &NatsOptions, services: &[&str]) -> Vec<Check> {
         }
     };
     let mut checks = vec![Check::pass("nats", format!("connected to {shown} {who}"))];
+    let user = options.user.as_deref();
+    let refusal = |subject: &str| {
+        bus.refused().contains(subject).then(|| {
+            format!(
+                "NATS refused {subject} to {}: a permissions violation, not a missing piece",
+                user.map_or_else(|| "this connection".to_owned(), |u| format!("user {u}"))
+            )
+        })
+    };
+    let stream_subject = format!("$JS.API.STREAM.INFO.{STREAM}");
     let mut stream = match bus.jetstream().get_stream(STREAM).await {
         Ok(stream) => stream,
         Err(e) => {
-            checks.push(Check::fail(
-                "nats.stream",
-                format!("the {STREAM} stream is missing or unreadable: {e}"),
-                "start any service once: each creates the stream at start-up (or grant this NATS user JetStream access)",
-            ));
+            checks.push(match refusal(&stream_subject) {
+                Some(refused) => Check::fail("nats.stream", refused, OPERATOR_FIX),
+                None => Check::fail(
+                    "nats.stream",
+                    format!("the {STREAM} stream is missing or unreadable: {e}"),
+                    "start any service once: each creates the stream at start-up (or grant this NATS user JetStream access)",
+                ),
+            });
             for service in services {
                 checks.push(Check::not_checked(
                     format!("nats.consumer.{service}"),
@@ -560,19 +573,47 @@ pub async fn nats(options: &NatsOptions, services: &[&str]) -> Vec<Check> {
             "grant this NATS user JetStream access to the stream",
         ),
     });
-    for service in services {
-        checks.push(consumer(&stream, service).await);
-    }
+    let consumers = services
+        .iter()
+        .map(|service| consumer(&bus, &stream, service, user));
+    checks.extend(futures::future::join_all(consumers).await);
     checks
 }
 
-async fn consumer(stream: &Stream, service: &str) -> Check {
+/// The fix for a permission refusal: the services' own NATS users may see
+/// only their own consumer; the operator's user sees everything.
+const OPERATOR_FIX: &str = "run the doctor with the operator's NATS credentials (NATS_USER=operator and its password; in compose: docker compose run --rm backupctl doctor), or grant this user the subject in the NATS authorization";
+
+async fn consumer(bus: &Bus, stream: &Stream, service: &str, user: Option<&str>) -> Check {
     let name = format!("nats.consumer.{service}");
+    let subject = format!("$JS.API.CONSUMER.INFO.{STREAM}.{service}");
     let mut look = 0;
     loop {
         look += 1;
         let info = match stream.consumer_info(service).await {
             Ok(info) => info,
+            Err(_) if bus.refused().contains(&subject) => {
+                let who = user.map_or_else(
+                    || "this connection".to_owned(),
+                    |u| format!("NATS user {u}"),
+                );
+                // A service's user sees only its own consumer: another's
+                // is not this user's business, its own is.
+                return if user.is_some_and(|u| u != service) {
+                    Check::skip(
+                        name,
+                        format!(
+                            "not visible to {who} (NATS refused {subject}); check it with the operator's credentials"
+                        ),
+                    )
+                } else {
+                    Check::fail(
+                        name,
+                        format!("NATS refused {subject} to {who}: a permissions violation"),
+                        OPERATOR_FIX,
+                    )
+                };
+            }
             Err(e) => {
                 return Check::fail(
                     name,
@@ -815,7 +856,7 @@ pub async fn sftp(args: &SftpArgs) -> Vec<Check> {
             return vec![Check::fail(
                 "sftp",
                 e.to_string(),
-                "pin the host key with SFTP_KNOWN_HOSTS (ssh-keyscan -p PORT HOST, checked out of band) or SFTP_HOST_FINGERPRINT; SFTP_DIR must be absolute",
+                "pin the host key with SFTP_KNOWN_HOSTS (ssh-keyscan -p PORT HOST, checked out of band) or SFTP_HOST_FINGERPRINT; SFTP_DIR is a directory on the server without `..` components",
             )];
         }
     };
@@ -845,6 +886,15 @@ pub async fn sftp(args: &SftpArgs) -> Vec<Check> {
             return checks;
         }
     };
+    if let Err((detail, fix)) = key_file_usable(&settings.key_file) {
+        checks.push(Check::not_checked(
+            "sftp.host_key",
+            "the login key is unusable, so no session was opened",
+        ));
+        checks.push(Check::fail("sftp.auth", detail, fix));
+        skip_from(&mut checks, 2, "no login");
+        return checks;
+    }
     let pin = match (&settings.known_hosts, &settings.host_key_fingerprint) {
         (Some(path), _) => format!("SFTP_KNOWN_HOSTS {}", path.display()),
         (None, Some(fingerprint)) => format!("SFTP_HOST_FINGERPRINT {fingerprint}"),
@@ -867,7 +917,21 @@ pub async fn sftp(args: &SftpArgs) -> Vec<Check> {
             skip_from(&mut checks, 1, "the host key is not trusted");
             return checks;
         }
-        Err(e @ (RemoteError::AuthRejected { .. } | RemoteError::KeyFile { .. })) => {
+        Err(e @ RemoteError::KeyFile { .. }) => {
+            // The key is read before the server is contacted.
+            checks.push(Check::not_checked(
+                "sftp.host_key",
+                "the login key is unusable, so no session was opened",
+            ));
+            checks.push(Check::fail(
+                "sftp.auth",
+                e.to_string(),
+                "SFTP_KEY_FILE must hold an OpenSSH or PEM private key (ed25519 or RSA); a protected key needs SFTP_KEY_PASSPHRASE (or SFTP_KEY_PASSPHRASE_FILE)",
+            ));
+            skip_from(&mut checks, 2, "no login");
+            return checks;
+        }
+        Err(e @ RemoteError::AuthRejected { .. }) => {
             checks.push(Check::pass(
                 "sftp.host_key",
                 format!("{presented} matches {pin}"),
@@ -904,9 +968,18 @@ pub async fn sftp(args: &SftpArgs) -> Vec<Check> {
     checks.push(Check::pass(
         "sftp.auth",
         format!(
-            "{} logged in with {} and started SFTP",
+            "{} logged in with {} and started SFTP{}",
             settings.user,
-            settings.key_file.display()
+            settings.key_file.display(),
+            if args.dir.starts_with('/') {
+                String::new()
+            } else {
+                format!(
+                    "; SFTP_DIR {:?} is {} (relative to the login directory)",
+                    args.dir,
+                    remote.resolve(&args.dir)
+                )
+            }
         ),
     ));
     checks.push(sftp_write(&remote, args).await);
@@ -932,6 +1005,36 @@ pub async fn sftp(args: &SftpArgs) -> Vec<Check> {
     });
     let _ = remote.close().await;
     checks
+}
+
+/// `SFTP_KEY_FILE` exists, is a file, and is private to its owner (as
+/// OpenSSH demands of a private key): the detail and the fix otherwise.
+fn key_file_usable(path: &Path) -> Result<(), (String, String)> {
+    let shown = path.display();
+    match std::fs::metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err((
+            format!("SFTP_KEY_FILE {shown} does not exist"),
+            format!(
+                "point SFTP_KEY_FILE at the private key (in compose, the secret's mount); to make one: ssh-keygen -t ed25519 -N '' -f {shown}, then add {shown}.pub to the server's authorized_keys"
+            ),
+        )),
+        Err(e) => Err((
+            format!("cannot read SFTP_KEY_FILE {shown}: {e}"),
+            format!("make {shown} readable by this user, mode 0600"),
+        )),
+        Ok(meta) if !meta.is_file() => Err((
+            format!("SFTP_KEY_FILE {shown} is not a file"),
+            "point SFTP_KEY_FILE at the private key file".into(),
+        )),
+        Ok(meta) if meta.permissions().mode() & 0o077 != 0 => Err((
+            format!(
+                "SFTP_KEY_FILE {shown} has mode {:04o}: other users can read the private key",
+                meta.permissions().mode() & 0o7777
+            ),
+            format!("chmod 0600 {shown} (and consider replacing the key if others could read it)"),
+        )),
+        Ok(_) => Ok(()),
+    }
 }
 
 async fn sftp_write(remote: &SftpRemote, args: &SftpArgs) -> Check {
@@ -1447,7 +1550,19 @@ pub async fn alerts(args: &DoctorArgs, databases: &[DatabaseName]) -> Vec<Check>
             }
         },
     );
-    vec![email, telegram, slack, healthcheck]
+    let for_people = [&email, &telegram, &slack];
+    let mut checks = Vec::new();
+    if for_people.iter().all(|c| c.verdict == Verdict::Skip) {
+        // The notifier would then only write ERROR lines to its own log:
+        // a failure nobody reads is no alert.
+        checks.push(Check::fail(
+            "alert",
+            "no alert channel for people is configured: a failed backup would only be an ERROR line in the notifier's log",
+            "set SMTP_URL (with ALERT_EMAIL_FROM and ALERT_EMAIL_TO), TELEGRAM_BOT_TOKEN (with TELEGRAM_CHAT_ID) or SLACK_WEBHOOK_URL for the notifier and for this command",
+        ));
+    }
+    checks.extend([email, telegram, slack, healthcheck]);
+    checks
 }
 
 fn email_settings(args: &DoctorArgs) -> Result<Option<EmailSettings>, String> {
@@ -1533,18 +1648,6 @@ pub async fn alert_email(settings: &EmailSettings, notice: Option<&Notice>) -> C
     let mut secrets = vec![&settings.smtp_url];
     secrets.extend(settings.password.as_ref());
     let redactor = redactor(&secrets);
-    let server = reqwest::Url::parse(settings.smtp_url.expose_secret())
-        .ok()
-        .and_then(|u| {
-            Some(format!(
-                "{}://{}:{}",
-                u.scheme(),
-                u.host_str()?,
-                u.port()
-                    .unwrap_or(if u.scheme() == "smtps" { 465 } else { 25 })
-            ))
-        })
-        .unwrap_or_else(|| "the SMTP server".to_owned());
     let to = settings
         .to
         .iter()
@@ -1561,9 +1664,28 @@ pub async fn alert_email(settings: &EmailSettings, notice: Option<&Notice>) -> C
             );
         }
     };
-    let what = format!("from {} to {to} via {server}", settings.from);
+    let (server, tls) = match &channel {
+        Channel::Email(email) => (email.server().to_owned(), email.tls().describe()),
+        _ => ("the SMTP server".to_owned(), ""),
+    };
+    let what = format!("from {} to {to} via {server} ({tls})", settings.from);
     match notice {
-        None => Check::pass("alert.email", format!("configured {what}; {NOT_SENT}")),
+        None => match &channel {
+            Channel::Email(email) => match email.test_connection().await {
+                Ok(()) => Check::pass(
+                    "alert.email",
+                    format!("{server} answered EHLO ({tls}); mail would go {what}; {NOT_SENT}"),
+                ),
+                Err(e) => Check::fail(
+                    "alert.email",
+                    format!("SMTP_URL {server} ({tls}): {}", redactor.redact(&e.cause)),
+                    "check that the SMTP server named by SMTP_URL is up and reachable from here; \
+                     ?tls=required|opportunistic|none on smtp:// chooses STARTTLS \
+                     (without it: required when credentials are set, opportunistic otherwise)",
+                ),
+            },
+            _ => Check::pass("alert.email", format!("configured {what}; {NOT_SENT}")),
+        },
         Some(notice) => match channel.send(notice).await {
             Ok(()) => Check::pass("alert.email", format!("test message accepted {what}")),
             Err(e) => Check::fail(

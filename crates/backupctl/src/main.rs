@@ -38,6 +38,7 @@ struct Cli {
 enum Command {
     /// Ask the dumper for a backup now (all configured databases unless --database).
     Trigger {
+        /// Back up only this database (default: every database the dumper is configured for).
         #[arg(long)]
         database: Option<DatabaseName>,
         /// Label kept with the backup; `pre-deploy` backups are never pruned.
@@ -71,6 +72,7 @@ enum Command {
     List {
         #[command(flatten)]
         sftp: SftpArgs,
+        /// List only this database's backups (default: every database under SFTP_DIR).
         #[arg(long)]
         database: Option<DatabaseName>,
         /// One JSON document for scripts.
@@ -95,6 +97,7 @@ enum Command {
         latest: bool,
         /// The artifact to restore (a name from `backupctl list`).
         artifact: Option<ArtifactName>,
+        /// The database whose backup is restored (its directory under SFTP_DIR).
         #[arg(long)]
         database: DatabaseName,
         /// postgresql:// URL of the database to restore into (RESTORE_TARGET_URL wins).
@@ -124,15 +127,17 @@ enum Command {
     /// services' consumers, PostgreSQL, SFTP, the spool, the scratch server, age keys,
     /// alert channels, the schedule. Exits 1 when a check fails.
     Doctor(Box<backupctl::doctor::DoctorArgs>),
-    /// Show what retention would delete and why (the pruner service does the deleting).
+    /// Show what retention would delete and why; deletes nothing (the pruner service does the deleting).
     Prune {
         #[command(flatten)]
         sftp: SftpArgs,
         #[command(flatten)]
         retention: pruner::RetentionArgs,
+        /// Plan only this database (default: every database under SFTP_DIR).
         #[arg(long)]
         database: Option<DatabaseName>,
-        /// Required: backupctl only shows the plan.
+        /// Accepted and ignored: `backupctl prune` is always a dry run (it
+        /// only prints the plan; the pruner service deletes).
         #[arg(long)]
         dry_run: bool,
         /// One JSON document for scripts.
@@ -143,8 +148,8 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
-    backup_core::telemetry::init_with_default(cli.common.log_format, "warn");
+    let cli: Cli = backup_core::config::parse_settings("backupctl");
+    backup_core::telemetry::init_with_default(cli.common.log_format, "warn,backup_core::bus=error");
     match run(cli).await {
         Ok(code) => code,
         Err(error) => {
@@ -344,15 +349,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             sftp,
             retention,
             database,
-            dry_run,
+            dry_run: _,
             json,
         } => {
-            if !dry_run {
-                eprintln!(
-                    "backupctl: prune only shows the plan; pass --dry-run (the pruner service deletes)"
-                );
-                return Ok(ExitCode::from(2));
-            }
             let policy = retention
                 .policy()
                 .map_err(anyhow::Error::msg)

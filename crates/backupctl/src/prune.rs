@@ -1,4 +1,4 @@
-//! `backupctl prune --dry-run`: what the pruner's retention policy would
+//! `backupctl prune` (always a dry run): what the pruner's retention policy would
 //! delete, and why, computed by the pruner's own library from the remote
 //! listing. Deleting stays the pruner service's job.
 

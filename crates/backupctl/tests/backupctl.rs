@@ -829,13 +829,18 @@ fn prune_dry_run_lists_keep_and_delete_with_reasons() {
         .count();
     assert_eq!(listing, 12, "a dry run must delete nothing");
 
-    let out = rig.backupctl(&["prune", "--database", database.as_str()], &[]);
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("--dry-run"),
-        "{}",
-        text(&out)
-    );
+    // Without --dry-run: the same plan, still nothing deleted (backupctl
+    // never deletes; --dry-run is an accepted no-op).
+    let mut args = vec!["prune", "--database", database.as_str()];
+    args.extend(policy);
+    let out = rig.backupctl(&args, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let plain = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(plain, stdout, "{}", text(&out));
+    let listing = std::fs::read_dir(format!("{}/{database}", rig.remote_dir()))
+        .expect("remote dir")
+        .count();
+    assert_eq!(listing, 12, "backupctl prune must delete nothing");
 }
 
 /// The ```bash blocks of the runbook section that starts with `heading`

@@ -121,6 +121,9 @@ pub struct SftpRemote {
     port: u16,
     user: String,
     io_timeout: Duration,
+    /// Where the server starts relative paths: its answer to
+    /// `realpath(".")` at login (empty if it gave none).
+    login_dir: String,
     /// Set once any request saw the connection die. russh-sftp does not
     /// answer requests sent in the moment between its reader stopping and
     /// its writer noticing, so they would wait the full `io_timeout`; after
@@ -249,9 +252,22 @@ impl SftpRemote {
                 write_chunk = clamp_chunk(write_chunk, Some(room));
             }
         }
+        // Relative paths (an SFTP_DIR written for a hosting account) start
+        // at the login directory, as OpenSSH's sftp resolves them.
+        let login_dir = match sftp.realpath(".").await {
+            Ok(name) => name
+                .files
+                .into_iter()
+                .next()
+                .map(|f| f.filename)
+                .filter(|d| d.starts_with('/'))
+                .unwrap_or_default(),
+            Err(_) => String::new(),
+        };
         debug!(
             host,
             port,
+            login_dir,
             sftp_version = version.version,
             ?features,
             write_chunk,
@@ -268,8 +284,34 @@ impl SftpRemote {
             port,
             user: settings.user.clone(),
             io_timeout: settings.io_timeout,
+            login_dir,
             lost: Arc::new(AtomicBool::new(false)),
         })
+    }
+
+    /// The directory relative paths start from on this server (the
+    /// answer to `realpath(".")` at login), empty if it gave none.
+    pub fn login_dir(&self) -> &str {
+        &self.login_dir
+    }
+
+    /// `path` as an absolute path: unchanged when it already is one (or
+    /// the server gave no login directory), else joined to
+    /// [`SftpRemote::login_dir`]. Every method takes relative paths.
+    pub fn resolve(&self, path: &str) -> String {
+        if path.starts_with('/') || self.login_dir.is_empty() {
+            return path.to_owned();
+        }
+        let rest = path.trim_start_matches("./");
+        let base = self.login_dir.trim_end_matches('/');
+        if rest.is_empty() || rest == "." {
+            return if base.is_empty() {
+                "/".into()
+            } else {
+                base.to_owned()
+            };
+        }
+        format!("{base}/{rest}")
     }
 
     /// OpenSSH extensions the server offered.
@@ -280,6 +322,8 @@ impl SftpRemote {
     /// Creates `path` and missing parents with mode 0700 (backups are
     /// nobody else's business). Existing directories are left as they are.
     pub async fn create_dir_all(&self, path: &str) -> Result<(), RemoteError> {
+        let path = &self.resolve(path);
+        let path = path.as_str();
         self.check_alive()?;
         let prefixes = path_prefixes(path);
         // Find the deepest existing ancestor; usually the base dir exists
@@ -380,6 +424,8 @@ impl SftpRemote {
     /// Reads a whole small file; fails with [`RemoteError::TooLarge`] if it
     /// has more than `max_len` bytes.
     pub async fn read_file(&self, path: &str, max_len: u64) -> Result<Vec<u8>, RemoteError> {
+        let path = &self.resolve(path);
+        let path = path.as_str();
         self.check_alive()?;
         let handle = self
             .open(path, OpenFlags::READ, FileAttributes::empty())
@@ -436,6 +482,8 @@ impl SftpRemote {
     /// Opens a remote file for a streaming, pipelined download (several
     /// 255 KiB reads in flight).
     pub async fn open_read(&self, path: &str) -> Result<RemoteReader, RemoteError> {
+        let path = &self.resolve(path);
+        let path = path.as_str();
         self.check_alive()?;
         let handle = self
             .open(path, OpenFlags::READ, FileAttributes::empty())
@@ -462,6 +510,8 @@ impl SftpRemote {
     /// Entries of `dir` without `.` and `..`, in server order.
     /// [`RemoteError::NotFound`] if `dir` does not exist.
     pub async fn list_dir(&self, dir: &str) -> Result<Vec<RemoteEntry>, RemoteError> {
+        let dir = &self.resolve(dir);
+        let dir = dir.as_str();
         self.check_alive()?;
         let handle = self
             .sftp
@@ -490,6 +540,8 @@ impl SftpRemote {
 
     /// Metadata of `path` (following symlinks), `None` if it does not exist.
     pub async fn stat(&self, path: &str) -> Result<Option<RemoteEntry>, RemoteError> {
+        let path = &self.resolve(path);
+        let path = path.as_str();
         self.check_alive()?;
         match self.sftp.stat(path).await {
             Ok(attrs) => Ok(Some(entry(file_name(path).to_owned(), &attrs.attrs))),
@@ -502,6 +554,8 @@ impl SftpRemote {
 
     /// Deletes a file. [`RemoteError::NotFound`] if it does not exist.
     pub async fn remove_file(&self, path: &str) -> Result<(), RemoteError> {
+        let path = &self.resolve(path);
+        let path = path.as_str();
         self.check_alive()?;
         self.sftp
             .remove(path)
@@ -547,6 +601,8 @@ impl SftpRemote {
         source: Source<'_, R>,
     ) -> Result<u64, RemoteError> {
         self.check_alive()?;
+        let final_path = &self.resolve(final_path);
+        let final_path = final_path.as_str();
         let partial = format!("{final_path}.partial");
         let handle = self
             .open(
@@ -818,6 +874,8 @@ impl SftpRemote {
     /// `path`, as `statvfs@openssh.com` reports them; `None` when the
     /// server does not offer that extension.
     pub async fn free_space(&self, path: &str) -> Result<Option<u64>, RemoteError> {
+        let path = &self.resolve(path);
+        let path = path.as_str();
         self.check_alive()?;
         if !self.features.statvfs {
             return Ok(None);

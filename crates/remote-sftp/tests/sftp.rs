@@ -618,3 +618,60 @@ async fn throughput_vs_openssh_sftp() {
         );
     }
 }
+
+/// A relative path (an `SFTP_DIR` such as `backups` on a hosting account)
+/// starts at the login directory, which the client learns at login with
+/// `realpath(".")`, as OpenSSH's `sftp` does.
+#[tokio::test]
+async fn relative_paths_start_at_the_login_directory() {
+    let sshd = Sshd::start();
+    let remote = connect(&settings(&sshd)).await;
+    // The test user's home is the server's base directory; its data
+    // directory (`remote_root`) is below it.
+    let home = std::fs::canonicalize(sshd.remote_root.parent().expect("home")).expect("home");
+    assert_eq!(remote.login_dir(), home.display().to_string());
+    let data = sshd
+        .remote_root
+        .file_name()
+        .expect("data dir")
+        .to_string_lossy()
+        .into_owned();
+    let relative = format!("{data}/relative/db");
+    assert_eq!(
+        remote.resolve(&relative),
+        format!("{}/{relative}", home.display())
+    );
+    assert_eq!(remote.resolve("/abs/path"), "/abs/path");
+
+    remote.create_dir_all(&relative).await.expect("mkdir -p");
+    remote
+        .write_file_atomic(&format!("{relative}/note.txt"), b"hello")
+        .await
+        .expect("write");
+    assert_eq!(
+        std::fs::read(sshd.remote_root.join("relative/db/note.txt")).expect("landed below home"),
+        b"hello"
+    );
+    let listed = remote.list_dir(&relative).await.expect("list");
+    assert_eq!(
+        listed.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(),
+        ["note.txt"]
+    );
+    assert_eq!(
+        remote
+            .read_file(&format!("./{relative}/note.txt"), 100)
+            .await
+            .expect("read"),
+        b"hello"
+    );
+    // An error names the resolved path.
+    let missing = remote
+        .read_file(&format!("{data}/missing"), 100)
+        .await
+        .expect_err("missing file");
+    assert!(
+        missing.to_string().contains(&home.display().to_string()),
+        "{missing}"
+    );
+    remote.close().await.expect("close");
+}

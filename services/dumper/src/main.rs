@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use backup_core::config::{
-    CommonArgs, SECRETS_HELP, exit_status, parse_compression, parse_duration,
+    SECRETS_HELP, ServiceArgs, exit_status, parse_compression, parse_duration,
 };
 use backup_core::names::{DatabaseName, DumpFormat};
 use backup_core::pg::PgArgs;
@@ -17,7 +17,7 @@ use clap::Parser;
 #[command(version, after_help = SECRETS_HELP)]
 struct Args {
     #[command(flatten)]
-    common: CommonArgs,
+    common: ServiceArgs,
     #[command(flatten)]
     pg: PgArgs,
     /// Databases to back up, comma-separated (default: PGDATABASE).
@@ -90,7 +90,7 @@ fn parse_format(text: &str) -> Result<DumpFormat, String> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let args = Args::parse();
+    let args: Args = backup_core::config::parse_settings("dumper");
     if args.common.health_probe {
         return backup_core::health::probe(&args.common).await;
     }

@@ -41,8 +41,9 @@ use crate::running::Activity;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ScheduleError {
-    #[error("BACKUP_SCHEDULE {pattern:?} is not a five-field cron expression: {cause}")]
-    Pattern { pattern: String, cause: String },
+    /// Names the variable, the field and what it allows.
+    #[error("{0}")]
+    Pattern(String),
     #[error("BACKUP_TZ {0:?} is not an IANA time zone (e.g. Europe/Paris)")]
     Zone(String),
     #[error("BACKUP_SCHEDULE {0:?} never fires")]
@@ -63,19 +64,19 @@ impl Schedule {
             .trim()
             .parse()
             .map_err(|_| ScheduleError::Zone(zone.to_owned()))?;
-        let fields = pattern.split_whitespace().count();
-        let perr = |cause: String| ScheduleError::Pattern {
-            pattern: pattern.to_owned(),
-            cause,
-        };
-        if fields != 5 {
-            return Err(perr(format!("{fields} fields")));
-        }
+        backup_core::calendar::check_fields("BACKUP_SCHEDULE", pattern)
+            .map_err(ScheduleError::Pattern)?;
         let cron = croner::parser::CronParser::builder()
             .seconds(croner::parser::Seconds::Disallowed)
             .build()
             .parse(pattern)
-            .map_err(|e| perr(e.to_string()))?;
+            .map_err(|e| {
+                ScheduleError::Pattern(backup_core::calendar::cron_error(
+                    "BACKUP_SCHEDULE",
+                    pattern,
+                    &e,
+                ))
+            })?;
         let schedule = Self {
             cron,
             zone,
@@ -346,6 +347,12 @@ mod tests {
         assert!(Schedule::parse("61 2 * * *", "UTC").is_err());
         assert!(Schedule::parse("0 2 * * *", "Mars/Olympus").is_err());
         assert!(Schedule::parse("0 2 * * *", "Europe/Paris").is_ok());
+        assert_eq!(
+            Schedule::parse("0 25 * * *", "UTC")
+                .unwrap_err()
+                .to_string(),
+            "BACKUP_SCHEDULE \"0 25 * * *\": the hour field is 25, outside 0-23"
+        );
     }
 
     #[test]

@@ -348,33 +348,64 @@ pub fn parse_http_url(
     }
 }
 
-fn is_local_host(host: &str) -> bool {
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    host.eq_ignore_ascii_case("localhost")
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
+/// How `smtp://` uses TLS, from `?tls=` or, without it, from whether
+/// credentials are given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SmtpTls {
+    /// `smtps://`: TLS from the first byte.
+    Wrapper,
+    /// STARTTLS or no mail: credentials never cross in clear.
+    Required,
+    /// STARTTLS when the server offers it, plain SMTP otherwise.
+    Opportunistic,
+    /// Plain SMTP.
+    None,
 }
 
-/// The URL given to lettre: STARTTLS required on plain `smtp://` to a
-/// remote host unless the operator explicitly chose otherwise.
-fn smtp_transport_url(raw: &str) -> Result<String, ChannelConfigError> {
+impl SmtpTls {
+    pub fn describe(self) -> &'static str {
+        match self {
+            SmtpTls::Wrapper => "TLS from the start",
+            SmtpTls::Required => "STARTTLS required",
+            SmtpTls::Opportunistic => "STARTTLS when offered",
+            SmtpTls::None => "no TLS",
+        }
+    }
+}
+
+/// The URL given to lettre and the TLS mode it means. `smtp://` without
+/// `tls=`: STARTTLS required when credentials are given (in the URL or
+/// apart, `separate_credentials`), opportunistic otherwise (a relay on the
+/// local network, such as a compose stack's, often offers no TLS);
+/// `?tls=required|opportunistic|none` overrides; `smtps://` is TLS from
+/// the start.
+pub fn smtp_transport_url(
+    raw: &str,
+    separate_credentials: bool,
+) -> Result<(String, SmtpTls), ChannelConfigError> {
     let mut url = url::Url::parse(raw)
         .map_err(|e| ChannelConfigError::SmtpUrl(format!("not a URL ({e})")))?;
-    let host = url
-        .host_str()
-        .ok_or_else(|| ChannelConfigError::SmtpUrl("no host".into()))?
-        .to_owned();
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(ChannelConfigError::SmtpUrl("no host".into()));
+    }
+    let credentials =
+        separate_credentials || !url.username().is_empty() || url.password().is_some();
     let tls = url
         .query_pairs()
         .find(|(k, _)| k == "tls")
         .map(|(_, v)| v.into_owned());
-    match (url.scheme(), tls.as_deref()) {
-        ("smtps", _) => {}
-        ("smtp", None) if !is_local_host(&host) => {
+    let mode = match (url.scheme(), tls.as_deref()) {
+        ("smtps", _) => SmtpTls::Wrapper,
+        ("smtp", None) if credentials => {
             url.query_pairs_mut().append_pair("tls", "required");
+            SmtpTls::Required
         }
-        ("smtp", None | Some("required" | "opportunistic")) => {}
+        ("smtp", None) => {
+            url.query_pairs_mut().append_pair("tls", "opportunistic");
+            SmtpTls::Opportunistic
+        }
+        ("smtp", Some("required")) => SmtpTls::Required,
+        ("smtp", Some("opportunistic")) => SmtpTls::Opportunistic,
         ("smtp", Some("none")) => {
             let others: Vec<(String, String)> = url
                 .query_pairs()
@@ -385,6 +416,7 @@ fn smtp_transport_url(raw: &str) -> Result<String, ChannelConfigError> {
             if !others.is_empty() {
                 url.query_pairs_mut().extend_pairs(others);
             }
+            SmtpTls::None
         }
         ("smtp", Some(other)) => {
             return Err(ChannelConfigError::SmtpUrl(format!(
@@ -396,20 +428,53 @@ fn smtp_transport_url(raw: &str) -> Result<String, ChannelConfigError> {
                 "scheme {scheme}:// is not smtp:// or smtps://"
             )));
         }
+    };
+    // Without a port: 465 for smtps://, the submission port 587 when
+    // logging in, 25 (a relay) otherwise. Set explicitly, since lettre's
+    // own default follows the TLS mode instead.
+    if url.port().is_none() {
+        let port = match mode {
+            SmtpTls::Wrapper => 465,
+            _ if credentials => 587,
+            _ => 25,
+        };
+        url.set_port(Some(port))
+            .map_err(|()| ChannelConfigError::SmtpUrl("cannot take a port".into()))?;
     }
-    Ok(url.to_string())
+    Ok((url.to_string(), mode))
+}
+
+/// `scheme://host:port` of a URL from [`smtp_transport_url`]: what may be
+/// shown (no credentials, no query).
+fn smtp_server(url: &str) -> String {
+    url::Url::parse(url)
+        .ok()
+        .and_then(|u| {
+            Some(format!(
+                "{}://{}:{}",
+                u.scheme(),
+                u.host_str()?,
+                u.port_or_known_default()?
+            ))
+        })
+        .unwrap_or_else(|| "the SMTP server".to_owned())
 }
 
 #[derive(Debug)]
 pub struct Email {
     transport: AsyncSmtpTransport<Tokio1Executor>,
+    tls: SmtpTls,
+    server: String,
     from: Mailbox,
     to: Vec<Mailbox>,
 }
 
 impl Email {
     pub fn new(settings: &EmailSettings) -> Result<Email, ChannelConfigError> {
-        let url = smtp_transport_url(settings.smtp_url.expose_secret())?;
+        let (url, tls) = smtp_transport_url(
+            settings.smtp_url.expose_secret(),
+            settings.username.is_some() || settings.password.is_some(),
+        )?;
         let mut builder = AsyncSmtpTransport::<Tokio1Executor>::from_url(&url)
             .map_err(|e| ChannelConfigError::SmtpUrl(backup_core::one_line(&e.to_string())))?
             .timeout(Some(Duration::from_secs(30)));
@@ -429,9 +494,39 @@ impl Email {
         }
         Ok(Email {
             transport: builder.build(),
+            tls,
+            server: smtp_server(&url),
             from: settings.from.clone(),
             to: settings.to.clone(),
         })
+    }
+
+    pub fn tls(&self) -> SmtpTls {
+        self.tls
+    }
+
+    /// `scheme://host:port`, without credentials.
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+
+    /// Connects, says EHLO, does STARTTLS as the URL asks (and logs in when
+    /// credentials are set), then NOOP and QUIT: the path a notice takes,
+    /// without sending one.
+    pub async fn test_connection(&self) -> Result<(), ChannelError> {
+        match self.transport.test_connection().await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(ChannelError {
+                cause: "the server did not answer NOOP".into(),
+                transient: true,
+                retry_after: None,
+            }),
+            Err(e) => Err(ChannelError {
+                cause: backup_core::error_chain(&e),
+                transient: !e.is_permanent(),
+                retry_after: None,
+            }),
+        }
     }
 
     async fn send(&self, notice: &Notice) -> Result<(), ChannelError> {
@@ -603,22 +698,54 @@ mod tests {
     use super::*;
 
     #[test]
-    fn starttls_is_required_for_remote_smtp_hosts_only() {
+    fn smtp_tls_follows_credentials_unless_the_url_says() {
+        let mode = |url: &str, apart: bool| smtp_transport_url(url, apart).unwrap();
+        // A compose relay without TLS and credentials: plain when not offered.
         assert_eq!(
-            smtp_transport_url("smtp://mail.example.org:587").unwrap(),
-            "smtp://mail.example.org:587?tls=required"
+            mode("smtp://mail-local:1025", false),
+            (
+                "smtp://mail-local:1025?tls=opportunistic".into(),
+                SmtpTls::Opportunistic
+            )
         );
         assert_eq!(
-            smtp_transport_url("smtp://127.0.0.1:2525").unwrap(),
-            "smtp://127.0.0.1:2525"
+            mode("smtp://relay.example.org", false).0,
+            "smtp://relay.example.org:25?tls=opportunistic"
         );
         assert_eq!(
-            smtp_transport_url("smtp://u:p@mail.example.org?tls=none").unwrap(),
-            "smtp://u:p@mail.example.org"
+            mode("smtp://u:p@smtp.example.org", false).0,
+            "smtp://u:p@smtp.example.org:587?tls=required"
         );
-        assert!(smtp_transport_url("smtps://mail.example.org").is_ok());
-        assert!(smtp_transport_url("http://mail.example.org").is_err());
-        assert!(smtp_transport_url("smtp://mail.example.org?tls=maybe").is_err());
+        assert_eq!(
+            mode("smtps://smtp.example.org", false).0,
+            "smtps://smtp.example.org:465"
+        );
+        // Credentials never cross in clear.
+        assert_eq!(
+            mode("smtp://u:p@mail.example.org:587", false).1,
+            SmtpTls::Required
+        );
+        assert_eq!(
+            mode("smtp://mail.example.org:587", true).1,
+            SmtpTls::Required
+        );
+        assert_eq!(mode("smtp://127.0.0.1:2525", true).1, SmtpTls::Required);
+        // tls= overrides.
+        assert_eq!(
+            mode("smtp://u:p@mail.example.org?tls=none", false),
+            ("smtp://u:p@mail.example.org:587".into(), SmtpTls::None)
+        );
+        assert_eq!(
+            mode("smtp://u:p@mail.example.org?tls=opportunistic", false).1,
+            SmtpTls::Opportunistic
+        );
+        assert_eq!(
+            mode("smtp://mail.example.org?tls=required", false).1,
+            SmtpTls::Required
+        );
+        assert_eq!(mode("smtps://mail.example.org", false).1, SmtpTls::Wrapper);
+        assert!(smtp_transport_url("http://mail.example.org", false).is_err());
+        assert!(smtp_transport_url("smtp://mail.example.org?tls=maybe", false).is_err());
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use backup_core::config::{
-    CommonArgs, SECRETS_HELP, comma_list, exit_status, parse_duration, secret_from_env,
+    SECRETS_HELP, ServiceArgs, comma_list, exit_status, parse_duration, secret_from_env,
 };
 use backup_core::names::DatabaseName;
 use backup_core::retry::Backoff;
@@ -24,7 +24,7 @@ use lettre::message::Mailbox;
 )]
 struct Args {
     #[command(flatten)]
-    common: CommonArgs,
+    common: ServiceArgs,
     /// Sender of alert emails.
     #[arg(long, env = "ALERT_EMAIL_FROM")]
     email_from: Option<Mailbox>,
@@ -75,7 +75,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let args = Args::parse();
+    let args: Args = backup_core::config::parse_settings("notifier");
     if args.common.health_probe {
         return backup_core::health::probe(&args.common).await;
     }

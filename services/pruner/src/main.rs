@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use backup_core::config::{CommonArgs, SECRETS_HELP, exit_status, parse_duration};
+use backup_core::config::{SECRETS_HELP, ServiceArgs, exit_status, parse_duration};
 use backup_core::sftp::SftpArgs;
 use clap::Parser;
 
@@ -14,7 +14,7 @@ use clap::Parser;
 #[command(version, after_help = SECRETS_HELP)]
 struct Args {
     #[command(flatten)]
-    common: CommonArgs,
+    common: ServiceArgs,
     #[command(flatten)]
     sftp: SftpArgs,
     #[command(flatten)]
@@ -42,7 +42,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let args = Args::parse();
+    let args: Args = backup_core::config::parse_settings("pruner");
     if args.common.health_probe {
         return backup_core::health::probe(&args.common).await;
     }

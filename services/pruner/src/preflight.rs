@@ -19,6 +19,7 @@ async fn sftp(settings: &Settings) -> Vec<Check> {
         Err(check) => return vec![check],
     };
     let dir = &settings.sftp.dir;
+    backup_core::sftp::note_resolved_dir("SFTP_DIR", dir, &remote);
     let listed = remote.list_dir(dir).await;
     let _ = remote.close().await;
     vec![match listed {

@@ -5,7 +5,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use backup_core::config::{CommonArgs, SECRETS_HELP, exit_status, parse_duration, secret_from_env};
+use backup_core::config::{
+    SECRETS_HELP, ServiceArgs, exit_status, parse_duration, secret_from_env,
+};
 use backup_core::sftp::SftpArgs;
 use clap::Parser;
 use shipper::{Destination, Rate};
@@ -22,7 +24,7 @@ failure names its destination.";
 #[command(version, after_help = format!("{DESTINATIONS_HELP}\n\n{SECRETS_HELP}"))]
 struct Args {
     #[command(flatten)]
-    common: CommonArgs,
+    common: ServiceArgs,
     #[command(flatten)]
     sftp: SftpArgs,
     #[command(flatten)]
@@ -76,7 +78,7 @@ struct SecondSftpArgs {
     port: u16,
     #[arg(id = "sftp2-user", long = "sftp2-user", env = "SHIP_SFTP2_USER")]
     user: Option<String>,
-    /// Base directory on the second server (absolute).
+    /// Base directory on the second server (absolute, or relative to the login directory).
     #[arg(id = "sftp2-dir", long = "sftp2-dir", env = "SHIP_SFTP2_DIR")]
     dir: Option<String>,
     #[arg(
@@ -141,7 +143,7 @@ impl SecondSftpArgs {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let args = Args::parse();
+    let args: Args = backup_core::config::parse_settings("shipper");
     if args.common.health_probe {
         return backup_core::health::probe(&args.common).await;
     }

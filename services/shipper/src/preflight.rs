@@ -36,6 +36,12 @@ async fn sftp(label: &str, dir: &str, settings: &remote_sftp::SftpSettings) -> V
         Ok(remote) => remote,
         Err(check) => return vec![check],
     };
+    let setting = if label == "sftp" {
+        "SFTP_DIR"
+    } else {
+        "SHIP_SFTP2_DIR"
+    };
+    backup_core::sftp::note_resolved_dir(setting, dir, &remote);
     let name = format!("{label}.write");
     let dir = dir.trim_end_matches('/');
     let probe = format!("{dir}/{}", preflight::probe_name("shipper"));

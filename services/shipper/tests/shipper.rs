@@ -396,6 +396,36 @@ async fn ships_once_cleans_stale_partials_and_answers_a_redelivery_without_uploa
     assert!(rig.events(subject::FAILED).await.is_empty());
 }
 
+/// A relative base directory (an `SFTP_DIR` of `backups` on a hosting
+/// account) starts at the SFTP login directory: the test user's home holds
+/// the remote root.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_relative_base_directory_starts_at_the_login_directory() {
+    let mut rig = Rig::start().await;
+    let sshd = Sshd::start();
+    let created = prepare_artifact(rig.spool(), 1 << 20, 3, 0);
+    let data = sshd
+        .remote_root
+        .file_name()
+        .expect("remote root name")
+        .to_string_lossy()
+        .into_owned();
+    let destination = Destination::Sftp {
+        label: "sftp".into(),
+        dir: format!("{data}/backups"),
+        settings: sftp_settings(&sshd),
+    };
+    rig.run_shipper(settings(rig.spool(), vec![destination]))
+        .await;
+    let first = rig.publish(&created, "relative-1").await;
+    let name = created.artifact.artifact.as_str();
+    rig.wait_for(subject::SHIPPED, |e| e["artifact"] == name)
+        .await;
+    rig.wait_acked(first).await;
+    assert_delivered(&remote_db_dir(&sshd), &created, rig.spool());
+    assert!(rig.events(subject::FAILED).await.is_empty());
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn wrong_host_key_is_refused_naming_the_presented_fingerprint() {
     let mut rig = Rig::start().await;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use backup_core::config::{
-    CommonArgs, ExposeSecret, SECRETS_HELP, exit_status, parse_duration, secret_from_env,
+    ExposeSecret, SECRETS_HELP, ServiceArgs, exit_status, parse_duration, secret_from_env,
 };
 use backup_core::pg::{PgArgs, PgTarget};
 use backup_core::sftp::SftpArgs;
@@ -17,7 +17,7 @@ use clap::Parser;
 #[command(version, after_help = SECRETS_HELP)]
 struct Args {
     #[command(flatten)]
-    common: CommonArgs,
+    common: ServiceArgs,
     #[command(flatten)]
     sftp: SftpArgs,
     /// Used for the scratch server when VERIFY_DATABASE_URL is not set.
@@ -73,7 +73,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let args = Args::parse();
+    let args: Args = backup_core::config::parse_settings("verifier");
     if args.common.health_probe {
         return backup_core::health::probe(&args.common).await;
     }

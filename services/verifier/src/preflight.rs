@@ -60,6 +60,7 @@ async fn sftp(settings: &Settings) -> Vec<Check> {
     let sftp = &settings.sftp_settings;
     match preflight::sftp_login("sftp", sftp).await {
         Ok(remote) => {
+            backup_core::sftp::note_resolved_dir("SFTP_DIR", &settings.sftp.dir, &remote);
             let _ = remote.close().await;
             vec![Check::pass(
                 "sftp",

@@ -435,13 +435,93 @@ fn doctor_passes_on_a_healthy_set_up_and_names_each_broken_piece() {
         .find(|c| c["name"] == "alert.email")
         .expect("alert.email");
     assert_eq!(email["verdict"], "pass");
+    let detail = email["detail"].as_str().unwrap_or_default();
     assert!(
-        email["detail"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("--send-test-alert"),
+        detail.contains("--send-test-alert"),
         "without the flag no message is sent: {email}"
     );
+    // ... but the server was spoken to: no credentials, so STARTTLS when
+    // offered, and this one offers none.
+    assert!(
+        detail.contains("answered EHLO") && detail.contains("STARTTLS when offered"),
+        "{email}"
+    );
+
+    // An unreachable relay fails without --send-test-alert, naming SMTP_URL.
+    let out = rig.doctor(&[], &[("SMTP_URL", "smtp://127.0.0.1:1")]);
+    expect_only_failures(&out, &["alert.email"]);
+    expect(&out, "alert.email", "FAIL", &["SMTP_URL", "127.0.0.1:1"]);
+
+    // Credentials without tls=: STARTTLS is required, and this relay does
+    // not offer it, so they are never sent in clear.
+    let out = rig.doctor(
+        &[],
+        &[
+            ("SMTP_USERNAME", "alerts"),
+            ("SMTP_PASSWORD", "smtp-secret-pw"),
+        ],
+    );
+    expect_only_failures(&out, &["alert.email"]);
+    let line = expect(
+        &out,
+        "alert.email",
+        "FAIL",
+        &["SMTP_URL", "STARTTLS required"],
+    );
+    assert!(!text(&out).contains("smtp-secret-pw"), "{}", text(&out));
+    assert!(line.to_lowercase().contains("starttls"), "{line}");
+
+    // No alert channel for people at all is a failure of its own.
+    let out = rig.doctor(&[], &[("SMTP_URL", "")]);
+    expect_only_failures(&out, &["alert"]);
+    expect(&out, "alert", "FAIL", &["no alert channel"]);
+    expect(&out, "alert.email", "SKIP", &["not configured"]);
+
+    // A key file that is not there: the fix is about the key file.
+    let missing_key = rig.dir.path().join("no-such-key");
+    let out = rig.doctor(
+        &[],
+        &[("SFTP_KEY_FILE", &missing_key.display().to_string())],
+    );
+    expect_only_failures(&out, &["sftp.auth"]);
+    expect(
+        &out,
+        "sftp.auth",
+        "FAIL",
+        &["SFTP_KEY_FILE", "does not exist"],
+    );
+    let fix = line_of(&out, "sftp.auth").1;
+    assert!(fix.contains("point SFTP_KEY_FILE"), "{fix}");
+
+    // A private key others can read fails, naming the file, mode and fix.
+    let open_key = rig.dir.path().join("open_key");
+    std::fs::copy(&rig.sshd.client_key, &open_key).expect("copy key");
+    std::fs::set_permissions(&open_key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let shown = open_key.display().to_string();
+    let out = rig.doctor(&[], &[("SFTP_KEY_FILE", &shown)]);
+    expect_only_failures(&out, &["sftp.auth"]);
+    expect(&out, "sftp.auth", "FAIL", &[shown.as_str(), "0644"]);
+    let fix = line_of(&out, "sftp.auth").1;
+    assert!(fix.contains(&format!("chmod 0600 {shown}")), "{fix}");
+
+    // A relative SFTP_DIR starts at the login directory (the test user's
+    // home holds the remote root).
+    let data = rig
+        .sshd
+        .remote_root
+        .file_name()
+        .expect("remote root name")
+        .to_string_lossy()
+        .into_owned();
+    let out = rig.doctor(&[], &[("SFTP_DIR", &format!("{data}/backups"))]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    expect(
+        &out,
+        "sftp.auth",
+        "PASS",
+        &[&format!("{}", rig.remote_dir().display())],
+    );
+    expect(&out, "sftp.write", "PASS", &["wrote, renamed and deleted"]);
 
     // Wrong NATS password: only NATS fails, the other checks still run.
     let out = rig.doctor(&[], &[("NATS_PASSWORD", "not-the-password")]);
@@ -657,4 +737,119 @@ fn doctor_does_not_hang_on_silent_hosts() {
 fn doctor_refuses_bad_flags_with_exit_2() {
     let out = doctor(&["--timeout", "soon"], &[]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+}
+
+/// NATS with the compose file's per-service users (deploy/scripts/nats-auth.sh):
+/// the doctor run with a service's credentials reports what that user may
+/// not see as such, never as "no answer", and a refusal of something it
+/// needs as a permission failure with the operator's fix.
+#[test]
+fn doctor_reports_nats_permission_refusals_as_such() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let secrets = dir.path().join("secrets");
+    std::fs::create_dir(&secrets).expect("secrets dir");
+    let users = [
+        "dumper", "shipper", "verifier", "pruner", "notifier", "operator",
+    ];
+    for user in users {
+        std::fs::write(
+            secrets.join(format!("nats_{user}_password")),
+            format!("pw-{user}-doctor\n"),
+        )
+        .expect("password file");
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let auth = Command::new("bash")
+        .arg(root.join("deploy/scripts/nats-auth.sh"))
+        .arg(&secrets)
+        .output()
+        .expect("run nats-auth.sh");
+    assert!(auth.status.success(), "{}", text(&auth));
+    // One more user, allowed no JetStream API at all.
+    let conf = String::from_utf8(auth.stdout)
+        .expect("utf-8")
+        .replacen(
+            "  users: [\n",
+            "  users: [\n    { user: \"viewer\", password: \"pw-viewer-doctor\", permissions: { publish: { allow: [\"backup.trigger\"] }, subscribe: { allow: [\"_INBOX.>\"] } } }\n",
+            1,
+        );
+    let conf_path = dir.path().join("auth.conf");
+    std::fs::write(&conf_path, conf).expect("auth.conf");
+    let nats = NatsServer::start_with_args(&["-c", &conf_path.display().to_string()]);
+    let as_user = |user: &str| -> Vec<(String, String)> {
+        vec![
+            ("NATS_URL".to_owned(), nats.url.clone()),
+            ("NATS_USER".to_owned(), user.to_owned()),
+            ("NATS_PASSWORD".to_owned(), format!("pw-{user}-doctor")),
+        ]
+    };
+
+    // The notifier needs nothing but NATS: it creates the stream and its
+    // consumer, as user notifier.
+    let mut env = as_user("notifier");
+    env.push(("RUST_LOG".into(), "info".into()));
+    let notifier = ServiceProcess::spawn("notifier", &[], &env);
+    assert!(
+        notifier.wait_for_log("waiting for work", Duration::from_secs(90)),
+        "notifier did not start:\n{}",
+        notifier.log()
+    );
+
+    let out = doctor(&[], &as_user("notifier"));
+    expect(&out, "nats", "PASS", &["as user notifier"]);
+    expect(&out, "nats.stream", "PASS", &["BACKUPS"]);
+    expect(
+        &out,
+        "nats.consumer.notifier",
+        "PASS",
+        &["a worker is connected"],
+    );
+    for other in ["dumper", "shipper", "verifier", "pruner"] {
+        expect(
+            &out,
+            &format!("nats.consumer.{other}"),
+            "SKIP",
+            &[
+                "not visible to NATS user notifier",
+                &format!("$JS.API.CONSUMER.INFO.BACKUPS.{other}"),
+            ],
+        );
+    }
+    assert!(!text(&out).contains("no answer within"), "{}", text(&out));
+    let failed: Vec<String> = failing(&out)
+        .into_iter()
+        .filter(|l| l.starts_with("FAIL  nats"))
+        .collect();
+    assert!(failed.is_empty(), "{}", text(&out));
+
+    // The operator sees every consumer: the missing ones are missing.
+    let out = doctor(&[], &as_user("operator"));
+    expect(&out, "nats.consumer.notifier", "PASS", &[]);
+    expect(
+        &out,
+        "nats.consumer.dumper",
+        "FAIL",
+        &["no durable consumer dumper"],
+    );
+
+    // A user refused what the check needs: a permission failure naming the
+    // user and the subject, with the operator's fix.
+    let out = doctor(&[], &as_user("viewer"));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    expect(
+        &out,
+        "nats.stream",
+        "FAIL",
+        &[
+            "$JS.API.STREAM.INFO.BACKUPS",
+            "user viewer",
+            "permissions violation",
+        ],
+    );
+    let fix = line_of(&out, "nats.stream").1;
+    assert!(
+        fix.contains("docker compose run --rm backupctl doctor"),
+        "{fix}"
+    );
+    drop(notifier);
 }

@@ -241,7 +241,12 @@ fn secrets_never_leak_files_are_private_and_nats_wants_credentials() {
 
     // A full backup, and a failure for the alert channels to carry.
     p.events.trigger(&database, "secrets");
-    p.wait_verified("secrets", Duration::from_secs(180));
+    let verified = p.wait_verified("secrets", Duration::from_secs(180));
+    // The pruner's answer too, so the stream is complete before the
+    // "nothing stored without permission" count below.
+    p.events.wait("dump.pruned", Duration::from_secs(120), |e| {
+        e["backup_id"] == verified["backup_id"]
+    });
     p.events.trigger("not_configured", "secrets-alert");
     p.events.wait("dump.failed", Duration::from_secs(60), |e| {
         e["request_id"] == "secrets-alert"
@@ -249,8 +254,9 @@ fn secrets_never_leak_files_are_private_and_nats_wants_credentials() {
     telegram.wait_for_requests(1, Duration::from_secs(60));
     slack.wait_for_requests(1, Duration::from_secs(60));
     healthchecks.wait_for_requests(1, Duration::from_secs(60));
-    // aiosmtpd offers no AUTH: the email fails, which is the path where a
-    // client library's error might quote the URL and its password.
+    // The URL holds credentials, so STARTTLS is required, and aiosmtpd
+    // offers neither it nor AUTH: the email fails, which is the path where
+    // a client library's error might quote the URL and its password.
     test_support::process::wait_until(
         Duration::from_secs(60),
         "the notifier done with the email",
@@ -346,7 +352,7 @@ fn secrets_never_leak_files_are_private_and_nats_wants_credentials() {
             .log()
             .lines()
             .any(|l| l.contains("GAVE UP") && l.contains("email")),
-        "the email was expected to fail on a server without AUTH"
+        "the email was expected to fail on a server without STARTTLS or AUTH"
     );
 
     // Private files, on both sides.
