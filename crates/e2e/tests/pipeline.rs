@@ -7,6 +7,8 @@ mod docs;
 mod resilience;
 #[path = "pipeline/scripts.rs"]
 mod scripts;
+#[path = "pipeline/settings.rs"]
+mod settings;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

@@ -209,11 +209,18 @@ fn init_secrets_never_leaves_an_empty_host_key_pin() {
         let path = entry.unwrap().path();
         let meta = std::fs::metadata(&path).unwrap();
         let mode = meta.mode() & 0o777;
-        let wanted = if path.extension().is_some_and(|e| e == "pub") { 0o444 } else { 0o400 };
+        let wanted = if path.extension().is_some_and(|e| e == "pub") {
+            0o444
+        } else {
+            0o400
+        };
         assert_eq!((meta.uid(), mode), (4321, wanted), "{}", path.display());
     }
     assert_eq!(
-        std::fs::metadata(deploy.join("nats/auth.conf")).unwrap().mode() & 0o777,
+        std::fs::metadata(deploy.join("nats/auth.conf"))
+            .unwrap()
+            .mode()
+            & 0o777,
         0o600
     );
     sshd.stop();
