@@ -44,12 +44,17 @@ pub fn one_line(text: &str) -> String {
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })
         .collect();
-    if cleaned.chars().count() > MAX {
-        let mut cut: String = cleaned.chars().take(MAX).collect();
+    clip(&cleaned, MAX)
+}
+
+/// `text` cut to `max` characters, ending with `…` when it was cut.
+pub fn clip(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        text.to_owned()
+    } else {
+        let mut cut: String = text.chars().take(max).collect();
         cut.push('…');
         cut
-    } else {
-        cleaned
     }
 }
 
@@ -76,5 +81,7 @@ mod tests {
     fn one_line_joins_and_strips_control_characters() {
         assert_eq!(one_line("a\n\n  b\tc\r\n"), "a | b c");
         assert!(one_line(&"x".repeat(5000)).chars().count() <= 601);
+        assert_eq!(clip("abc", 3), "abc");
+        assert_eq!(clip("abcd", 3), "abc…");
     }
 }

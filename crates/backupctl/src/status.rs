@@ -393,7 +393,7 @@ pub fn build(
                         run.outcome = format!(
                             "failed at {}: {}",
                             f.stage,
-                            crate::trigger::clip(&f.error, 120)
+                            backup_core::clip(&f.error, 120)
                         );
                     }
                 }

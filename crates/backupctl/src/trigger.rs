@@ -60,16 +60,6 @@ pub fn check_database(
     ))
 }
 
-/// `text` cut to `max` characters, with `…` when cut.
-pub fn clip(text: &str, max: usize) -> String {
-    if text.chars().count() <= max {
-        text.to_owned()
-    } else {
-        let mut cut: String = text.chars().take(max).collect();
-        cut.push('…');
-        cut
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum TriggerError {
@@ -297,11 +287,5 @@ mod tests {
             check_database(&name("viatique_ncc"), &configured, "BACKUP_DATABASES").unwrap_err(),
             "database viatique_ncc is not configured for backup (BACKUP_DATABASES: viatique); nothing triggered"
         );
-    }
-
-    #[test]
-    fn clip_marks_a_cut() {
-        assert_eq!(clip("abc", 3), "abc");
-        assert_eq!(clip("abcd", 3), "abc…");
     }
 }

@@ -84,15 +84,6 @@ fn next_step(section: &str) -> String {
     format!("Next step: {RUNBOOK}, section \"{section}\".")
 }
 
-pub(crate) fn truncate(text: &str, max: usize) -> String {
-    if text.chars().count() <= max {
-        text.to_owned()
-    } else {
-        let mut cut: String = text.chars().take(max).collect();
-        cut.push('…');
-        cut
-    }
-}
 
 fn when(at: DateTime<Utc>) -> String {
     at.format("%Y-%m-%d %H:%M UTC").to_string()
@@ -133,7 +124,7 @@ impl Notice {
         };
         let subject = format!(
             "[backup] {label} {database} at {stage}: {}",
-            truncate(&failure.error, 120)
+            backup_core::clip(&failure.error, 120)
         );
         let retry = if failure.will_retry {
             "yes (the pipeline retries by itself)"
@@ -172,7 +163,7 @@ impl Notice {
                 NoticeKind::GaveUp => " and will not be retried".to_owned(),
                 _ => String::new(),
             },
-            truncate(&failure.error, 600),
+            backup_core::clip(&failure.error, 600),
             failure.header.backup_id,
             failure.attempt,
             if failure.will_retry {

@@ -684,7 +684,7 @@ pub async fn http_send(request: reqwest::RequestBuilder) -> Result<(), ChannelEr
     Err(ChannelError {
         cause: format!(
             "HTTP {status}: {}",
-            crate::alert::truncate(&backup_core::one_line(&body), 200)
+            backup_core::clip(&backup_core::one_line(&body), 200)
         ),
         transient: status.is_server_error()
             || status == reqwest::StatusCode::TOO_MANY_REQUESTS

@@ -24,7 +24,7 @@ use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 
 use crate::Message;
-use crate::alert::{IncidentSummary, Notice, NoticeKind, age, truncate};
+use crate::alert::{IncidentSummary, Notice, NoticeKind, age};
 use crate::incidents::Incidents;
 
 /// Artifacts remembered per database: enough for a week of trend at a few
@@ -443,7 +443,7 @@ pub fn digest(
         database: None,
         subject,
         body,
-        short: truncate(&short, SHORT_MAX),
+        short: backup_core::clip(&short, SHORT_MAX),
         for_people: true,
         health: None,
     }

@@ -121,7 +121,7 @@ impl Incidents {
                     title: format!(
                         "{} failed: {}",
                         failure.stage,
-                        crate::alert::truncate(&failure.error, 200)
+                        backup_core::clip(&failure.error, 200)
                     ),
                     first_seen: now,
                     last_alerted: now,
