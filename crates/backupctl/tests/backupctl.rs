@@ -252,6 +252,22 @@ impl Rig {
             .to_owned()
     }
 
+    /// `backupctl restore --latest --database DATABASE --create --yes` into
+    /// the database of `target_url`.
+    fn restore_latest_created(&self, database: &DatabaseName, target_url: String) -> Output {
+        self.backupctl(
+            &[
+                "restore",
+                "--latest",
+                "--database",
+                database.as_str(),
+                "--create",
+                "--yes",
+            ],
+            &[("RESTORE_TARGET_URL".to_owned(), target_url)],
+        )
+    }
+
     /// Runs backupctl with stdin from /dev/null (not a terminal).
     fn backupctl(&self, args: &[&str], env: &[(String, String)]) -> Output {
         Command::new(workspace_bin("backupctl"))
@@ -369,17 +385,7 @@ fn restore_creates_the_target_with_create() {
         name: format!("bctl_new_{:016x}", rand::random::<u64>()),
     };
     let url = target.url();
-    let out = rig.backupctl(
-        &[
-            "restore",
-            "--latest",
-            "--database",
-            database.as_str(),
-            "--create",
-            "--yes",
-        ],
-        &[("RESTORE_TARGET_URL".to_owned(), url)],
-    );
+    let out = rig.restore_latest_created(&database, url);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert_eq!(target.row_counts(), source.row_counts());
 }
@@ -488,17 +494,7 @@ fn restore_keeps_owners_and_grants(kind: ArtifactKind) {
     let target = TestDatabase {
         name: format!("bctl_own_{:016x}", rand::random::<u64>()),
     };
-    let out = rig.backupctl(
-        &[
-            "restore",
-            "--latest",
-            "--database",
-            database.as_str(),
-            "--create",
-            "--yes",
-        ],
-        &[("RESTORE_TARGET_URL".to_owned(), target.url())],
-    );
+    let out = rig.restore_latest_created(&database, target.url());
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let all = text(&out);
     assert!(
@@ -564,17 +560,7 @@ fn restore_refuses_missing_roles(kind: ArtifactKind) {
     let created = TestDatabase {
         name: format!("bctl_own_{:016x}", rand::random::<u64>()),
     };
-    let out = rig.backupctl(
-        &[
-            "restore",
-            "--latest",
-            "--database",
-            database.as_str(),
-            "--create",
-            "--yes",
-        ],
-        &[("RESTORE_TARGET_URL".to_owned(), created.url())],
-    );
+    let out = rig.restore_latest_created(&database, created.url());
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
     let refusal: Vec<&str> = stderr.lines().filter(|l| l.contains("refusing")).collect();
