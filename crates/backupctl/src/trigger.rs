@@ -60,7 +60,6 @@ pub fn check_database(
     ))
 }
 
-
 #[derive(Debug, thiserror::Error)]
 pub enum TriggerError {
     #[error(transparent)]

@@ -84,7 +84,6 @@ fn next_step(section: &str) -> String {
     format!("Next step: {RUNBOOK}, section \"{section}\".")
 }
 
-
 fn when(at: DateTime<Utc>) -> String {
     at.format("%Y-%m-%d %H:%M UTC").to_string()
 }
