@@ -217,10 +217,20 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::SUCCESS);
             }
             drop(out);
-            let result = backupctl::trigger::wait(&bus, &request_id, seq, timeout, |line| {
+            // Ctrl-C or SIGTERM stops the waiting, not the backup: the
+            // trigger is already in the stream.
+            let waiting = backupctl::trigger::wait(&bus, &request_id, seq, timeout, |line| {
                 let _ = writeln!(std::io::stdout().lock(), "{line}");
-            })
-            .await;
+            });
+            let result = tokio::select! {
+                result = waiting => result,
+                () = shutdown.cancelled() => {
+                    eprintln!(
+                        "backupctl: interrupted; the backup goes on (see backupctl status)"
+                    );
+                    return Ok(ExitCode::from(130));
+                }
+            };
             match result {
                 Ok(WaitResult::Verified(_)) => Ok(ExitCode::SUCCESS),
                 Ok(WaitResult::Failed(causes)) => {

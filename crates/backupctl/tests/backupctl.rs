@@ -1447,6 +1447,52 @@ fn trigger_wait_shows_quiet_stages_and_retries_and_prints_a_failure_once() {
     );
 }
 
+/// `trigger --wait` stopped only at its `--timeout` on Ctrl-C or SIGTERM:
+/// the signal ends the waiting at once (exit 130) and says the backup goes
+/// on, since the trigger is already in the stream.
+#[test]
+fn trigger_wait_stops_waiting_on_sigterm() {
+    use std::io::BufRead;
+    use test_support::nats::NatsServer;
+
+    let nats = NatsServer::start();
+    let mut child = Command::new(workspace_bin("backupctl"))
+        .args(["trigger", "--wait", "--timeout", "10m"])
+        .env("NATS_URL", &nats.url)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run backupctl trigger");
+    let mut stdout = std::io::BufReader::new(child.stdout.take().expect("piped stdout"));
+    let mut accepted = String::new();
+    stdout.read_line(&mut accepted).expect("read stdout");
+    assert!(accepted.contains(" accepted (stream sequence "), "{accepted}");
+    let pid = i32::try_from(child.id()).expect("pid");
+    let status = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let exit = loop {
+        if let Some(exit) = child.try_wait().expect("try_wait") {
+            break exit;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "backupctl still waits 30 s after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr)
+        .expect("read stderr");
+    assert_eq!(exit.code(), Some(130), "stderr: {stderr}");
+    assert!(stderr.contains("the backup goes on"), "{stderr}");
+}
+
 /// A name that is not configured is refused before anything is published;
 /// without the list, the trigger says it was not checked.
 #[test]
