@@ -1,6 +1,7 @@
 //! `backupctl` binary: parses the command and runs it. Exit codes: 0 done
 //! (for `trigger --wait`: verified), 1 the backup failed, 2 bad usage or
-//! configuration, 3 timed out waiting. `restore`: 0 restored and the row
+//! configuration, 3 timed out waiting, 130 interrupted (the waiting stops,
+//! the backup goes on). `restore`: 0 restored and the row
 //! counts match the manifest, 1 the restore or a check failed, 2 bad usage,
 //! configuration, or a refusal (non-empty target, no confirmation), 130
 //! interrupted (Ctrl-C or SIGTERM; the target holds a partial restore).
