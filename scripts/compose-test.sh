@@ -409,7 +409,8 @@ log "doctor with a service's NATS user, and with a wrong SMTP relay"
 if doctor_out=$(cd "$deploy" && docker compose exec dumper backupctl doctor 2>&1); then
   fail "doctor with the dumper's NATS user passed: $doctor_out"
 fi
-grep -qi 'permission' <<<"$doctor_out" || fail "doctor did not name the NATS permission refusal: $doctor_out"
+grep -q 'not visible to NATS user dumper (NATS refused .JS[.]API[.]CONSUMER[.]INFO[.]BACKUPS[.]shipper)' <<<"$doctor_out" ||
+  fail "doctor did not name the NATS permission refusal: $doctor_out"
 cp "$deploy/secrets/smtp_url" "$work/good_smtp_url"
 echo "smtp://mail:2525" >"$deploy/secrets/smtp_url"
 if doctor_out=$(backupctl doctor 2>&1); then
