@@ -1468,7 +1468,10 @@ fn trigger_wait_stops_waiting_on_sigterm() {
     let mut stdout = std::io::BufReader::new(child.stdout.take().expect("piped stdout"));
     let mut accepted = String::new();
     stdout.read_line(&mut accepted).expect("read stdout");
-    assert!(accepted.contains(" accepted (stream sequence "), "{accepted}");
+    assert!(
+        accepted.contains(" accepted (stream sequence "),
+        "{accepted}"
+    );
     let pid = i32::try_from(child.id()).expect("pid");
     let status = Command::new("kill")
         .args(["-TERM", &pid.to_string()])
