@@ -163,7 +163,8 @@ fi
 
 log "building the stand-ins image"
 command docker build -q --network host --build-arg BASE_IMAGE=korrigo-test/debian:bookworm \
-  -t korrigo-test/standins -f "$root/deploy/test/standins.Dockerfile" "$root/deploy/test" >/dev/null
+  -t korrigo-test/standins -f "$root/deploy/test/standins.Dockerfile" "$root/deploy/test" \
+  >"$work/standins-build.log" 2>&1 || fail "stand-ins image: $(tail -n 5 "$work/standins-build.log")"
 
 # The operator's checkout: every file git knows or would add, no target/.
 mkdir -p "$work/checkout"
@@ -182,7 +183,7 @@ log "Korrigo stand-in: PostgreSQL 15 with viatique at scale $scale, and the medi
 head -c 18 /dev/urandom | base64 | tr -d '/+=' >"$deploy/test/korrigo_postgres_password"
 korrigo_password=$(cat "$deploy/test/korrigo_postgres_password")
 export KORRIGO_COMPOSE="docker compose -p korrigo -f $deploy/test/korrigo.compose.yaml"
-$KORRIGO_COMPOSE up -d >/dev/null 2>&1
+$KORRIGO_COMPOSE up -d >"$work/korrigo-up.log" 2>&1 || fail "korrigo stand-in: $(tail -n 5 "$work/korrigo-up.log")"
 korrigo_sql() { # korrigo_sql DATABASE [ROLE]: SQL on stdin, as psql -At
   $KORRIGO_COMPOSE exec -T db psql -X -q -At -v ON_ERROR_STOP=1 -U "${2:-viatique_user}" -d "$1"
 }
@@ -208,7 +209,7 @@ command docker run --rm -v korrigo_media_volume:/media korrigo-test/standins sh 
 
 log "hosting stand-in: SFTP account and mail relay"
 hosting="docker compose -p hosting -f $deploy/test/hosting.compose.yaml"
-$hosting up -d >/dev/null 2>&1
+$hosting up -d >"$work/hosting-up.log" 2>&1 || fail "hosting stand-in: $(tail -n 5 "$work/hosting-up.log")"
 sftp_id=$($hosting ps -q sftp)
 mail_id=$($hosting ps -q mail)
 sftp_ip=$(command docker inspect -f '{{(index .NetworkSettings.Networks "hosting_default").IPAddress}}' "$sftp_id")
@@ -305,6 +306,10 @@ verified_count() { sftp_ls | grep -c '\.verified\.json$' || true; }
 at_least_verified() { (($(verified_count) >= $1)); }
 no_partials() { ! sftp_ls | grep -q '\.partial$'; }
 backupctl() { (cd "$deploy" && docker compose run --rm backupctl "$@"); }
+stack() { # stack COMMAND...: docker compose in deploy/, quiet unless it fails
+  (cd "$deploy" && docker compose "$@") >"$work/compose.log" 2>&1 ||
+    fail "docker compose $*: $(tail -n 5 "$work/compose.log")"
+}
 check_remote_is_complete() {
   local listing artifact
   listing=$(sftp_ls)
@@ -360,7 +365,7 @@ log "restarting the shipper in the middle of an upload"
 backupctl trigger --reason "restart mid-upload" >/dev/null
 partial_on_remote() { sftp_ls | grep -q '\.partial$'; }
 wait_until "upload in progress" 300 partial_on_remote
-(cd "$deploy" && docker compose restart shipper) >/dev/null 2>&1
+stack restart shipper
 wait_until "verification after the restart" 600 at_least_verified $((2 * per_trigger))
 wait_until "remote without .partial" 120 no_partials
 check_remote_is_complete
@@ -369,8 +374,8 @@ log "down, then up again, in the middle of a backup (volumes kept)"
 backupctl trigger --reason "down and up" >/dev/null
 wait_until "upload in progress" 300 partial_on_remote
 keep_verifier_log
-(cd "$deploy" && docker compose down) >/dev/null 2>&1
-(cd "$deploy" && docker compose up -d) >/dev/null 2>&1
+stack down
+stack up -d
 wait_healthy
 wait_until "verification after down and up" 600 at_least_verified $((3 * per_trigger))
 wait_until "remote without .partial" 120 no_partials
@@ -384,7 +389,7 @@ ssh-keygen -q -t ed25519 -N '' -f "$work/impostor"
 # Written in place: compose mounts the file, not the directory.
 printf '%s %s\n' "$sftp_ip" "$(cut -d' ' -f1,2 "$work/impostor.pub")" >"$pin"
 mails_before=$(mail_count)
-(cd "$deploy" && docker compose restart shipper) >/dev/null 2>&1
+stack restart shipper
 backupctl trigger --reason "wrong host key" >/dev/null
 more_mail() { (($(mail_count) > mails_before)); }
 wait_until "alert email" 300 more_mail
@@ -395,7 +400,7 @@ mail_text | grep -qi 'ship' || fail "the alert email does not name the ship stag
 # failed for good and said so. Once the pin is right again, the next backup
 # goes through, and the alert is resolved.
 cat "$work/good_known_hosts" >"$pin"
-(cd "$deploy" && docker compose restart shipper) >/dev/null 2>&1
+stack restart shipper
 mails_before=$(mail_count)
 backupctl trigger --wait --reason "host key pinned again" >"$work/trigger-after-pin.log" 2>&1 ||
   fail "no verified backup once the pin was put back: $(tail -n 5 "$work/trigger-after-pin.log")"
