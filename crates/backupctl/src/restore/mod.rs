@@ -17,6 +17,7 @@ use std::time::Duration;
 use anyhow::Context;
 use backup_core::config::ExposeSecret;
 use backup_core::names::{ArtifactName, DatabaseName};
+use backup_core::pg::PgTarget;
 use backup_core::sftp::SftpArgs;
 
 use steps::{Choice, RestoreError};
@@ -70,24 +71,7 @@ pub async fn run(cmd: RestoreArgs) -> anyhow::Result<ExitCode> {
         None => Choice::Latest,
     };
 
-    let from_env =
-        backup_core::config::secret_from_env("RESTORE_TARGET_URL").context("RESTORE_TARGET_URL")?;
-    let url = match (&from_env, &cmd.target_url) {
-        (Some(secret), _) => secret.expose_secret().to_owned(),
-        (None, Some(url)) => url.clone(),
-        (None, None) => anyhow::bail!(
-            "no target: set RESTORE_TARGET_URL (or RESTORE_TARGET_URL_FILE), or pass --target-url"
-        ),
-    };
-    let mut target = backup_core::pg::PgTarget::from_url(&url).context("target URL")?;
-    // The restore's psql / pg_restore sessions carry this name, so an
-    // interrupted restore can end them on the server too.
-    target.application_name = Some(format!("backupctl-restore-{}", std::process::id()));
-    if from_env.is_none() && target.password.is_some() {
-        eprintln!(
-            "backupctl: warning: --target-url holds a password, visible to other users in the process list; prefer RESTORE_TARGET_URL_FILE"
-        );
-    }
+    let target = target(&cmd)?;
     if !cmd.yes && !std::io::stdin().is_terminal() {
         eprintln!(
             "backupctl: stdin is not a terminal, so restore cannot ask for confirmation; pass --yes to restore into {}",
@@ -112,33 +96,12 @@ pub async fn run(cmd: RestoreArgs) -> anyhow::Result<ExitCode> {
         .await
         .context("reading the manifest")?;
 
-    match steps::existing_tables(&target)
+    let existing = steps::existing_tables(&target)
         .await
-        .context("inspecting the target")?
-    {
-        None if cmd.create => {}
-        None => {
-            eprintln!(
-                "backupctl: the target database {} does not exist; pass --create",
-                target.dbname
-            );
-            return Ok(ExitCode::from(2));
-        }
-        Some(_) if cmd.create => {
-            eprintln!(
-                "backupctl: --create, but the target database {} already exists",
-                target.dbname
-            );
-            return Ok(ExitCode::from(2));
-        }
-        Some(tables) if tables > 0 && !cmd.force => {
-            eprintln!(
-                "backupctl: refusing: the target {} already has {tables} table(s); pass --force to restore into it anyway",
-                steps::describe_target(&target)
-            );
-            return Ok(ExitCode::from(2));
-        }
-        Some(_) => {}
+        .context("inspecting the target")?;
+    if let Some(refusal) = refusal(existing, &target, cmd.create, cmd.force) {
+        eprintln!("backupctl: {refusal}");
+        return Ok(ExitCode::from(2));
     }
 
     eprintln!(
@@ -148,17 +111,9 @@ pub async fn run(cmd: RestoreArgs) -> anyhow::Result<ExitCode> {
         manifest.total_rows(),
         steps::describe_target(&target)
     );
-    if !cmd.yes {
-        eprint!(
-            "Type the target database name ({}) to go on: ",
-            target.dbname
-        );
-        let mut answer = String::new();
-        std::io::stdin().read_line(&mut answer)?;
-        if answer.trim() != target.dbname {
-            eprintln!("backupctl: not confirmed; nothing done");
-            return Ok(ExitCode::from(2));
-        }
+    if !cmd.yes && !confirmed(&target)? {
+        eprintln!("backupctl: not confirmed; nothing done");
+        return Ok(ExitCode::from(2));
     }
     if cmd.create {
         steps::create_database(&target)
@@ -172,16 +127,7 @@ pub async fn run(cmd: RestoreArgs) -> anyhow::Result<ExitCode> {
         keep_owners: !cmd.no_owner,
         ..verifier::RestoreOptions::default()
     };
-    let bar = std::io::stderr().is_terminal().then(|| {
-        let bar = indicatif::ProgressBar::new(manifest.size_bytes);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        bar
-    });
+    let bar = progress_bar(manifest.size_bytes);
     let progress: Option<verifier::restore::ProgressFn> = bar.clone().map(|bar| {
         Arc::new(move |p: verifier::restore::RestoreProgress| bar.set_position(p.bytes_read))
             as verifier::restore::ProgressFn
@@ -274,5 +220,103 @@ pub async fn run(cmd: RestoreArgs) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::from(1))
         }
+    }
+}
+
+/// The target database: RESTORE_TARGET_URL (or its `_FILE`), else
+/// `--target-url`, with a warning when the flag shows a password.
+fn target(cmd: &RestoreArgs) -> anyhow::Result<PgTarget> {
+    let from_env =
+        backup_core::config::secret_from_env("RESTORE_TARGET_URL").context("RESTORE_TARGET_URL")?;
+    let url = match (&from_env, &cmd.target_url) {
+        (Some(secret), _) => secret.expose_secret().to_owned(),
+        (None, Some(url)) => url.clone(),
+        (None, None) => anyhow::bail!(
+            "no target: set RESTORE_TARGET_URL (or RESTORE_TARGET_URL_FILE), or pass --target-url"
+        ),
+    };
+    let mut target = PgTarget::from_url(&url).context("target URL")?;
+    // The restore's psql / pg_restore sessions carry this name, so an
+    // interrupted restore can end them on the server too.
+    target.application_name = Some(format!("backupctl-restore-{}", std::process::id()));
+    if from_env.is_none() && target.password.is_some() {
+        eprintln!(
+            "backupctl: warning: --target-url holds a password, visible to other users in the process list; prefer RESTORE_TARGET_URL_FILE"
+        );
+    }
+    Ok(target)
+}
+
+/// Why the target cannot take the restore, given its tables (`None`: the
+/// database does not exist) and the flags.
+fn refusal(existing: Option<i64>, target: &PgTarget, create: bool, force: bool) -> Option<String> {
+    match existing {
+        None if create => None,
+        None => Some(format!(
+            "the target database {} does not exist; pass --create",
+            target.dbname
+        )),
+        Some(_) if create => Some(format!(
+            "--create, but the target database {} already exists",
+            target.dbname
+        )),
+        Some(tables) if tables > 0 && !force => Some(format!(
+            "refusing: the target {} already has {tables} table(s); pass --force to restore into it anyway",
+            steps::describe_target(target)
+        )),
+        Some(_) => None,
+    }
+}
+
+/// Asks for the target database's name on the terminal.
+fn confirmed(target: &PgTarget) -> std::io::Result<bool> {
+    eprint!(
+        "Type the target database name ({}) to go on: ",
+        target.dbname
+    );
+    let mut answer = String::new();
+    std::io::stdin().read_line(&mut answer)?;
+    Ok(answer.trim() == target.dbname)
+}
+
+/// A progress bar of the bytes read, when stderr is a terminal.
+fn progress_bar(total_bytes: u64) -> Option<indicatif::ProgressBar> {
+    std::io::stderr().is_terminal().then(|| {
+        let bar = indicatif::ProgressBar::new(total_bytes);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_follow_create_and_force() {
+        let target = PgTarget::from_url("postgresql://restorer@db.example/app_copy").unwrap();
+        assert_eq!(refusal(None, &target, true, false), None);
+        assert!(
+            refusal(None, &target, false, false)
+                .unwrap()
+                .contains("pass --create")
+        );
+        assert!(
+            refusal(Some(0), &target, true, false)
+                .unwrap()
+                .contains("already exists")
+        );
+        assert_eq!(refusal(Some(0), &target, false, false), None);
+        assert!(
+            refusal(Some(3), &target, false, false)
+                .unwrap()
+                .contains("3 table(s)")
+        );
+        assert_eq!(refusal(Some(3), &target, false, true), None);
     }
 }
