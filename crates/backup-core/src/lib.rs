@@ -7,6 +7,7 @@
 //! turns a handler's verdict into an ack, a delayed nak (JetStream redelivers
 //! with backoff) or a terminate, so a restart never loses work in flight.
 
+pub mod age_recipients;
 pub mod bus;
 pub mod calendar;
 pub mod clock;
@@ -16,14 +17,18 @@ pub mod files;
 #[cfg(test)]
 mod fuzz_tests;
 pub mod health;
+pub mod human;
 pub mod manifest;
 pub mod names;
 pub mod pg;
+pub mod pg_dump;
 pub mod preflight;
 pub mod retry;
+pub mod schedule;
 #[cfg(feature = "sftp")]
 pub mod sftp;
 pub mod shutdown;
+pub mod spool_space;
 pub mod telemetry;
 pub mod watchdog;
 

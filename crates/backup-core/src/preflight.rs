@@ -22,30 +22,75 @@ pub const MAX_RETRY: Duration = Duration::from_secs(600);
 /// Time one check may take before it counts as failed.
 pub const CHECK_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// The verdict of one start-up check. `name` uses `backupctl doctor`'s
-/// names (`postgres.<db>`, `sftp.auth`, `spool.write`, …).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What became of one check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    Pass,
+    Fail,
+    /// Its settings are absent (an optional piece), or an earlier step of
+    /// the same probe failed so it could not be looked at.
+    Skip,
+}
+
+impl Verdict {
+    /// `PASS`, `FAIL`, `SKIP`: how `backupctl doctor` prints it.
+    pub fn label(self) -> &'static str {
+        match self {
+            Verdict::Pass => "PASS",
+            Verdict::Fail => "FAIL",
+            Verdict::Skip => "SKIP",
+        }
+    }
+}
+
+/// The verdict of one check, at a service's start-up or in `backupctl
+/// doctor`. `name` uses the doctor's names (`postgres.<db>`, `sftp.auth`,
+/// `spool.write`, …). Serialized as the doctor's JSON report shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Check {
     pub name: String,
+    /// False only for a failure: a skipped check is not a problem.
     pub ok: bool,
+    pub verdict: Verdict,
     /// What was found: one line, never a secret.
     pub detail: String,
+    /// What to do about a failure, when the checker knows.
+    pub fix: Option<String>,
 }
 
 impl Check {
     pub fn pass(name: impl Into<String>, detail: impl AsRef<str>) -> Check {
-        Check {
-            name: name.into(),
-            ok: true,
-            detail: crate::one_line(detail.as_ref()),
-        }
+        Check::new(name.into(), Verdict::Pass, detail.as_ref())
     }
 
     pub fn fail(name: impl Into<String>, detail: impl AsRef<str>) -> Check {
+        Check::new(name.into(), Verdict::Fail, detail.as_ref())
+    }
+
+    pub fn skip(name: impl Into<String>, detail: impl AsRef<str>) -> Check {
+        Check::new(name.into(), Verdict::Skip, detail.as_ref())
+    }
+
+    /// A check that could not run because an earlier step failed.
+    pub fn not_checked(name: impl Into<String>, because: &str) -> Check {
+        Check::skip(name, format!("not checked: {because}"))
+    }
+
+    /// The same check, telling what to do about it (one line).
+    #[must_use]
+    pub fn with_fix(mut self, fix: impl AsRef<str>) -> Check {
+        self.fix = Some(crate::one_line(fix.as_ref()));
+        self
+    }
+
+    fn new(name: String, verdict: Verdict, detail: &str) -> Check {
         Check {
-            name: name.into(),
-            ok: false,
-            detail: crate::one_line(detail.as_ref()),
+            name,
+            ok: verdict != Verdict::Fail,
+            verdict,
+            detail: crate::one_line(detail),
+            fix: None,
         }
     }
 }
@@ -189,36 +234,47 @@ pub fn probe_name(service: &str) -> String {
 /// `dir` takes a file as the services write theirs: written under a
 /// `.partial` name, fsynced, renamed, then deleted (`name` on failure).
 pub async fn dir_writable(name: &str, dir: &std::path::Path, service: &str) -> Check {
+    match write_probe(dir, &probe_name(service), b"start-up check\n").await {
+        Ok(()) => Check::pass(name, format!("{} is writable", dir.display())),
+        Err(e) => Check::fail(name, format!("cannot write in {}: {e}", dir.display())),
+    }
+}
+
+/// Writes `content` to `dir/<probe>.partial`, fsyncs it, renames it to
+/// `dir/<probe>` and deletes it: what the dumper does with every artifact,
+/// then what the pruner does. Leaves nothing behind, failed or not.
+pub async fn write_probe(
+    dir: &std::path::Path,
+    probe: &str,
+    content: &'static [u8],
+) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let probe = dir.join(probe_name(service));
-    let mut partial = probe.clone().into_os_string();
+    let done = dir.join(probe);
+    let mut partial = done.clone().into_os_string();
     partial.push(crate::names::PARTIAL_SUFFIX);
     let partial = std::path::PathBuf::from(partial);
     let attempt = {
-        let (probe, partial) = (probe.clone(), partial.clone());
+        let (done, partial) = (done.clone(), partial.clone());
         tokio::task::spawn_blocking(move || -> std::io::Result<()> {
             let mut file = std::fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
                 .mode(0o600)
                 .open(&partial)?;
-            file.write_all(b"start-up check\n")?;
+            file.write_all(content)?;
             file.sync_all()?;
-            std::fs::rename(&partial, &probe)?;
-            std::fs::remove_file(&probe)
+            std::fs::rename(&partial, &done)?;
+            std::fs::remove_file(&done)
         })
         .await
         .unwrap_or_else(|e| Err(std::io::Error::other(e)))
     };
-    match attempt {
-        Ok(()) => Check::pass(name, format!("{} is writable", dir.display())),
-        Err(e) => {
-            let _ = std::fs::remove_file(&partial);
-            let _ = std::fs::remove_file(&probe);
-            Check::fail(name, format!("cannot write in {}: {e}", dir.display()))
-        }
+    if attempt.is_err() {
+        let _ = std::fs::remove_file(&partial);
+        let _ = std::fs::remove_file(&done);
     }
+    attempt
 }
 
 /// Logs in to an SFTP server as the services do (host key pinned, key

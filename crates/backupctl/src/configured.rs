@@ -71,8 +71,8 @@ impl ScheduleArgs {
         match self.schedule.trim() {
             "" | "off" | "none" => Ok(None),
             pattern => {
-                let schedule =
-                    dumper::Schedule::parse(pattern, &self.zone.tz).map_err(|e| e.to_string())?;
+                let schedule = backup_core::schedule::Schedule::parse(pattern, &self.zone.tz)
+                    .map_err(|e| e.to_string())?;
                 schedule
                     .next_after(now)
                     .map(Some)

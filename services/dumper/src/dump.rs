@@ -31,6 +31,8 @@ use backup_core::names::{
     ArtifactKind, ArtifactName, BackupId, DatabaseName, DumpFormat, MANIFEST_SUFFIX,
 };
 use backup_core::pg::{PgError, PgTarget};
+use backup_core::pg_dump::NoMatchingPgDump;
+use backup_core::spool_space::{STATS_FILE, SizeStats, SpaceError, check_free_space};
 use backup_core::watchdog::{self, Aborted, Counted, ProcessGroup, Progress};
 use chrono::Utc;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
@@ -47,10 +49,8 @@ pub const MEDIA_NAME: &str = "media";
 pub enum DumpError {
     #[error(transparent)]
     Postgres(#[from] PgError),
-    #[error(
-        "no pg_dump can dump this PostgreSQL {server_major} server: found {found}; install postgresql-client-{server_major} or newer"
-    )]
-    NoMatchingPgDump { server_major: u32, found: String },
+    #[error(transparent)]
+    NoMatchingPgDump(#[from] NoMatchingPgDump),
     #[error("{program} failed ({status}): {stderr}")]
     PgDump {
         program: &'static str,
@@ -74,17 +74,8 @@ pub enum DumpError {
         "no space left in the spool {dir} while writing {artifact}; the partial file was removed"
     )]
     NoSpace { dir: PathBuf, artifact: String },
-    #[error(
-        "not enough free space in the spool {dir}: about {needed_mib} MiB needed for {database} (database size {database_mib} MiB × compression ratio {ratio:.2} + margin), {free_mib} MiB free; refusing to start"
-    )]
-    SpaceCheck {
-        dir: PathBuf,
-        database: String,
-        needed_mib: u64,
-        database_mib: u64,
-        ratio: f64,
-        free_mib: u64,
-    },
+    #[error(transparent)]
+    SpaceCheck(#[from] SpaceError),
     #[error("spool I/O error on {path}: {source}")]
     Io {
         path: PathBuf,
@@ -123,9 +114,9 @@ impl DumpError {
             // made the server stall may be gone by the next attempt.
             DumpError::LockTimeout { .. } | DumpError::Aborted(_) => true,
             DumpError::Io { .. } => true,
+            DumpError::SpaceCheck(e) => e.is_transient(),
             DumpError::NoSpace { .. }
-            | DumpError::SpaceCheck { .. }
-            | DumpError::NoMatchingPgDump { .. }
+            | DumpError::NoMatchingPgDump(_)
             | DumpError::Files(_)
             | DumpError::TooSmall { .. }
             | DumpError::HashMismatch { .. } => false,
@@ -280,56 +271,6 @@ async fn find_existing(dir: &Path, backup_id: &BackupId) -> Option<Manifest> {
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> DumpError + use<> {
     let path = path.to_owned();
     move |source| DumpError::Io { path, source }
-}
-
-/// Compression ratio assumed before any dump of a database was seen.
-const DEFAULT_RATIO: f64 = 0.5;
-/// Room kept beyond the estimate: ratios drift, and the manifest and the
-/// filesystem's own needs take space too.
-const SPACE_MARGIN: f64 = 1.25;
-const SPACE_SLACK_BYTES: u64 = 16 << 20;
-/// Where the dumper remembers each database's last size ratio.
-const STATS_FILE: &str = ".dumper-stats.json";
-
-#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
-struct SizeStats {
-    database_bytes: u64,
-    artifact_bytes: u64,
-}
-
-fn read_stats(dir: &Path) -> Option<SizeStats> {
-    serde_json::from_slice(&std::fs::read(dir.join(STATS_FILE)).ok()?).ok()
-}
-
-/// Refuses to start when the spool obviously cannot hold the dump.
-pub fn check_free_space(
-    dir: &Path,
-    database: &DatabaseName,
-    database_bytes: u64,
-) -> Result<(), DumpError> {
-    let ratio = read_stats(dir)
-        .filter(|s| s.database_bytes > 0)
-        .map_or(DEFAULT_RATIO, |s| {
-            s.artifact_bytes as f64 / s.database_bytes as f64
-        });
-    let needed = (database_bytes as f64 * ratio * SPACE_MARGIN) as u64 + SPACE_SLACK_BYTES;
-    let stat = nix::sys::statvfs::statvfs(dir).map_err(|e| DumpError::Io {
-        path: dir.to_owned(),
-        source: e.into(),
-    })?;
-    #[allow(clippy::useless_conversion)] // the field types differ between platforms
-    let free = u64::from(stat.blocks_available()) * u64::from(stat.fragment_size());
-    if free < needed {
-        return Err(DumpError::SpaceCheck {
-            dir: dir.to_owned(),
-            database: database.to_string(),
-            needed_mib: needed >> 20,
-            database_mib: database_bytes >> 20,
-            ratio,
-            free_mib: free >> 20,
-        });
-    }
-    Ok(())
 }
 
 /// How often a server backend of ours checks that its client is still

@@ -38,7 +38,7 @@
 
 pub mod compress;
 pub mod dump;
-pub mod pg_dump;
+pub use backup_core::pg_dump;
 pub mod preflight;
 pub mod running;
 pub mod schedule;

@@ -19,13 +19,14 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use backup_core::events::{DumpCreated, DumpFailed, DumpPruned, DumpShipped, DumpVerified};
+use backup_core::human::human_bytes;
 use backup_core::names::{ArtifactName, DatabaseName};
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 
 use crate::Message;
-use crate::alert::{IncidentSummary, Notice, NoticeKind, age};
 use crate::incidents::Incidents;
+use alert_channels::notice::{IncidentSummary, Notice, NoticeKind, age};
 
 /// Artifacts remembered per database: enough for a week of trend at a few
 /// backups a day.
@@ -173,22 +174,6 @@ struct Section {
     lines: Vec<String>,
     /// The Telegram/Slack line.
     short: String,
-}
-
-/// `12.3 MiB`: binary units, one decimal.
-pub fn human_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
 }
 
 fn human_ms(ms: u64) -> String {
@@ -435,7 +420,7 @@ pub fn digest(
     if attention > 0 {
         body.push_str(&format!(
             "\nNext step: {}, and `backupctl status`.\n",
-            crate::alert::RUNBOOK
+            alert_channels::notice::RUNBOOK
         ));
     }
     Notice {
@@ -580,9 +565,6 @@ mod tests {
 
     #[test]
     fn sizes_read_well() {
-        assert_eq!(human_bytes(512), "512 B");
-        assert_eq!(human_bytes(1536), "1.5 KiB");
-        assert_eq!(human_bytes(5 * 1024 * 1024 * 1024), "5.0 GiB");
         assert_eq!(median(vec![3, 1, 2]), Some(2));
         assert_eq!(change(110, vec![100]), Some("+10%".to_owned()));
         assert_eq!(change(90, vec![]), None);

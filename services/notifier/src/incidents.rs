@@ -15,7 +15,7 @@ use backup_core::events::{DumpFailed, DumpPruned, DumpVerified};
 use backup_core::names::DatabaseName;
 use chrono::{DateTime, Utc};
 
-use crate::alert::{IncidentSummary, Notice, NoticeKind};
+use alert_channels::{IncidentSummary, Notice, NoticeKind};
 
 /// What makes two failures "the same": database, stage and the cause with
 /// its variable parts (numbers: ports, attempts, timestamps, ids) blurred.

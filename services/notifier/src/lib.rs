@@ -20,12 +20,10 @@
 //!
 //! Retries: each channel retries its delivery with backoff on its own,
 //! honouring a `429`'s retry-after, so one channel down does not delay or
-//! lose the others (see [`channels`]). The event is acked only when every
+//! lose the others (see [`alert_channels::channels`]). The event is acked only when every
 //! channel delivered or gave up (loudly, in the log); a notifier stopped
 //! before that gets the event again from JetStream.
 
-pub mod alert;
-pub mod channels;
 pub mod clock;
 pub mod digest;
 pub mod history;
@@ -45,11 +43,11 @@ use backup_core::events::{
 use backup_core::names::DatabaseName;
 use tokio_util::sync::CancellationToken;
 
-pub use alert::{HealthPing, Notice, NoticeKind};
-pub use channels::{
+pub use alert_channels::{
     ChannelConfigError, Channels, DeliveryPolicy, EmailSettings, HealthcheckSettings,
     SlackSettings, TelegramSettings,
 };
+pub use alert_channels::{HealthPing, Notice, NoticeKind};
 pub use clock::{Clock, ManualClock, SystemClock};
 use digest::Ledger;
 use incidents::{Incidents, Policy};

@@ -459,7 +459,7 @@ pub fn age(since: DateTime<Utc>, now: DateTime<Utc>) -> String {
 
 /// `1.4 MiB`: the digest's units, so both read alike.
 pub fn bytes_text(bytes: u64) -> String {
-    notifier::digest::human_bytes(bytes)
+    backup_core::human::human_bytes(bytes)
 }
 
 /// `4.1s`, `2m 03s`.

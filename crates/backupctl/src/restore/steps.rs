@@ -60,7 +60,8 @@ pub async fn choose(
     database: &DatabaseName,
     choice: &Choice,
 ) -> Result<ArtifactName, RestoreError> {
-    let entries = crate::list::catalog(remote, sftp, std::slice::from_ref(database)).await?;
+    let entries =
+        crate::list::catalog::catalog(remote, sftp, std::slice::from_ref(database)).await?;
     match choice {
         Choice::Named(name) => {
             if name.database() != database {

@@ -89,7 +89,7 @@ fn when(at: DateTime<Utc>) -> String {
 }
 
 /// `26h`, `3days 2h`: rounded to the minute so it reads well.
-pub(crate) fn age(duration: Duration) -> String {
+pub fn age(duration: Duration) -> String {
     let minutes = Duration::from_secs(duration.as_secs() / 60 * 60);
     if minutes.is_zero() {
         return "under a minute".to_owned();

@@ -1,4 +1,4 @@
-//! The ways a notice leaves the notifier: email (lettre over SMTP),
+//! The ways a notice reaches people: email (lettre over SMTP),
 //! Telegram (teloxide), a Slack incoming webhook and healthchecks.io-style
 //! pings (reqwest), or the log when no channel for people is configured.
 //!
@@ -21,7 +21,7 @@ use secrecy::{ExposeSecret, SecretString};
 use teloxide::prelude::Requester;
 use teloxide::types::{ChatId, Recipient};
 
-use crate::alert::{HealthPing, Notice};
+use crate::notice::{HealthPing, Notice};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ChannelConfigError {

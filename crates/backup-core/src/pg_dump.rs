@@ -1,9 +1,29 @@
 //! Choosing a pg_dump that can dump the server: its major version must be
 //! the server's or newer, or the dump could be refused or, worse, partial.
+//! The dumper picks its client this way, and `backupctl doctor` checks that
+//! it will find one.
+//!
+//! No retries: an installed client does not appear by waiting.
 
 use std::path::{Path, PathBuf};
 
-use crate::dump::DumpError;
+/// No installed pg_dump is new enough for the server.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error(
+    "no pg_dump can dump this PostgreSQL {server_major} server: found {found}; install postgresql-client-{server_major} or newer"
+)]
+pub struct NoMatchingPgDump {
+    pub server_major: u32,
+    /// The versions found, comma-separated, or `none`.
+    pub found: String,
+}
+
+impl NoMatchingPgDump {
+    /// Someone has to install a client first.
+    pub fn is_transient(&self) -> bool {
+        false
+    }
+}
 
 /// The server's major version from `server_version_num` (e.g. 150019 → 15).
 pub fn server_major(server_version_num: u32) -> u32 {
@@ -17,7 +37,7 @@ pub fn server_major(server_version_num: u32) -> u32 {
 pub async fn select(
     server_major: u32,
     pinned_dir: Option<&Path>,
-) -> Result<(PathBuf, String), DumpError> {
+) -> Result<(PathBuf, String), NoMatchingPgDump> {
     let mut candidates: Vec<PathBuf> = Vec::new();
     if let Some(dir) = pinned_dir {
         candidates.push(dir.join("pg_dump"));
@@ -60,7 +80,7 @@ pub async fn select(
         }
         found.push(version);
     }
-    Err(DumpError::NoMatchingPgDump {
+    Err(NoMatchingPgDump {
         server_major,
         found: if found.is_empty() {
             "none".into()

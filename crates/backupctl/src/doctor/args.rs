@@ -1,0 +1,161 @@
+//! What the doctor looks at, read from the same variables and flags as the
+//! services, all optional so that a missing setting is reported as a failed
+//! check rather than refused by the command line.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use backup_core::config::{comma_list, parse_duration};
+use backup_core::names::DatabaseName;
+use backup_core::pg::PgArgs;
+use backup_core::sftp::SftpArgs;
+
+/// SFTP settings, all optional so that a missing one is reported as a
+/// failed check rather than refused by the command line.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SftpOptions {
+    /// SFTP server host name.
+    #[arg(long = "sftp-host", env = "SFTP_HOST")]
+    pub host: Option<String>,
+    /// SFTP server port.
+    #[arg(long = "sftp-port", env = "SFTP_PORT", default_value_t = 22)]
+    pub port: u16,
+    /// Login on the SFTP server.
+    #[arg(long = "sftp-user", env = "SFTP_USER")]
+    pub user: Option<String>,
+    /// Base directory on the server.
+    #[arg(long = "sftp-dir", env = "SFTP_DIR")]
+    pub dir: Option<String>,
+    /// Private key; its passphrase comes from SFTP_KEY_PASSPHRASE(_FILE).
+    #[arg(long = "sftp-key-file", env = "SFTP_KEY_FILE")]
+    pub key_file: Option<PathBuf>,
+    /// known_hosts file pinning the server's host key.
+    #[arg(long = "sftp-known-hosts", env = "SFTP_KNOWN_HOSTS")]
+    pub known_hosts: Option<PathBuf>,
+    /// Alternative pin: the host key's SHA256 fingerprint.
+    #[arg(long = "sftp-host-fingerprint", env = "SFTP_HOST_FINGERPRINT")]
+    pub host_fingerprint: Option<String>,
+    /// Time allowed to connect, verify the host and authenticate.
+    #[arg(long = "sftp-connect-timeout", env = "SFTP_CONNECT_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
+    /// A request unanswered for this long means the connection is dead.
+    #[arg(long = "sftp-io-timeout", env = "SFTP_IO_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub io_timeout: Duration,
+}
+
+impl SftpOptions {
+    /// The services' settings, or which variables are missing.
+    pub fn to_args(&self) -> Result<SftpArgs, String> {
+        let missing: Vec<&str> = [
+            ("SFTP_HOST", self.host.is_none()),
+            ("SFTP_USER", self.user.is_none()),
+            ("SFTP_DIR", self.dir.is_none()),
+            ("SFTP_KEY_FILE", self.key_file.is_none()),
+        ]
+        .into_iter()
+        .filter_map(|(name, absent)| absent.then_some(name))
+        .collect();
+        match (&self.host, &self.user, &self.dir, &self.key_file) {
+            (Some(host), Some(user), Some(dir), Some(key_file)) => Ok(SftpArgs {
+                host: host.clone(),
+                port: self.port,
+                user: user.clone(),
+                dir: dir.clone(),
+                key_file: key_file.clone(),
+                known_hosts: self.known_hosts.clone(),
+                host_fingerprint: self.host_fingerprint.clone(),
+                connect_timeout: self.connect_timeout,
+                io_timeout: self.io_timeout,
+            }),
+            _ => Err(format!("not configured: {} unset", missing.join(", "))),
+        }
+    }
+}
+
+/// Everything the doctor looks at, read from the same variables the
+/// services read. Secrets (passwords, URLs with credentials, tokens) come
+/// from the environment only, as in the services.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DoctorArgs {
+    #[command(flatten)]
+    pub pg: PgArgs,
+    /// Databases the dumper backs up, comma-separated (default: PGDATABASE).
+    #[arg(long, env = "BACKUP_DATABASES")]
+    pub databases: Option<String>,
+    /// Database backed up when BACKUP_DATABASES is empty.
+    #[arg(long = "pg-database", env = "PGDATABASE")]
+    pub pg_database: Option<String>,
+    /// The dumper's pinned pg_dump directory, if any.
+    #[arg(long, env = "PG_BIN_DIR")]
+    pub pg_bin_dir: Option<PathBuf>,
+    /// The dumper's spool.
+    #[arg(
+        long,
+        env = "BACKUP_SPOOL_DIR",
+        default_value = "/var/lib/backup/spool"
+    )]
+    pub spool_dir: PathBuf,
+    #[command(flatten)]
+    pub sftp: SftpOptions,
+    /// Prefix of the verifier's scratch databases (the probe database uses it too).
+    #[arg(long, env = "VERIFY_SCRATCH_PREFIX", default_value = verifier::SCRATCH_PREFIX)]
+    pub scratch_prefix: String,
+    /// age recipients of the dumper (age1..., comma or space separated).
+    #[arg(long, env = "BACKUP_AGE_RECIPIENTS", default_value = "")]
+    pub age_recipients: String,
+    /// age identity file of the verifier and restores.
+    #[arg(long, env = "AGE_IDENTITY_FILE")]
+    pub age_identity_file: Option<PathBuf>,
+    /// Sender of alert emails.
+    #[arg(long, env = "ALERT_EMAIL_FROM")]
+    pub email_from: Option<String>,
+    /// Recipients of alert emails, comma-separated.
+    #[arg(long, env = "ALERT_EMAIL_TO")]
+    pub email_to: Option<String>,
+    /// SMTP user when not in SMTP_URL (password: SMTP_PASSWORD).
+    #[arg(long, env = "SMTP_USERNAME")]
+    pub smtp_username: Option<String>,
+    /// Telegram chat of the alerts (token: TELEGRAM_BOT_TOKEN).
+    #[arg(long, env = "TELEGRAM_CHAT_ID")]
+    pub telegram_chat_id: Option<String>,
+    /// Telegram Bot API base URL.
+    #[arg(long, env = "TELEGRAM_API_URL")]
+    pub telegram_api_url: Option<String>,
+    /// The dumper's schedule: five cron fields, or `off`.
+    #[arg(long, env = "BACKUP_SCHEDULE", default_value = "0 2 * * *")]
+    pub schedule: String,
+    /// Time zone of the schedule.
+    #[arg(long, env = "BACKUP_TZ", default_value = "UTC")]
+    pub tz: String,
+    /// Also send one test message on every configured alert channel.
+    #[arg(long)]
+    pub send_test_alert: bool,
+    /// One JSON document for scripts: {"ok": bool, "checks": [{name, ok, verdict, detail, fix}]}.
+    #[arg(long)]
+    pub json: bool,
+    /// Give up on any one group of checks after this long (a dead host
+    /// must not hang the doctor).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub timeout: Duration,
+}
+
+impl DoctorArgs {
+    /// The dumper's rule: BACKUP_DATABASES, or else PGDATABASE.
+    pub fn database_names(&self) -> Result<Vec<DatabaseName>, String> {
+        let list = match self.databases.as_deref().filter(|l| !l.trim().is_empty()) {
+            Some(list) => list.to_owned(),
+            None => self.pg_database.clone().unwrap_or_default(),
+        };
+        let names = comma_list(&list);
+        if names.is_empty() {
+            return Err("no database configured: BACKUP_DATABASES and PGDATABASE are unset".into());
+        }
+        names
+            .into_iter()
+            .map(|name| {
+                DatabaseName::try_from(name.clone())
+                    .map_err(|e| format!("BACKUP_DATABASES: {name:?}: {e}"))
+            })
+            .collect()
+    }
+}
