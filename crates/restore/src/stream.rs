@@ -1,8 +1,7 @@
 //! Restoring a database dump: the download task reads and hashes the
-//! artifact (`download`), the bytes are decoded
-//! (`decode`) and restored by psql (`psql`, plain format)
-//! or pg_restore (`pg_restore`, custom format) while they arrive.
-//! The verdict on the checksum comes first: a corrupted copy is reported
+//! artifact (`download`), the bytes are decoded (`decode`) and restored by
+//! psql (`psql`, plain format) or pg_restore (`pg_restore`, custom format)
+//! while they arrive. The verdict on the checksum comes first: a corrupted copy is reported
 //! as such, whatever it made the restore do. Globals scripts and media
 //! archives are only read back ([`crate::archive`]).
 
