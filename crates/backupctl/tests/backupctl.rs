@@ -727,6 +727,69 @@ fn restore_reports_a_corrupted_copy_and_exits_1() {
     );
 }
 
+/// A `.verified.json` that does not match its artifact (here: a record of
+/// other content, as an older upload under the same name would leave) is
+/// not a verification: `list` says so and `restore --latest` passes over
+/// it, as the pruner does.
+#[test]
+fn a_record_that_does_not_match_is_not_verified_for_list_and_restore_latest() {
+    let rig = Rig::start();
+    let source = source_database();
+    let database = database_name(&source);
+    let older = rig.publish_backup(&source, &database, at(120), ArtifactKind::PLAIN_GZIP, true);
+    let newest = rig.publish_backup(&source, &database, at(60), ArtifactKind::PLAIN_GZIP, true);
+    let record_path = format!("{}/{database}/{}", rig.remote_dir(), newest.verified_name());
+    let mut record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&record_path).expect("read the record"))
+            .expect("a record");
+    record["sha256"] = serde_json::json!("0".repeat(64));
+    std::fs::write(&record_path, serde_json::to_vec(&record).expect("JSON"))
+        .expect("rewrite the record");
+
+    let out = rig.backupctl(&["list", "--json", "--database", database.as_str()], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let entries: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let verified = |artifact: &ArtifactName| {
+        entries
+            .as_array()
+            .expect("entries")
+            .iter()
+            .find(|e| e["artifact"] == artifact.as_str())
+            .map(|e| e["verified"].clone())
+    };
+    assert_eq!(
+        verified(&older),
+        Some(serde_json::json!(true)),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        verified(&newest),
+        Some(serde_json::json!(false)),
+        "{}",
+        text(&out)
+    );
+
+    let target = TestDatabase::create("bctl_dst");
+    let out = rig.backupctl(
+        &[
+            "restore",
+            "--latest",
+            "--database",
+            database.as_str(),
+            "--yes",
+        ],
+        &[("RESTORE_TARGET_URL".to_owned(), target.url())],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!("restored {older} ")),
+        "{}",
+        text(&out)
+    );
+}
+
 #[test]
 fn prune_dry_run_lists_keep_and_delete_with_reasons() {
     let rig = Rig::start();

@@ -1,8 +1,8 @@
 //! The pruner: retention on the SFTP remote and in the local spool, run
 //! after each `dump.verified` and on its own schedule ([`schedule`]).
 //!
-//! One run for one database: read the remote directory ([`catalog`]),
-//! compute the plan ([`policy`]: what stays, by which rule, and what goes,
+//! One run for one database: read the remote directory and compute the
+//! plan (the `catalogue` crate: what stays, by which rule, and what goes,
 //! and why), check the brake, delete (artifact first, then its manifest and
 //! verification record), remove orphaned sidecars and `.partial` uploads
 //! older than a day, trim the spool ([`spool`]), and emit `dump.pruned`
@@ -17,18 +17,16 @@
 //! (with `dry_run: true`) lists what would go. Running again right after
 //! changes nothing: the plan of a pruned directory deletes nothing.
 //!
-//! `backupctl prune --dry-run` can call [`plan_database`] with its own
-//! [`SftpRemote`] and [`RetentionArgs`].
+//! `backupctl prune` computes the same plan with the same catalogue and
+//! retention settings, and deletes nothing.
 //!
 //! Retries: a remote that cannot be reached naks the `dump.verified` with
 //! backoff (and reports `dump.failed` with `will_retry`); a scheduled run
 //! that fails reports and waits for the next one. The brake is final for
 //! that run: it is reported and acked, never retried.
 
-pub mod catalog;
 #[cfg(test)]
 mod fuzz_tests;
-pub mod policy;
 pub mod preflight;
 pub mod schedule;
 pub mod spool;
@@ -39,92 +37,24 @@ use std::time::Duration;
 
 use backup_core::Stage;
 use backup_core::bus::{self, Bus, BusError, ConsumerSpec, Delivery, Handler, Outcome};
-use backup_core::config::parse_duration;
 use backup_core::events::{
     self, DumpFailed, DumpPruned, DumpVerified, Event, EventHeader, Origin, subject,
 };
-use backup_core::names::{ArtifactName, BackupId, DatabaseName, Tag};
+use backup_core::names::{ArtifactName, BackupId, DatabaseName};
 use backup_core::retry::Backoff;
 use backup_core::sftp::SftpArgs;
-use chrono::{DateTime, TimeDelta, Utc};
+use catalogue::{Brake, DatabasePlan, Policy};
+use chrono::{DateTime, Utc};
 use remote_sftp::{RemoteError, SftpRemote};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
-pub use catalog::Catalog;
-pub use policy::{Backup, Discard, Plan, Policy, Reason};
 pub use schedule::Schedule;
 
+// re-export for backupctl until the merge (the pruner's main.rs uses it too)
+pub use catalogue::RetentionArgs;
+
 pub const CONSUMER: ConsumerSpec = ConsumerSpec::new("pruner", subject::VERIFIED, Stage::Prune);
-
-/// The retention policy as flags and environment variables, shared with
-/// `backupctl prune` so both read the same configuration.
-#[derive(Debug, Clone, clap::Args)]
-pub struct RetentionArgs {
-    /// Keep the newest N verified backups.
-    #[arg(long, env = "RETENTION_KEEP_LAST", default_value_t = 0)]
-    pub keep_last: usize,
-    /// Keep the newest verified backup of each of the last N days that have one.
-    #[arg(long, env = "RETENTION_KEEP_DAILY", default_value_t = 7)]
-    pub keep_daily: usize,
-    /// Keep the newest verified backup of each of the last N ISO weeks that have one.
-    #[arg(long, env = "RETENTION_KEEP_WEEKLY", default_value_t = 4)]
-    pub keep_weekly: usize,
-    /// Keep the newest verified backup of each of the last N months that have one.
-    #[arg(long, env = "RETENTION_KEEP_MONTHLY", default_value_t = 6)]
-    pub keep_monthly: usize,
-    /// Keep the newest verified backup of each of the last N years that have one.
-    #[arg(long, env = "RETENTION_KEEP_YEARLY", default_value_t = 0)]
-    pub keep_yearly: usize,
-    /// Keep every verified backup taken within this span (e.g. 14d) of the newest verified one.
-    #[arg(long, env = "RETENTION_KEEP_WITHIN", value_parser = parse_duration)]
-    pub keep_within: Option<Duration>,
-    /// Never leave fewer verified backups than this (at least 1).
-    #[arg(long, env = "RETENTION_MIN_KEEP", default_value_t = 3)]
-    pub min_keep: usize,
-    /// Tags never deleted besides pre-deploy, comma-separated.
-    #[arg(long, env = "RETENTION_KEEP_TAGS", value_delimiter = ',')]
-    pub keep_tags: Vec<Tag>,
-    /// How long an unverified backup older than the newest verified one is kept.
-    #[arg(long, env = "RETENTION_UNVERIFIED_GRACE", default_value = "2d", value_parser = parse_duration)]
-    pub unverified_grace: Duration,
-    /// Time zone of the day/week/month/year buckets (IANA name).
-    #[arg(long = "backup-tz", env = "BACKUP_TZ", default_value = "UTC")]
-    pub timezone: chrono_tz::Tz,
-    /// Allow one run to delete more than half of a database's backups.
-    #[arg(
-        long = "retention-force",
-        env = "RETENTION_FORCE",
-        default_value_t = false
-    )]
-    pub force: bool,
-}
-
-impl RetentionArgs {
-    pub fn policy(&self) -> Result<Policy, String> {
-        if self.min_keep == 0 {
-            return Err("RETENTION_MIN_KEEP must be at least 1".into());
-        }
-        let span = |name: &str, d: Duration| {
-            TimeDelta::from_std(d).map_err(|_| format!("{name} is too long"))
-        };
-        Ok(Policy {
-            keep_last: self.keep_last,
-            keep_daily: self.keep_daily,
-            keep_weekly: self.keep_weekly,
-            keep_monthly: self.keep_monthly,
-            keep_yearly: self.keep_yearly,
-            keep_within: self
-                .keep_within
-                .map(|d| span("RETENTION_KEEP_WITHIN", d))
-                .transpose()?,
-            min_keep: self.min_keep,
-            keep_tags: self.keep_tags.clone(),
-            timezone: self.timezone,
-            unverified_grace: span("RETENTION_UNVERIFIED_GRACE", self.unverified_grace)?,
-        })
-    }
-}
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -144,80 +74,21 @@ pub struct Settings {
 pub enum PruneError {
     #[error(transparent)]
     Remote(#[from] RemoteError),
-    #[error(
-        "refusing to delete {delete} of {total} backups of {database} in one run (more than half); check the clocks and the listing (newest backup {newest}), or set RETENTION_FORCE=true for one run"
-    )]
-    Brake {
-        database: DatabaseName,
-        delete: usize,
-        total: usize,
-        newest: String,
-    },
+    #[error(transparent)]
+    Brake(#[from] Brake),
 }
 
 impl PruneError {
     pub fn is_transient(&self) -> bool {
         match self {
             PruneError::Remote(e) => e.is_transient(),
-            PruneError::Brake { .. } => false,
+            PruneError::Brake(_) => false,
         }
     }
 }
 
-/// The plan for one database, with the listing it was computed from.
-#[derive(Debug, Clone)]
-pub struct DatabasePlan {
-    pub database: DatabaseName,
-    pub plan: Plan,
-    pub catalog: Catalog,
-}
-
-impl DatabasePlan {
-    /// The brake's verdict: `Some` when this plan deletes more than half
-    /// of the backups.
-    pub fn brake(&self) -> Option<PruneError> {
-        let total = self.catalog.backups.len();
-        let delete = self.plan.delete.len();
-        (delete * 2 > total).then(|| PruneError::Brake {
-            database: self.database.clone(),
-            delete,
-            total,
-            newest: self
-                .catalog
-                .backups
-                .iter()
-                .map(|b| &b.artifact)
-                .max()
-                .map_or_else(|| "none".into(), ToString::to_string),
-        })
-    }
-
-    /// Logs every decision: what stays and by which rules, what goes and why.
-    pub fn log(&self, dry_run: bool) {
-        for (artifact, reasons) in &self.plan.keep {
-            let reasons: Vec<String> = reasons.iter().map(ToString::to_string).collect();
-            tracing::info!(%artifact, reasons = %reasons.join(", "), "keep");
-        }
-        let verb = if dry_run { "would delete" } else { "delete" };
-        for (artifact, why) in &self.plan.delete {
-            tracing::info!(%artifact, %why, "{verb}");
-        }
-        for name in self
-            .catalog
-            .orphans
-            .iter()
-            .chain(&self.catalog.stale_partials)
-        {
-            tracing::info!(file = %name, "{verb} (orphaned sidecar or abandoned upload)");
-        }
-        for name in &self.catalog.foreign {
-            tracing::debug!(file = %name, "not a file of ours; left alone");
-        }
-    }
-}
-
-/// Reads one database's remote directory and computes its plan, deleting
-/// nothing: what `RETENTION_DRY_RUN` and `backupctl prune --dry-run` show.
+/// re-export for backupctl until the merge: [`catalogue::plan_database`]
+/// with the SFTP flags.
 pub async fn plan_database(
     remote: &SftpRemote,
     sftp: &SftpArgs,
@@ -225,33 +96,16 @@ pub async fn plan_database(
     database: &DatabaseName,
     now: DateTime<Utc>,
 ) -> Result<DatabasePlan, RemoteError> {
-    let catalog =
-        catalog::read_catalog(remote, &sftp.database_dir(database), database, now).await?;
-    let plan = policy::plan(&catalog.backups, policy, now);
-    Ok(DatabasePlan {
-        database: database.clone(),
-        plan,
-        catalog,
-    })
+    catalogue::plan_database(remote, &sftp.dir, policy, database, now).await
 }
 
-/// The databases that have a directory on the remote.
+/// re-export for backupctl until the merge: [`catalogue::list_databases`]
+/// with the SFTP flags.
 pub async fn list_databases(
     remote: &SftpRemote,
     sftp: &SftpArgs,
 ) -> Result<Vec<DatabaseName>, RemoteError> {
-    let entries = match remote.list_dir(&sftp.dir).await {
-        Ok(entries) => entries,
-        Err(RemoteError::NotFound { .. }) => return Ok(Vec::new()),
-        Err(e) => return Err(e),
-    };
-    let mut databases: Vec<DatabaseName> = entries
-        .into_iter()
-        .filter(|e| e.is_dir)
-        .filter_map(|e| e.name.parse().ok())
-        .collect();
-    databases.sort();
-    Ok(databases)
+    catalogue::list_databases(remote, &sftp.dir).await
 }
 
 /// What one run did (or, in a dry run, would do).
@@ -321,7 +175,9 @@ async fn prune_with(
     database: &DatabaseName,
     now: DateTime<Utc>,
 ) -> Result<Report, PruneError> {
-    let plan = plan_database(remote, &settings.sftp, &settings.policy, database, now).await?;
+    let plan =
+        catalogue::plan_database(remote, &settings.sftp.dir, &settings.policy, database, now)
+            .await?;
     plan.log(settings.dry_run);
     if let Some(brake) = plan.brake() {
         if settings.dry_run {
@@ -329,7 +185,7 @@ async fn prune_with(
         } else if settings.force {
             tracing::warn!(%brake, "RETENTION_FORCE is set: deleting anyway");
         } else {
-            return Err(brake);
+            return Err(brake.into());
         }
     }
     let mut report = Report {
@@ -354,14 +210,7 @@ async fn prune_with(
         }
         tracing::info!(%artifact, "deleted from the remote");
     }
-    let leftovers: Vec<String> = report
-        .plan
-        .catalog
-        .orphans
-        .iter()
-        .chain(&report.plan.catalog.stale_partials)
-        .cloned()
-        .collect();
+    let leftovers: Vec<String> = report.plan.leftovers().cloned().collect();
     for name in leftovers {
         remove(remote, &dir, &name).await?;
         tracing::info!(file = %name, "removed an orphaned sidecar or abandoned upload");
@@ -446,7 +295,7 @@ impl PruneHandler {
     async fn run_scheduled(&self) {
         let databases = match SftpRemote::connect(&self.settings.sftp_settings).await {
             Ok(remote) => {
-                let listed = list_databases(&remote, &self.settings.sftp).await;
+                let listed = catalogue::list_databases(&remote, &self.settings.sftp.dir).await;
                 let _ = remote.close().await;
                 listed
             }

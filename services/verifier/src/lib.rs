@@ -1,9 +1,9 @@
 //! The verifier: proves that the copy on the remote restores, and keeps
 //! proving it. For each `dump.shipped` it streams the remote artifact
 //! through sha256, age decryption and decompression into a fresh scratch
-//! database ([`restore`]), compares every table's row count with the
-//! manifest and checks sequences, large objects, materialized views and the
-//! operator's own invariants ([`checks`]), drops the scratch database
+//! database, compares every table's row count with the manifest and checks
+//! sequences, large objects, materialized views and the operator's own
+//! invariants (all with the restore engine, the `restore` crate), drops the scratch database
 //! whatever happened, writes `<artifact>.verified.json` beside the artifact
 //! and emits `dump.verified` or `dump.failed` (stage `verify`, the message
 //! naming the check that failed). On a schedule it also re-verifies one
@@ -23,12 +23,8 @@
 //! retried like an unreachable server. The handler only awaits I/O and
 //! timers, so the worker's progress acks keep the message meanwhile.
 
-pub mod archive;
-pub mod checks;
 pub mod preflight;
-pub mod restore;
 pub mod reverify;
-pub mod sqlfilter;
 pub mod verify;
 
 use std::sync::Arc;
@@ -47,17 +43,26 @@ use backup_core::watchdog::{DEFAULT_STALL_AFTER, Limits};
 use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 
-pub use checks::OperatorCheck;
-pub use restore::{RestoreOptions, RestoreSource, VerifyError, restore_stream};
+// The restore engine's types in this crate's [`Settings`] and results.
+pub use ::restore::{OperatorCheck, RestoreOptions, VerifyError};
 pub use verify::Verification;
+
+// re-export for backupctl until the merge (the verifier's main.rs uses them too)
+pub use ::restore::{SCRATCH_PREFIX, valid_scratch_prefix};
+
+/// re-export for backupctl until the merge
+pub mod restore {
+    pub use ::restore::{ProgressFn, RestoreProgress};
+}
+
+/// re-export for the verifier's main.rs until the merge
+pub mod checks {
+    pub use ::restore::checks::load_operator_checks;
+}
 
 /// The verifier's durable consumer. Restores are long: progress acks keep
 /// the message while one runs.
 pub const CONSUMER: ConsumerSpec = ConsumerSpec::new("verifier", subject::SHIPPED, Stage::Verify);
-
-/// Default prefix of the scratch databases this verifier creates and
-/// sweeps (`verify_<12 hex digits>`).
-pub const SCRATCH_PREFIX: &str = "verify";
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -84,15 +89,6 @@ pub const DEFAULT_LIMITS: Limits = Limits {
     stall_after: DEFAULT_STALL_AFTER,
     deadline: Duration::from_secs(6 * 3600),
 };
-
-/// Whether `prefix` is usable as a scratch database prefix.
-pub fn valid_scratch_prefix(prefix: &str) -> bool {
-    prefix.starts_with(|c: char| c.is_ascii_lowercase())
-        && prefix.len() <= 40
-        && prefix
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-}
 
 pub async fn run(
     bus: Bus,
@@ -315,7 +311,7 @@ pub(crate) fn record_of(
         checks: verification.checks.clone(),
         tables: verification.tables,
         rows: verification.rows,
-        duration_ms: restore::millis(started.elapsed()),
+        duration_ms: ::restore::millis(started.elapsed()),
         steps_ms: verification.steps.clone(),
         skipped: verification.skipped.clone(),
     }

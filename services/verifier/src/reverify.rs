@@ -19,10 +19,10 @@ use backup_core::events::{ArtifactInfo, DumpFailed, DumpVerified, EventHeader, s
 use backup_core::manifest::{MAX_SIDECAR_BYTES, VerificationRecord};
 use backup_core::names::{ArtifactName, DatabaseName, VERIFIED_SUFFIX};
 use remote_sftp::SftpRemote;
+use restore::VerifyError;
 use tokio_util::sync::CancellationToken;
 
 use crate::Settings;
-use crate::restore::VerifyError;
 use crate::verify;
 
 pub async fn run_schedule(

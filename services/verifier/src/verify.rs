@@ -7,8 +7,8 @@
 //! left behind.
 //!
 //! Download, restore and checks run under the stall watchdog and the
-//! deadline of [`Settings::limits`]. Progress is the [`Meter`] of
-//! [`crate::restore`] plus what the scratch server reports: a backend of
+//! deadline of [`Settings::limits`]. Progress is the restore engine's
+//! [`Meter`] plus what the scratch server reports: a backend of
 //! the scratch database that is running and not waiting on a lock (or on
 //! us) is working, e.g. building an index. An abort kills psql /
 //! pg_restore with their process groups and the scratch database is
@@ -33,10 +33,12 @@ use backup_core::pg::{PgError, PgTarget, quote_ident};
 use backup_core::watchdog::{self, Limits};
 use rand::Rng;
 use remote_sftp::SftpRemote;
+use restore::{
+    ManifestExtras, Meter, Phase, RestoreSource, VerifyError, millis, restore_stream_metered,
+    run_checks,
+};
 
 use crate::Settings;
-use crate::checks::{ManifestExtras, run_checks};
-use crate::restore::{Meter, Phase, RestoreSource, VerifyError, millis, restore_stream_metered};
 
 /// How long the scratch database may take to drop, and the SFTP session to
 /// close, after the work is done or aborted: neither may hold the worker
@@ -157,7 +159,7 @@ pub async fn verify_remote(
             settings.limits,
             &meter,
             name,
-            crate::restore::check_archive(reader, manifest, &settings.restore, None, &meter),
+            restore::check_archive(reader, manifest, &settings.restore, None, &meter),
         )
         .await;
         close_remote(remote).await;

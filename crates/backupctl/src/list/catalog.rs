@@ -1,9 +1,11 @@
-//! `backupctl list`: the remote catalog, read from SFTP alone. The text
-//! shows when each backup was taken in BACKUP_TZ; `--json` keeps UTC
-//! (`taken_at`) for scripts.
+//! `backupctl list`: the remote catalog, read from SFTP alone through the
+//! same catalogue the pruner reads, so "verified" means the same thing
+//! everywhere: a verification record that matches the artifact and its
+//! manifest (see `catalogue::verified`), not merely one that is present.
+//! The text shows when each backup was taken in BACKUP_TZ; `--json` keeps
+//! UTC (`taken_at`) for scripts.
 
-use backup_core::manifest::{MAX_SIDECAR_BYTES, Manifest};
-use backup_core::names::{ArtifactName, DatabaseName};
+use backup_core::names::DatabaseName;
 use backup_core::sftp::SftpArgs;
 use remote_sftp::{RemoteError, SftpRemote};
 use serde::Serialize;
@@ -19,46 +21,33 @@ pub struct CatalogEntry {
     pub sha256: Option<String>,
 }
 
+/// Every backup of `databases` that has its manifest on the remote.
 pub async fn catalog(
     remote: &SftpRemote,
     sftp: &SftpArgs,
     databases: &[DatabaseName],
 ) -> Result<Vec<CatalogEntry>, RemoteError> {
+    let now = chrono::Utc::now();
     let mut entries = Vec::new();
     for database in databases {
-        let dir = sftp.database_dir(database);
-        let listing = match remote.list_dir(&dir).await {
-            Ok(listing) => listing,
-            Err(RemoteError::NotFound { .. }) => continue,
-            Err(e) => return Err(e),
-        };
-        let names: std::collections::BTreeSet<&str> =
-            listing.iter().map(|e| e.name.as_str()).collect();
-        for entry in &listing {
-            let Ok(artifact) = entry.name.parse::<ArtifactName>() else {
+        let dir = catalogue::database_dir(&sftp.dir, database);
+        let catalog = catalogue::read_catalog(remote, &dir, database, now).await?;
+        for backup in &catalog.backups {
+            let Some(manifest) = catalog.manifests.get(&backup.artifact) else {
                 continue;
             };
-            if !names.contains(artifact.manifest_name().as_str()) {
-                continue;
-            }
-            let manifest = remote
-                .read_file(
-                    &format!("{dir}/{}", artifact.manifest_name()),
-                    MAX_SIDECAR_BYTES,
-                )
-                .await
-                .ok()
-                .and_then(|bytes| Manifest::decode(&bytes).ok());
             entries.push(CatalogEntry {
                 database: database.to_string(),
-                artifact: artifact.to_string(),
-                size_bytes: entry.size,
-                taken_at: artifact.taken_at().to_rfc3339(),
-                verified: names.contains(artifact.verified_name().as_str()),
-                tag: manifest
-                    .as_ref()
-                    .and_then(|m| m.origin.tag.as_ref().map(ToString::to_string)),
-                sha256: manifest.map(|m| m.sha256.to_string()),
+                artifact: backup.artifact.to_string(),
+                size_bytes: catalog
+                    .remote_sizes
+                    .get(&backup.artifact)
+                    .copied()
+                    .unwrap_or_default(),
+                taken_at: backup.artifact.taken_at().to_rfc3339(),
+                verified: backup.verified,
+                tag: backup.tag.as_ref().map(ToString::to_string),
+                sha256: manifest.as_ref().map(|m| m.sha256.to_string()),
             });
         }
     }
@@ -98,16 +87,7 @@ pub async fn remote_databases(
     remote: &SftpRemote,
     sftp: &SftpArgs,
 ) -> Result<Vec<DatabaseName>, RemoteError> {
-    let listing = match remote.list_dir(&sftp.dir).await {
-        Ok(listing) => listing,
-        Err(RemoteError::NotFound { .. }) => return Ok(Vec::new()),
-        Err(e) => return Err(e),
-    };
-    Ok(listing
-        .into_iter()
-        .filter(|e| e.is_dir)
-        .filter_map(|e| DatabaseName::try_from(e.name).ok())
-        .collect())
+    catalogue::list_databases(remote, &sftp.dir).await
 }
 
 #[cfg(test)]

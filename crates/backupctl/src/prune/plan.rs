@@ -1,7 +1,8 @@
 //! `backupctl prune` (always a dry run): what the pruner's retention policy would
-//! delete, and why, computed by the pruner's own library from the remote
-//! listing. Deleting stays the pruner service's job.
+//! delete, and why, computed by the catalogue the pruner plans with, from
+//! the remote listing. Deleting stays the pruner service's job.
 
+use catalogue::DatabasePlan;
 use serde::Serialize;
 
 /// One file and the decision about it.
@@ -16,7 +17,7 @@ pub struct Decision {
 
 /// Every decision of one database's plan: backups kept (with the rules
 /// that keep them), backups deleted, leftovers cleaned.
-pub fn decisions(plan: &pruner::DatabasePlan) -> Vec<Decision> {
+pub fn decisions(plan: &DatabasePlan) -> Vec<Decision> {
     let database = plan.database.to_string();
     let mut out: Vec<Decision> = Vec::new();
     for (artifact, reasons) in &plan.plan.keep {
@@ -35,12 +36,7 @@ pub fn decisions(plan: &pruner::DatabasePlan) -> Vec<Decision> {
             reasons: vec![why.to_string()],
         });
     }
-    for name in plan
-        .catalog
-        .orphans
-        .iter()
-        .chain(&plan.catalog.stale_partials)
-    {
+    for name in plan.leftovers() {
         out.push(Decision {
             database: database.clone(),
             file: name.clone(),
@@ -53,6 +49,6 @@ pub fn decisions(plan: &pruner::DatabasePlan) -> Vec<Decision> {
 }
 
 /// The brake's message for `plan`, if the pruner would refuse to run it.
-pub fn brake(plan: &pruner::DatabasePlan) -> Option<String> {
+pub fn brake(plan: &DatabasePlan) -> Option<String> {
     plan.brake().map(|e| e.to_string())
 }

@@ -1,7 +1,7 @@
 //! `backupctl restore`: one artifact from the SFTP server into a database,
-//! through the verifier's streaming restore (sha256 checked against the
+//! through the restore engine the verifier uses (sha256 checked against the
 //! manifest, age decryption, decompression, psql or `pg_restore -j`), then
-//! the verifier's checks (exact row counts against the manifest).
+//! its checks (exact row counts against the manifest).
 //!
 //! The safety checks live here: the target must be empty unless forced,
 //! and is created on request. Owners and privileges are restored as dumped
@@ -9,15 +9,16 @@
 //! role the dump names must exist on the target; `--no-owner` leaves them
 //! out. Retries: none; an operator is watching.
 
+use ::restore::{
+    CheckReport, ManifestExtras, ProgressFn, RestoreOptions, RestoreReport, RestoreSource,
+    VerifyError,
+};
 use backup_core::config::ExposeSecret;
 use backup_core::manifest::{MAX_SIDECAR_BYTES, Manifest};
 use backup_core::names::{ArtifactName, DatabaseName};
 use backup_core::pg::{PgError, PgTarget, quote_ident};
 use backup_core::sftp::SftpArgs;
 use remote_sftp::{RemoteError, SftpRemote};
-use verifier::checks::{CheckReport, ManifestExtras};
-use verifier::restore::{ProgressFn, RestoreReport};
-use verifier::{RestoreOptions, RestoreSource, VerifyError};
 
 /// Why a restore could not start or did not succeed.
 #[derive(Debug, thiserror::Error)]
@@ -230,7 +231,7 @@ pub async fn restore(
     let reader = remote
         .open_read(&format!("{dir}/{}", manifest.artifact))
         .await?;
-    let report = verifier::restore_stream(
+    let report = ::restore::restore_stream(
         RestoreSource {
             reader,
             manifest: manifest.clone(),
@@ -240,7 +241,7 @@ pub async fn restore(
         progress,
     )
     .await?;
-    let checks = verifier::checks::run_checks(target, &manifest, extras, &[]).await?;
+    let checks = ::restore::run_checks(target, &manifest, extras, &[]).await?;
     Ok(Restored { report, checks })
 }
 

@@ -45,7 +45,9 @@ const SETTINGS_DOCS: &[&str] = &[
 const SOURCE_DIRS: &[&str] = &[
     "crates/backup-core/src",
     "crates/backupctl/src",
+    "crates/catalogue/src",
     "crates/remote-sftp/src",
+    "crates/restore/src",
     "services/dumper/src",
     "services/shipper/src",
     "services/verifier/src",

@@ -15,7 +15,8 @@ use backup_core::manifest::Manifest;
 use backup_core::pg::PgTarget;
 use serde::Deserialize;
 
-use crate::restore::{VerifyError, millis};
+use crate::error::VerifyError;
+use crate::millis;
 
 /// Optional manifest fields the dumper may record. Read from the same
 /// JSON as the manifest, so older manifests without them still verify.

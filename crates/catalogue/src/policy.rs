@@ -4,8 +4,8 @@
 //!
 //! # Semantics (restic `forget`, with safety rails)
 //!
-//! Only **verified** backups (a valid `.verified.json` beside the artifact)
-//! take part in the rules. Walking them newest first:
+//! Only **verified** backups (a valid `.verified.json` beside the artifact,
+//! see [`crate::verified`]) take part in the rules. Walking them newest first:
 //!
 //! - `keep_last` N: the N newest.
 //! - `keep_within` D: every one taken within D of the **newest verified

@@ -1,0 +1,137 @@
+//! How the remote is laid out: one directory per database under the base
+//! directory (`SFTP_DIR`), holding each backup's artifact and sidecars.
+//! Every file name found there is classified ([`classify`]); only names the
+//! pipeline writes are ever candidates for deletion:
+//!
+//! | name | class |
+//! | --- | --- |
+//! | `<artifact>` | [`RemoteFile::Artifact`]: a backup (with or without its manifest yet) |
+//! | `<artifact>.manifest.json` | [`RemoteFile::Manifest`]: its manifest (tag, size, checksum) |
+//! | `<artifact>.verified.json` | [`RemoteFile::Record`]: its verification record |
+//! | any of the above + `.partial` | [`RemoteFile::Partial`]: an upload in progress or abandoned |
+//! | anything else, another database's files included | [`RemoteFile::Stray`]: not ours, never touched |
+//!
+//! Retries: none here; a transient SFTP error is returned to the caller.
+
+use backup_core::names::{
+    ArtifactName, DatabaseName, MANIFEST_SUFFIX, PARTIAL_SUFFIX, VERIFIED_SUFFIX,
+};
+use remote_sftp::{RemoteError, SftpRemote};
+
+/// The remote directory of `database` under the base directory `base_dir`.
+pub fn database_dir(base_dir: &str, database: &DatabaseName) -> String {
+    format!("{}/{}", base_dir.trim_end_matches('/'), database)
+}
+
+/// What one file name in a database's directory is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RemoteFile {
+    Artifact(ArtifactName),
+    /// The manifest of this artifact.
+    Manifest(ArtifactName),
+    /// The verification record of this artifact.
+    Record(ArtifactName),
+    /// An upload of this artifact or of one of its sidecars.
+    Partial(ArtifactName),
+    /// Not a name the pipeline writes for this database.
+    Stray,
+}
+
+/// Classifies a file name found in `database`'s directory.
+pub fn classify(name: &str, database: &DatabaseName) -> RemoteFile {
+    let ours = |stem: &str| {
+        stem.parse::<ArtifactName>()
+            .ok()
+            .filter(|a| a.database() == database)
+    };
+    if let Some(artifact) = ours(name) {
+        return RemoteFile::Artifact(artifact);
+    }
+    if let Some(upload) = name.strip_suffix(PARTIAL_SUFFIX) {
+        return match sidecar_owner(upload).map_or_else(|| ours(upload), ours) {
+            Some(artifact) => RemoteFile::Partial(artifact),
+            None => RemoteFile::Stray,
+        };
+    }
+    if let Some(artifact) = name.strip_suffix(MANIFEST_SUFFIX).and_then(ours) {
+        return RemoteFile::Manifest(artifact);
+    }
+    if let Some(artifact) = name.strip_suffix(VERIFIED_SUFFIX).and_then(ours) {
+        return RemoteFile::Record(artifact);
+    }
+    RemoteFile::Stray
+}
+
+/// The artifact name inside a sidecar's name, if it is one.
+fn sidecar_owner(name: &str) -> Option<&str> {
+    name.strip_suffix(MANIFEST_SUFFIX)
+        .or_else(|| name.strip_suffix(VERIFIED_SUFFIX))
+}
+
+/// The databases that have a directory under `base_dir`, sorted; none
+/// when `base_dir` does not exist yet (nothing shipped).
+pub async fn list_databases(
+    remote: &SftpRemote,
+    base_dir: &str,
+) -> Result<Vec<DatabaseName>, RemoteError> {
+    let entries = match remote.list_dir(base_dir).await {
+        Ok(entries) => entries,
+        Err(RemoteError::NotFound { .. }) => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut databases: Vec<DatabaseName> = entries
+        .into_iter()
+        .filter(|e| e.is_dir)
+        .filter_map(|e| e.name.parse().ok())
+        .collect();
+    databases.sort();
+    Ok(databases)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sidecars_and_partials_belong_to_artifacts_of_this_database_only() {
+        let db: DatabaseName = "viatique".parse().unwrap();
+        let name = "viatique_20250301_013000.sql.gz";
+        let artifact: ArtifactName = name.parse().unwrap();
+        assert_eq!(classify(name, &db), RemoteFile::Artifact(artifact.clone()));
+        assert_eq!(
+            classify(&format!("{name}.manifest.json"), &db),
+            RemoteFile::Manifest(artifact.clone())
+        );
+        assert_eq!(
+            classify(&format!("{name}.verified.json"), &db),
+            RemoteFile::Record(artifact.clone())
+        );
+        for upload in [
+            format!("{name}.partial"),
+            format!("{name}.manifest.json.partial"),
+            format!("{name}.verified.json.partial"),
+        ] {
+            assert_eq!(
+                classify(&upload, &db),
+                RemoteFile::Partial(artifact.clone())
+            );
+        }
+        for stray in [
+            "other_20250301_013000.sql.gz",
+            "other_20250301_013000.sql.gz.manifest.json",
+            "notes.txt",
+            "viatique_20250301_013000.sql.gz.bak",
+            "viatique_20250301_013000.sql.gz.partial.partial",
+            "viatique_20250301_013000.sql.gz.verified.json.manifest.json",
+        ] {
+            assert_eq!(classify(stray, &db), RemoteFile::Stray, "{stray}");
+        }
+    }
+
+    #[test]
+    fn database_dirs_join_without_doubling_the_slash() {
+        let db: DatabaseName = "viatique".parse().unwrap();
+        assert_eq!(database_dir("/srv/backups/", &db), "/srv/backups/viatique");
+        assert_eq!(database_dir("backups", &db), "backups/viatique");
+    }
+}
