@@ -98,7 +98,7 @@ pub struct DoctorArgs {
     #[command(flatten)]
     pub sftp: SftpOptions,
     /// Prefix of the verifier's scratch databases (the probe database uses it too).
-    #[arg(long, env = "VERIFY_SCRATCH_PREFIX", default_value = verifier::SCRATCH_PREFIX)]
+    #[arg(long, env = "VERIFY_SCRATCH_PREFIX", default_value = restore::scratch::SCRATCH_PREFIX)]
     pub scratch_prefix: String,
     /// age recipients of the dumper (age1..., comma or space separated).
     #[arg(long, env = "BACKUP_AGE_RECIPIENTS", default_value = "")]

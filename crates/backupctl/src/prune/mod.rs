@@ -16,7 +16,7 @@ pub struct PruneArgs {
     #[command(flatten)]
     pub sftp: SftpArgs,
     #[command(flatten)]
-    pub retention: pruner::RetentionArgs,
+    pub retention: catalogue::RetentionArgs,
     /// Plan only this database (default: every database under SFTP_DIR).
     #[arg(long)]
     pub database: Option<DatabaseName>,
@@ -41,7 +41,7 @@ pub async fn run(args: PruneArgs) -> anyhow::Result<ExitCode> {
         .context("SFTP")?;
     let databases = match args.database {
         Some(db) => vec![db],
-        None => pruner::list_databases(&remote, &args.sftp)
+        None => catalogue::list_databases(&remote, &args.sftp.dir)
             .await
             .context("listing SFTP_DIR")?,
     };
@@ -49,7 +49,7 @@ pub async fn run(args: PruneArgs) -> anyhow::Result<ExitCode> {
     let mut decisions = Vec::new();
     let mut brakes = Vec::new();
     for db in &databases {
-        let plan = pruner::plan_database(&remote, &args.sftp, &policy, db, now)
+        let plan = catalogue::plan_database(&remote, &args.sftp.dir, &policy, db, now)
             .await
             .with_context(|| format!("reading the backups of {db}"))?;
         plan.log(true);

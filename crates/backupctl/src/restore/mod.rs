@@ -121,16 +121,16 @@ pub async fn run(cmd: RestoreArgs) -> anyhow::Result<ExitCode> {
             .context("creating the target database")?;
     }
 
-    let options = verifier::RestoreOptions {
+    let options = restore::RestoreOptions {
         jobs: cmd.jobs.max(1),
         age_identity: cmd.age_identity_file,
         keep_owners: !cmd.no_owner,
-        ..verifier::RestoreOptions::default()
+        ..restore::RestoreOptions::default()
     };
     let bar = progress_bar(manifest.size_bytes);
-    let progress: Option<verifier::restore::ProgressFn> = bar.clone().map(|bar| {
-        Arc::new(move |p: verifier::restore::RestoreProgress| bar.set_position(p.bytes_read))
-            as verifier::restore::ProgressFn
+    let progress: Option<restore::ProgressFn> = bar.clone().map(|bar| {
+        Arc::new(move |p: restore::RestoreProgress| bar.set_position(p.bytes_read))
+            as restore::ProgressFn
     });
     // From here on, Ctrl-C or SIGTERM ends the restore with a word on what
     // it leaves behind. psql and pg_restore stay in our process group, so
@@ -200,7 +200,7 @@ pub async fn run(cmd: RestoreArgs) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Err(RestoreError::Verify(verifier::VerifyError::MissingRoles { roles, .. })) => {
+        Err(RestoreError::Verify(restore::VerifyError::MissingRoles { roles, .. })) => {
             drop(out);
             if cmd.create {
                 steps::drop_database(&target)
