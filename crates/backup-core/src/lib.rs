@@ -1,6 +1,7 @@
 //! The shared core of the backup pipeline: the event contract every service
 //! speaks, the JetStream wiring, validated names, the manifest format, and
-//! the plumbing each binary needs (configuration, secrets, tracing, shutdown).
+//! the plumbing each binary needs (configuration, secrets, tracing, shutdown),
+//! and the start-up every service shares ([`service`]).
 //!
 //! Retries: this crate classifies failures rather than hiding them. Every
 //! error type says whether it is worth retrying (`is_transient`); the bus
@@ -8,6 +9,8 @@
 //! with backoff) or a terminate, so a restart never loses work in flight.
 
 pub mod bus;
+#[cfg(test)]
+mod bus_health_tests;
 pub mod calendar;
 pub mod clock;
 pub mod config;
@@ -21,6 +24,7 @@ pub mod names;
 pub mod pg;
 pub mod preflight;
 pub mod retry;
+pub mod service;
 #[cfg(feature = "sftp")]
 pub mod sftp;
 pub mod shutdown;

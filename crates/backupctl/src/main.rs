@@ -373,7 +373,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .context("SFTP")?;
             let databases = match database {
                 Some(db) => vec![db],
-                None => pruner::list_databases(&remote, &sftp)
+                None => pruner::list_databases(&remote, &sftp.dir)
                     .await
                     .context("listing SFTP_DIR")?,
             };
@@ -381,7 +381,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let mut decisions = Vec::new();
             let mut brakes = Vec::new();
             for db in &databases {
-                let plan = pruner::plan_database(&remote, &sftp, &policy, db, now)
+                let plan = pruner::plan_database(&remote, &sftp.dir, &policy, db, now)
                     .await
                     .with_context(|| format!("reading the backups of {db}"))?;
                 plan.log(true);

@@ -31,22 +31,20 @@ mod fuzz_tests;
 pub mod policy;
 pub mod preflight;
 pub mod schedule;
+pub mod settings;
 pub mod spool;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use backup_core::Stage;
 use backup_core::bus::{self, Bus, BusError, ConsumerSpec, Delivery, Handler, Outcome};
-use backup_core::config::parse_duration;
 use backup_core::events::{
     self, DumpFailed, DumpPruned, DumpVerified, Event, EventHeader, Origin, subject,
 };
-use backup_core::names::{ArtifactName, BackupId, DatabaseName, Tag};
+use backup_core::names::{ArtifactName, BackupId, DatabaseName};
 use backup_core::retry::Backoff;
-use backup_core::sftp::SftpArgs;
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::{DateTime, Utc};
 use remote_sftp::{RemoteError, SftpRemote};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
@@ -54,91 +52,9 @@ use tokio_util::sync::CancellationToken;
 pub use catalog::Catalog;
 pub use policy::{Backup, Discard, Plan, Policy, Reason};
 pub use schedule::Schedule;
+pub use settings::{Args, RetentionArgs, Settings, SettingsError};
 
 pub const CONSUMER: ConsumerSpec = ConsumerSpec::new("pruner", subject::VERIFIED, Stage::Prune);
-
-/// The retention policy as flags and environment variables, shared with
-/// `backupctl prune` so both read the same configuration.
-#[derive(Debug, Clone, clap::Args)]
-pub struct RetentionArgs {
-    /// Keep the newest N verified backups.
-    #[arg(long, env = "RETENTION_KEEP_LAST", default_value_t = 0)]
-    pub keep_last: usize,
-    /// Keep the newest verified backup of each of the last N days that have one.
-    #[arg(long, env = "RETENTION_KEEP_DAILY", default_value_t = 7)]
-    pub keep_daily: usize,
-    /// Keep the newest verified backup of each of the last N ISO weeks that have one.
-    #[arg(long, env = "RETENTION_KEEP_WEEKLY", default_value_t = 4)]
-    pub keep_weekly: usize,
-    /// Keep the newest verified backup of each of the last N months that have one.
-    #[arg(long, env = "RETENTION_KEEP_MONTHLY", default_value_t = 6)]
-    pub keep_monthly: usize,
-    /// Keep the newest verified backup of each of the last N years that have one.
-    #[arg(long, env = "RETENTION_KEEP_YEARLY", default_value_t = 0)]
-    pub keep_yearly: usize,
-    /// Keep every verified backup taken within this span (e.g. 14d) of the newest verified one.
-    #[arg(long, env = "RETENTION_KEEP_WITHIN", value_parser = parse_duration)]
-    pub keep_within: Option<Duration>,
-    /// Never leave fewer verified backups than this (at least 1).
-    #[arg(long, env = "RETENTION_MIN_KEEP", default_value_t = 3)]
-    pub min_keep: usize,
-    /// Tags never deleted besides pre-deploy, comma-separated.
-    #[arg(long, env = "RETENTION_KEEP_TAGS", value_delimiter = ',')]
-    pub keep_tags: Vec<Tag>,
-    /// How long an unverified backup older than the newest verified one is kept.
-    #[arg(long, env = "RETENTION_UNVERIFIED_GRACE", default_value = "2d", value_parser = parse_duration)]
-    pub unverified_grace: Duration,
-    /// Time zone of the day/week/month/year buckets (IANA name).
-    #[arg(long = "backup-tz", env = "BACKUP_TZ", default_value = "UTC")]
-    pub timezone: chrono_tz::Tz,
-    /// Allow one run to delete more than half of a database's backups.
-    #[arg(
-        long = "retention-force",
-        env = "RETENTION_FORCE",
-        default_value_t = false
-    )]
-    pub force: bool,
-}
-
-impl RetentionArgs {
-    pub fn policy(&self) -> Result<Policy, String> {
-        if self.min_keep == 0 {
-            return Err("RETENTION_MIN_KEEP must be at least 1".into());
-        }
-        let span = |name: &str, d: Duration| {
-            TimeDelta::from_std(d).map_err(|_| format!("{name} is too long"))
-        };
-        Ok(Policy {
-            keep_last: self.keep_last,
-            keep_daily: self.keep_daily,
-            keep_weekly: self.keep_weekly,
-            keep_monthly: self.keep_monthly,
-            keep_yearly: self.keep_yearly,
-            keep_within: self
-                .keep_within
-                .map(|d| span("RETENTION_KEEP_WITHIN", d))
-                .transpose()?,
-            min_keep: self.min_keep,
-            keep_tags: self.keep_tags.clone(),
-            timezone: self.timezone,
-            unverified_grace: span("RETENTION_UNVERIFIED_GRACE", self.unverified_grace)?,
-        })
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct Settings {
-    pub sftp: SftpArgs,
-    pub sftp_settings: remote_sftp::SftpSettings,
-    pub policy: Policy,
-    pub dry_run: bool,
-    /// Lifts the brake that refuses to delete more than half the backups.
-    pub force: bool,
-    pub spool_dir: PathBuf,
-    pub spool_keep_last: usize,
-    pub schedule: Schedule,
-    pub grace: Duration,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum PruneError {
@@ -220,13 +136,13 @@ impl DatabasePlan {
 /// nothing: what `RETENTION_DRY_RUN` and `backupctl prune --dry-run` show.
 pub async fn plan_database(
     remote: &SftpRemote,
-    sftp: &SftpArgs,
+    base_dir: &str,
     policy: &Policy,
     database: &DatabaseName,
     now: DateTime<Utc>,
 ) -> Result<DatabasePlan, RemoteError> {
-    let catalog =
-        catalog::read_catalog(remote, &sftp.database_dir(database), database, now).await?;
+    let dir = backup_core::sftp::database_dir(base_dir, database);
+    let catalog = catalog::read_catalog(remote, &dir, database, now).await?;
     let plan = policy::plan(&catalog.backups, policy, now);
     Ok(DatabasePlan {
         database: database.clone(),
@@ -238,9 +154,9 @@ pub async fn plan_database(
 /// The databases that have a directory on the remote.
 pub async fn list_databases(
     remote: &SftpRemote,
-    sftp: &SftpArgs,
+    base_dir: &str,
 ) -> Result<Vec<DatabaseName>, RemoteError> {
-    let entries = match remote.list_dir(&sftp.dir).await {
+    let entries = match remote.list_dir(base_dir).await {
         Ok(entries) => entries,
         Err(RemoteError::NotFound { .. }) => return Ok(Vec::new()),
         Err(e) => return Err(e),
@@ -300,7 +216,7 @@ pub async fn prune_database(
     database: &DatabaseName,
     now: DateTime<Utc>,
 ) -> Result<Report, PruneError> {
-    let remote = SftpRemote::connect(&settings.sftp_settings).await?;
+    let remote = SftpRemote::connect(&settings.sftp.settings).await?;
     let result = prune_with(&remote, settings, database, now).await;
     let _ = remote.close().await;
     let mut report = result?;
@@ -321,7 +237,7 @@ async fn prune_with(
     database: &DatabaseName,
     now: DateTime<Utc>,
 ) -> Result<Report, PruneError> {
-    let plan = plan_database(remote, &settings.sftp, &settings.policy, database, now).await?;
+    let plan = plan_database(remote, &settings.sftp.dir, &settings.policy, database, now).await?;
     plan.log(settings.dry_run);
     if let Some(brake) = plan.brake() {
         if settings.dry_run {
@@ -444,9 +360,9 @@ impl PruneHandler {
 
     /// Every database on the remote, one after the other.
     async fn run_scheduled(&self) {
-        let databases = match SftpRemote::connect(&self.settings.sftp_settings).await {
+        let databases = match SftpRemote::connect(&self.settings.sftp.settings).await {
             Ok(remote) => {
-                let listed = list_databases(&remote, &self.settings.sftp).await;
+                let listed = list_databases(&remote, &self.settings.sftp.dir).await;
                 let _ = remote.close().await;
                 listed
             }

@@ -28,6 +28,7 @@ pub mod checks;
 pub mod preflight;
 pub mod restore;
 pub mod reverify;
+pub mod settings;
 pub mod sqlfilter;
 pub mod verify;
 
@@ -40,15 +41,14 @@ use backup_core::events::{
     self, DumpFailed, DumpShipped, DumpVerified, Event, EventHeader, SCHEMA_VERSION, subject,
 };
 use backup_core::manifest::VerificationRecord;
-use backup_core::pg::PgTarget;
 use backup_core::retry::Backoff;
-use backup_core::sftp::SftpArgs;
 use backup_core::watchdog::{DEFAULT_STALL_AFTER, Limits};
 use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 
 pub use checks::OperatorCheck;
 pub use restore::{RestoreOptions, RestoreSource, VerifyError, restore_stream};
+pub use settings::{Args, Settings, SettingsError};
 pub use verify::Verification;
 
 /// The verifier's durable consumer. Restores are long: progress acks keep
@@ -58,26 +58,6 @@ pub const CONSUMER: ConsumerSpec = ConsumerSpec::new("verifier", subject::SHIPPE
 /// Default prefix of the scratch databases this verifier creates and
 /// sweeps (`verify_<12 hex digits>`).
 pub const SCRATCH_PREFIX: &str = "verify";
-
-#[derive(Debug, Clone)]
-pub struct Settings {
-    pub sftp: SftpArgs,
-    pub sftp_settings: remote_sftp::SftpSettings,
-    /// Server (and maintenance database) where scratch databases are made.
-    pub scratch: PgTarget,
-    /// Scratch databases are `<scratch_prefix>_<12 hex digits>`; a plain
-    /// lower-case identifier.
-    pub scratch_prefix: String,
-    pub restore: RestoreOptions,
-    /// `VERIFY_SQL_FILE`: queries that must each return true.
-    pub operator_checks: Vec<OperatorCheck>,
-    /// Re-verify one older backup per database this often; never if `None`.
-    pub reverify_every: Option<Duration>,
-    pub grace: Duration,
-    /// Stall interval and deadline of each verification (download,
-    /// restore and checks), re-verifications included.
-    pub limits: Limits,
-}
 
 /// The binary's default limits: 5 minutes without progress, 6 hours in all.
 pub const DEFAULT_LIMITS: Limits = Limits {
