@@ -7,11 +7,12 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use backup_core::calendar::LocalCron;
-use backup_core::config::{ConfigError, SECRETS_HELP, ServiceArgs, comma_list, parse_duration};
+use backup_core::config::{
+    ConfigError, SECRETS_HELP, ServiceArgs, comma_list, parse_duration, secret_from_env,
+};
 use backup_core::names::DatabaseName;
 use backup_core::retry::Backoff;
 use lettre::message::Mailbox;
-use secrecy::SecretString;
 
 use crate::{DeliveryPolicy, EmailSettings, HealthcheckSettings, SlackSettings, TelegramSettings};
 
@@ -93,12 +94,10 @@ pub enum SettingsError {
     Invalid(String),
 }
 
-/// Reads the secret `name`, saying which one failed.
-fn secret(name: &str) -> Result<Option<SecretString>, SettingsError> {
-    backup_core::config::secret_from_env(name).map_err(|source| SettingsError::Secret {
-        name: name.to_owned(),
-        source,
-    })
+/// Names the secret that could not be read.
+fn unreadable(name: &str) -> impl FnOnce(ConfigError) -> SettingsError {
+    let name = name.to_owned();
+    move |source| SettingsError::Secret { name, source }
 }
 
 #[derive(Debug, Clone)]
@@ -149,17 +148,20 @@ impl TryFrom<Args> for Settings {
     fn try_from(args: Args) -> Result<Settings, SettingsError> {
         let email = email(&args)?;
         let telegram = telegram(&args)?;
-        let slack = secret("SLACK_WEBHOOK_URL")?.map(|webhook_url| SlackSettings { webhook_url });
+        let slack = secret_from_env("SLACK_WEBHOOK_URL")
+            .map_err(unreadable("SLACK_WEBHOOK_URL"))?
+            .map(|webhook_url| SlackSettings { webhook_url });
         let databases = databases(&args)?;
         let mut per_database = BTreeMap::new();
         for database in &databases {
             let name = format!("HEALTHCHECK_URL_{}", database.as_str().to_uppercase());
-            if let Some(url) = secret(&name)? {
+            if let Some(url) = secret_from_env(&name).map_err(unreadable(&name))? {
                 per_database.insert(database.clone(), url);
             }
         }
         let healthcheck = HealthcheckSettings {
-            default_url: secret("HEALTHCHECK_URL")?,
+            default_url: secret_from_env("HEALTHCHECK_URL")
+                .map_err(unreadable("HEALTHCHECK_URL"))?,
             per_database,
         };
         if args.delivery_attempts < 1 {
@@ -196,7 +198,7 @@ impl TryFrom<Args> for Settings {
 /// Email, when `SMTP_URL` is set (a secret: it may embed a password);
 /// then a sender and recipients are required.
 fn email(args: &Args) -> Result<Option<EmailSettings>, SettingsError> {
-    let Some(smtp_url) = secret("SMTP_URL")? else {
+    let Some(smtp_url) = secret_from_env("SMTP_URL").map_err(unreadable("SMTP_URL"))? else {
         return Ok(None);
     };
     let from = args.email_from.clone().ok_or_else(|| {
@@ -210,7 +212,7 @@ fn email(args: &Args) -> Result<Option<EmailSettings>, SettingsError> {
     Ok(Some(EmailSettings {
         smtp_url,
         username: args.smtp_username.clone(),
-        password: secret("SMTP_PASSWORD")?,
+        password: secret_from_env("SMTP_PASSWORD").map_err(unreadable("SMTP_PASSWORD"))?,
         from,
         to: args.email_to.clone(),
     }))
@@ -218,7 +220,9 @@ fn email(args: &Args) -> Result<Option<EmailSettings>, SettingsError> {
 
 /// Telegram, when `TELEGRAM_BOT_TOKEN` is set; then a chat is required.
 fn telegram(args: &Args) -> Result<Option<TelegramSettings>, SettingsError> {
-    let Some(token) = secret("TELEGRAM_BOT_TOKEN")? else {
+    let Some(token) =
+        secret_from_env("TELEGRAM_BOT_TOKEN").map_err(unreadable("TELEGRAM_BOT_TOKEN"))?
+    else {
         return Ok(None);
     };
     let chat_id = args.telegram_chat_id.clone().ok_or_else(|| {
