@@ -8,7 +8,7 @@
 //! 2. `--health-probe`: ask the running service's `/healthz`, print one
 //!    line, exit 0 or 1 ([`health::probe`]);
 //! 3. set up logging ([`telemetry::init`]);
-//! 4. build the service's settings, then the NATS ones: secrets are read
+//! 4. build the NATS settings, then the service's own: secrets are read
 //!    here, and nothing is contacted before every setting has passed;
 //! 5. take over SIGTERM and SIGINT ([`shutdown::on_signals`]) and connect to
 //!    NATS ([`Bus::connect_service`]);
@@ -107,11 +107,11 @@ where
     R: Error + 'static,
     Fut: Future<Output = Result<(), R>>,
 {
-    let settings = settings(args).map_err(|error| StartError::Settings(Box::new(error)))?;
     let nats = service.nats_options().map_err(StartError::NatsSettings)?;
     let listen = service
         .health_listen_address()
         .map_err(StartError::Health)?;
+    let settings = settings(args).map_err(|error| StartError::Settings(Box::new(error)))?;
     let shutdown = shutdown::on_signals();
     let Some(bus) = Bus::connect_service(&nats, name, &shutdown)
         .await
