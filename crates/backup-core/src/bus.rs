@@ -412,6 +412,17 @@ impl Bus {
     }
 }
 
+/// The health endpoint reports on the bus's health state and connection.
+impl crate::health::Monitored for Bus {
+    fn health(&self) -> &crate::health::HealthState {
+        &self.health
+    }
+
+    fn nats_state(&self) -> async_nats::connection::State {
+        self.client.connection_state()
+    }
+}
+
 fn time_days_ago(days: i64) -> time::OffsetDateTime {
     time::OffsetDateTime::now_utc() - time::Duration::days(days)
 }
@@ -519,7 +530,7 @@ pub async fn run_worker<H: Handler>(
     grace: Duration,
 ) -> Result<(), BusError> {
     // Dropped when this function returns, which marks the consumer stopped.
-    let health = bus.health().worker(spec);
+    let health = bus.health().worker(spec.durable, spec.ack_wait);
     let consumer = loop {
         match bus.durable_consumer(spec).await {
             Ok(consumer) => break consumer,
@@ -611,7 +622,7 @@ async fn process<H: Handler>(
             return;
         }
     };
-    let _busy = health.busy(&delivery);
+    let _busy = health.busy(delivery.stream_sequence, &delivery.subject);
     // The consumer of every `dump.*` event (the notifier) publishes nothing
     // itself: its metrics describe the whole pipeline. First deliveries
     // only, so a redelivery does not count a failure twice.

@@ -10,6 +10,8 @@ use secrecy::SecretString;
 
 pub use secrecy::ExposeSecret;
 
+pub use crate::telemetry::LogFormat;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{name} and {name}_FILE are both set; keep one")]
@@ -105,13 +107,6 @@ fn parse_listen(text: &str) -> Result<String, String> {
         .map_err(|e| e.to_string())
 }
 
-/// Output format of the logs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
-
 /// Flags of every binary, `backupctl` included: how to reach NATS and how
 /// to log.
 #[derive(Debug, Clone, clap::Args)]
@@ -150,6 +145,15 @@ pub struct ServiceArgs {
     pub health_probe: bool,
 }
 
+impl ServiceArgs {
+    /// Where the health endpoint listens (`HEALTH_LISTEN`); `None`: nowhere.
+    pub fn health_listen_address(
+        &self,
+    ) -> Result<Option<std::net::SocketAddr>, crate::health::HealthError> {
+        crate::health::listen_address(self.health_listen.as_deref())
+    }
+}
+
 impl std::ops::Deref for ServiceArgs {
     type Target = CommonArgs;
 
@@ -181,6 +185,23 @@ impl CommonArgs {
             password,
         })
     }
+}
+
+/// The stall interval and deadline of a service's watchdog, each named by
+/// the variable that set it. Both must be at least a second: zero would
+/// abort every step before its first byte, and events count them in
+/// seconds.
+pub fn watchdog_limits(
+    (stall_variable, stall_after): (&str, Duration),
+    (deadline_variable, deadline): (&str, Duration),
+) -> Result<crate::watchdog::Limits, ConfigError> {
+    const SHORTEST: Duration = Duration::from_secs(1);
+    if stall_after < SHORTEST || deadline < SHORTEST {
+        return Err(ConfigError::Invalid(format!(
+            "{stall_variable} and {deadline_variable} must be at least 1s"
+        )));
+    }
+    Ok(crate::watchdog::Limits::new(stall_after, deadline))
 }
 
 /// Splits a comma-separated list, ignoring blanks.
@@ -246,6 +267,23 @@ mod tests {
     fn redacted_in_debug() {
         let secret = SecretString::from("hunter2".to_owned());
         assert!(!format!("{secret:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn watchdog_limits_are_a_second_or_more_and_name_both_variables() {
+        let second = Duration::from_secs(1);
+        let limits = watchdog_limits(("STALL", second), ("DEADLINE", 60 * second)).unwrap();
+        assert_eq!(limits.stall_after, second);
+        assert_eq!(limits.deadline, 60 * second);
+        for (stall, deadline) in [
+            (Duration::ZERO, second),
+            (second, Duration::from_millis(999)),
+        ] {
+            let error = watchdog_limits(("STALL", stall), ("DEADLINE", deadline))
+                .unwrap_err()
+                .to_string();
+            assert_eq!(error, "STALL and DEADLINE must be at least 1s");
+        }
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The shared core of the backup pipeline: the event contract every service
 //! speaks, the JetStream wiring, validated names, the manifest format, and
-//! the plumbing each binary needs (configuration, secrets, tracing, shutdown).
+//! the plumbing each binary needs (configuration, secrets, tracing, shutdown),
+//! and the start-up every service shares ([`service`]).
 //!
 //! Retries: this crate classifies failures rather than hiding them. Every
 //! error type says whether it is worth retrying (`is_transient`); the bus
@@ -9,6 +10,8 @@
 
 pub mod age_recipients;
 pub mod bus;
+#[cfg(test)]
+mod bus_health_tests;
 pub mod calendar;
 pub mod clock;
 pub mod config;
@@ -25,6 +28,7 @@ pub mod pg_dump;
 pub mod preflight;
 pub mod retry;
 pub mod schedule;
+pub mod service;
 #[cfg(feature = "sftp")]
 pub mod sftp;
 pub mod shutdown;

@@ -64,9 +64,33 @@ impl SftpArgs {
         })
     }
 
+    /// The server and the base directory, checked as [`SftpArgs::settings`] does.
+    pub fn target(&self) -> Result<SftpTarget, ConfigError> {
+        Ok(SftpTarget {
+            settings: self.settings()?,
+            dir: self.dir.clone(),
+        })
+    }
+
     /// The remote directory of one database.
     pub fn database_dir(&self, database: &DatabaseName) -> String {
-        format!("{}/{}", self.dir.trim_end_matches('/'), database)
+        database_dir(&self.dir, database)
+    }
+}
+
+/// Where the remote copies live: how to log in to the SFTP server, and the
+/// base directory there that holds one directory per database.
+#[derive(Debug, Clone)]
+pub struct SftpTarget {
+    pub settings: SftpSettings,
+    /// Absolute, or relative to the login directory (see [`check_dir`]).
+    pub dir: String,
+}
+
+impl SftpTarget {
+    /// The remote directory of one database.
+    pub fn database_dir(&self, database: &DatabaseName) -> String {
+        database_dir(&self.dir, database)
     }
 
     /// `sftp://user@host:port/dir` (`/~/dir` for a directory relative to
@@ -77,8 +101,16 @@ impl SftpArgs {
         } else {
             format!("/~/{}", self.dir)
         };
-        format!("sftp://{}@{}:{}{dir}", self.user, self.host, self.port)
+        let SftpSettings {
+            user, host, port, ..
+        } = &self.settings;
+        format!("sftp://{user}@{host}:{port}{dir}")
     }
+}
+
+/// `<base_dir>/<database>`: where the artifacts of `database` live.
+pub fn database_dir(base_dir: &str, database: &DatabaseName) -> String {
+    format!("{}/{}", base_dir.trim_end_matches('/'), database)
 }
 
 /// A remote base directory as an operator may write it: absolute, or

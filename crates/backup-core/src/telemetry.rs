@@ -5,7 +5,12 @@ use std::sync::OnceLock;
 
 use tracing_subscriber::EnvFilter;
 
-use crate::config::LogFormat;
+/// Output format of the logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
 
 /// The format chosen at [`init`]; `None` before (a settings error).
 static FORMAT: OnceLock<LogFormat> = OnceLock::new();

@@ -42,9 +42,9 @@ pub use backup_core::pg_dump;
 pub mod preflight;
 pub mod running;
 pub mod schedule;
+pub mod settings;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -52,10 +52,8 @@ use backup_core::bus::{self, Bus, ConsumerSpec, Delivery, Handler, Outcome};
 use backup_core::events::{
     self, AbortedStep, DumpFailed, DumpStarted, EventHeader, TriggerRequest, subject,
 };
-use backup_core::names::{BackupId, DatabaseName, DumpFormat, Tag};
-use backup_core::pg::PgArgs;
+use backup_core::names::{BackupId, DatabaseName, Tag};
 use backup_core::retry::Backoff;
-use backup_core::watchdog::{DEFAULT_STALL_AFTER, Limits};
 use backup_core::{Stage, files};
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
@@ -65,6 +63,7 @@ pub use compress::Codec;
 pub use dump::{DumpError, DumpOutcome, Job};
 pub use running::Activity;
 pub use schedule::{Clock, ManualClock, Schedule, SystemClock};
+pub use settings::{Args, LockWait, Settings, SettingsError, parse_lock_wait};
 
 /// The dumper's durable consumer.
 pub const CONSUMER: ConsumerSpec = ConsumerSpec::new("dumper", subject::TRIGGER, Stage::Trigger);
@@ -90,74 +89,6 @@ pub const LOCK_WAIT_MARGIN: Duration = Duration::from_secs(60);
 /// another dumper sharing the spool, still re-hashing it before writing the
 /// manifest.
 pub const UNANNOUNCED_ARTIFACT_AGE: Duration = Duration::from_secs(30 * 60);
-
-/// Everything the dumper needs besides the bus.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    pub databases: Vec<DatabaseName>,
-    pub spool_dir: PathBuf,
-    pub pg: PgArgs,
-    /// `Plain` or `Custom`.
-    pub format: DumpFormat,
-    pub codec: Codec,
-    /// Directory holding a specific pg_dump; otherwise the best match among
-    /// installed clients is chosen.
-    pub pg_bin_dir: Option<PathBuf>,
-    pub grace: Duration,
-    /// Jobs of one trigger that run at once.
-    pub max_parallel: usize,
-    /// `None`: no built-in timer (triggers come from outside only).
-    pub schedule: Option<Schedule>,
-    /// Also dump the cluster globals on a trigger for every database.
-    pub globals: bool,
-    /// Directories archived as the media artifact on a trigger for every
-    /// database; empty: none.
-    pub files_dirs: Vec<PathBuf>,
-    /// Artifacts smaller than this are refused as implausible.
-    pub min_artifact_bytes: u64,
-    /// Check free space in the spool before each database dump.
-    pub space_check: bool,
-    /// pg_dump's (and the row counts') `--lock-wait-timeout`; `None`: wait
-    /// for locks as long as the watchdog allows.
-    pub lock_wait_timeout: Option<Duration>,
-    /// Stall interval and deadline of each dump (see [`Settings::limits_for`]).
-    pub limits: Limits,
-}
-
-impl Settings {
-    /// Defaults for everything but the essentials: plain SQL, parallel gzip,
-    /// no schedule, no globals, no media.
-    pub fn new(databases: Vec<DatabaseName>, spool_dir: PathBuf, pg: PgArgs) -> Self {
-        Self {
-            databases,
-            spool_dir,
-            pg,
-            format: DumpFormat::Plain,
-            codec: Codec::new(backup_core::names::Compression::Gzip, None),
-            pg_bin_dir: None,
-            grace: Duration::from_secs(20),
-            max_parallel: 2,
-            schedule: None,
-            globals: false,
-            files_dirs: Vec::new(),
-            min_artifact_bytes: DEFAULT_MIN_ARTIFACT_BYTES,
-            space_check: true,
-            lock_wait_timeout: Some(DEFAULT_LOCK_WAIT_TIMEOUT),
-            limits: Limits::new(DEFAULT_STALL_AFTER, DEFAULT_DUMP_DEADLINE),
-        }
-    }
-
-    /// The limits `job` runs under: the configured ones, with the stall
-    /// interval of pg_dump and pg_dumpall stretched past the lock wait
-    /// (see [`LOCK_WAIT_MARGIN`]).
-    pub fn limits_for(&self, job: &Job) -> Limits {
-        let mut limits = self.limits;
-        if let (Some(lock_wait), Job::Database(_) | Job::Globals) = (self.lock_wait_timeout, job) {
-            limits.stall_after = limits.stall_after.max(lock_wait + LOCK_WAIT_MARGIN);
-        }
-        limits
-    }
-}
 
 /// Runs the dumper until `shutdown` fires, on the wall clock.
 pub async fn run(
@@ -497,18 +428,6 @@ impl Handler for TriggerHandler {
     }
 }
 
-/// `BACKUP_LOCK_WAIT_TIMEOUT`: a duration, or `off` (also `0`, `none`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LockWait(pub Option<Duration>);
-
-pub fn parse_lock_wait(text: &str) -> Result<LockWait, String> {
-    match text.trim() {
-        "" | "0" | "off" | "none" => Ok(LockWait(None)),
-        other => backup_core::config::parse_duration(other)
-            .map(|d| LockWait((!d.is_zero()).then_some(d))),
-    }
-}
-
 /// The `reason` the scheduler puts on the triggers it publishes.
 pub const SCHEDULE_REASON: &str = "schedule";
 
@@ -516,53 +435,4 @@ pub const SCHEDULE_REASON: &str = "schedule";
 /// one somebody asked for.
 fn is_scheduled(request: &TriggerRequest) -> bool {
     request.origin.request_id.is_none() && request.origin.reason.as_deref() == Some(SCHEDULE_REASON)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn lock_wait_parses_durations_and_off() {
-        assert_eq!(
-            parse_lock_wait("90s"),
-            Ok(LockWait(Some(Duration::from_secs(90))))
-        );
-        for off in ["off", "0", "none", "0s", ""] {
-            assert_eq!(parse_lock_wait(off), Ok(LockWait(None)), "{off}");
-        }
-        assert!(parse_lock_wait("soon").is_err());
-    }
-
-    #[test]
-    fn the_dump_stall_interval_outlasts_the_lock_wait() {
-        let mut settings = Settings::new(
-            vec!["viatique".parse().unwrap()],
-            PathBuf::from("/tmp/spool"),
-            PgArgs {
-                pg_host: None,
-                pg_port: 5432,
-                pg_user: None,
-            },
-        );
-        let database = Job::Database("viatique".parse().unwrap());
-        // Defaults: a 5 min lock wait would lose the race against a 5 min
-        // stall interval, so the stall interval of a dump grows.
-        assert_eq!(
-            settings.limits_for(&database).stall_after,
-            DEFAULT_LOCK_WAIT_TIMEOUT + LOCK_WAIT_MARGIN
-        );
-        assert_eq!(settings.limits_for(&Job::Media), settings.limits);
-        settings.lock_wait_timeout = None;
-        assert_eq!(settings.limits_for(&database), settings.limits);
-        settings.lock_wait_timeout = Some(Duration::from_secs(2));
-        assert_eq!(
-            settings.limits_for(&database).stall_after,
-            DEFAULT_STALL_AFTER
-        );
-        assert_eq!(
-            settings.limits_for(&database).deadline,
-            DEFAULT_DUMP_DEADLINE
-        );
-    }
 }

@@ -29,6 +29,7 @@ pub mod digest;
 pub mod history;
 pub mod incidents;
 pub mod preflight;
+pub mod settings;
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -51,50 +52,10 @@ pub use alert_channels::{HealthPing, Notice, NoticeKind};
 pub use clock::{Clock, ManualClock, SystemClock};
 use digest::Ledger;
 use incidents::{Incidents, Policy};
+pub use settings::{Args, Settings, SettingsError};
 
 pub const CONSUMER: ConsumerSpec =
     ConsumerSpec::new("notifier", subject::ALL_DUMP_EVENTS, Stage::Trigger);
-
-#[derive(Debug, Clone)]
-pub struct Settings {
-    pub email: Option<EmailSettings>,
-    pub telegram: Option<TelegramSettings>,
-    pub slack: Option<SlackSettings>,
-    pub healthcheck: HealthcheckSettings,
-    /// Databases the dead man's switch watches; when empty, those seen
-    /// verifying in the stream.
-    pub databases: Vec<DatabaseName>,
-    pub stale_after: Duration,
-    pub remind_every: Duration,
-    /// How often the dead man's switch looks at the clock.
-    pub stale_check_every: Duration,
-    /// Also tell people about every verified backup.
-    pub alert_on_success: bool,
-    /// When the daily digest goes out (its zone is `BACKUP_TZ`); `None`: never.
-    pub digest: Option<LocalCron>,
-    pub delivery: DeliveryPolicy,
-    pub grace: Duration,
-}
-
-impl Default for Settings {
-    /// No channel (alerts go to the log), the documented thresholds.
-    fn default() -> Self {
-        Self {
-            email: None,
-            telegram: None,
-            slack: None,
-            healthcheck: HealthcheckSettings::default(),
-            databases: Vec::new(),
-            stale_after: Duration::from_secs(26 * 3600),
-            remind_every: Duration::from_secs(6 * 3600),
-            stale_check_every: Duration::from_secs(60),
-            alert_on_success: false,
-            digest: None,
-            delivery: DeliveryPolicy::default(),
-            grace: Duration::from_secs(20),
-        }
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum NotifyError {

@@ -13,7 +13,7 @@ use std::time::Duration;
 use backup_core::events::Origin;
 use backup_core::manifest::{Manifest, VerificationRecord};
 use backup_core::names::{ArtifactKind, ArtifactName, Compression, DatabaseName, DumpFormat};
-use backup_core::sftp::SftpArgs;
+use backup_core::sftp::SftpTarget;
 use catalogue::Policy;
 use chrono::{TimeDelta, TimeZone, Utc};
 use proptest::prelude::*;
@@ -164,20 +164,11 @@ fn a_clock_jumped_forty_days_deletes_no_verified_backup_and_no_upload_in_flight(
     chown_to(&sshd, &base);
 
     let spool = tempfile::tempdir().expect("spool");
-    let sftp = SftpArgs {
-        host: "127.0.0.1".into(),
-        port: sshd.port,
-        user: sshd.user.clone(),
-        dir: base.display().to_string(),
-        key_file: sshd.client_key.clone(),
-        known_hosts: Some(sshd.known_hosts.clone()),
-        host_fingerprint: None,
-        connect_timeout: Duration::from_secs(20),
-        io_timeout: Duration::from_secs(30),
-    };
     let settings = Settings {
-        sftp_settings: sftp_settings(&sshd),
-        sftp,
+        sftp: SftpTarget {
+            settings: sftp_settings(&sshd),
+            dir: base.display().to_string(),
+        },
         // Two weeks of nightly backups all stay: anything deleted later is
         // the clock's doing.
         policy: Policy {

@@ -29,9 +29,9 @@
 mod fuzz_tests;
 pub mod preflight;
 pub mod schedule;
+pub mod settings;
 pub mod spool;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,33 +42,16 @@ use backup_core::events::{
 };
 use backup_core::names::{ArtifactName, BackupId, DatabaseName};
 use backup_core::retry::Backoff;
-use backup_core::sftp::SftpArgs;
-use catalogue::{Brake, DatabasePlan, Policy};
+use catalogue::{Brake, DatabasePlan};
 use chrono::{DateTime, Utc};
 use remote_sftp::{RemoteError, SftpRemote};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
 pub use schedule::Schedule;
-
-// re-export for backupctl until the merge (the pruner's main.rs uses it too)
-pub use catalogue::RetentionArgs;
+pub use settings::{Args, RetentionArgs, Settings, SettingsError};
 
 pub const CONSUMER: ConsumerSpec = ConsumerSpec::new("pruner", subject::VERIFIED, Stage::Prune);
-
-#[derive(Debug, Clone)]
-pub struct Settings {
-    pub sftp: SftpArgs,
-    pub sftp_settings: remote_sftp::SftpSettings,
-    pub policy: Policy,
-    pub dry_run: bool,
-    /// Lifts the brake that refuses to delete more than half the backups.
-    pub force: bool,
-    pub spool_dir: PathBuf,
-    pub spool_keep_last: usize,
-    pub schedule: Schedule,
-    pub grace: Duration,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum PruneError {
@@ -85,27 +68,6 @@ impl PruneError {
             PruneError::Brake(_) => false,
         }
     }
-}
-
-/// re-export for backupctl until the merge: [`catalogue::plan_database`]
-/// with the SFTP flags.
-pub async fn plan_database(
-    remote: &SftpRemote,
-    sftp: &SftpArgs,
-    policy: &Policy,
-    database: &DatabaseName,
-    now: DateTime<Utc>,
-) -> Result<DatabasePlan, RemoteError> {
-    catalogue::plan_database(remote, &sftp.dir, policy, database, now).await
-}
-
-/// re-export for backupctl until the merge: [`catalogue::list_databases`]
-/// with the SFTP flags.
-pub async fn list_databases(
-    remote: &SftpRemote,
-    sftp: &SftpArgs,
-) -> Result<Vec<DatabaseName>, RemoteError> {
-    catalogue::list_databases(remote, &sftp.dir).await
 }
 
 /// What one run did (or, in a dry run, would do).
@@ -154,7 +116,7 @@ pub async fn prune_database(
     database: &DatabaseName,
     now: DateTime<Utc>,
 ) -> Result<Report, PruneError> {
-    let remote = SftpRemote::connect(&settings.sftp_settings).await?;
+    let remote = SftpRemote::connect(&settings.sftp.settings).await?;
     let result = prune_with(&remote, settings, database, now).await;
     let _ = remote.close().await;
     let mut report = result?;
@@ -293,7 +255,7 @@ impl PruneHandler {
 
     /// Every database on the remote, one after the other.
     async fn run_scheduled(&self) {
-        let databases = match SftpRemote::connect(&self.settings.sftp_settings).await {
+        let databases = match SftpRemote::connect(&self.settings.sftp.settings).await {
             Ok(remote) => {
                 let listed = catalogue::list_databases(&remote, &self.settings.sftp.dir).await;
                 let _ = remote.close().await;

@@ -14,7 +14,7 @@ pub async fn preflight_checks(settings: std::sync::Arc<Settings>) -> Vec<Check> 
 }
 
 async fn sftp(settings: &Settings) -> Vec<Check> {
-    let remote = match preflight::sftp_login("sftp", &settings.sftp_settings).await {
+    let remote = match preflight::sftp_login("sftp", &settings.sftp.settings).await {
         Ok(remote) => remote,
         Err(check) => return vec![check],
     };

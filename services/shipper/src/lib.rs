@@ -47,10 +47,10 @@
 
 pub mod destination;
 pub mod preflight;
+pub mod settings;
 pub mod throttle;
 
 use std::collections::HashSet;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use backup_core::Stage;
@@ -60,11 +60,11 @@ use backup_core::events::{
 };
 use backup_core::manifest::Manifest;
 use backup_core::retry::Backoff;
-use backup_core::watchdog::{DEFAULT_STALL_AFTER, Limits};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 pub use destination::{Delivered, Destination, LocalArtifact, ShipError};
+pub use settings::{Args, Settings, SettingsError};
 pub use throttle::Rate;
 
 /// The shipper's durable consumer. Each delivery retries for the whole
@@ -78,46 +78,8 @@ pub const CONSUMER: ConsumerSpec = ConsumerSpec {
 /// Longest allowed silence before the operator hears of a failure.
 pub const MAX_ALERT_AFTER: Duration = Duration::from_secs(60);
 
-#[derive(Debug, Clone)]
-pub struct Settings {
-    pub spool_dir: PathBuf,
-    /// Every destination must have the artifact before it counts as
-    /// shipped. The first is the one `dump.shipped`'s `destination` names
-    /// (the SFTP server of the interface, which the verifier reads back).
-    pub destinations: Vec<Destination>,
-    /// On shutdown, how long the upload in flight may go on.
-    pub shutdown_grace: Duration,
-    /// Transient failures are reported once they have lasted this long.
-    pub alert_after: Duration,
-    /// Retries stop this long after `dump.created` was stored.
-    pub retry_horizon: Duration,
-    /// Longest pause between two attempts.
-    pub retry_max_delay: Duration,
-    /// Upload rate limit per transfer, `None` for no limit.
-    pub bandwidth_limit: Option<Rate>,
-    /// Stall interval and deadline of each delivery to one destination.
-    pub limits: Limits,
-}
-
 /// Default deadline of one delivery (`SHIP_DEADLINE`).
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(6 * 3600);
-
-impl Settings {
-    /// Settings with the defaults of the binary for everything but the
-    /// spool and the destinations.
-    pub fn new(spool_dir: PathBuf, destinations: Vec<Destination>) -> Settings {
-        Settings {
-            spool_dir,
-            destinations,
-            shutdown_grace: Duration::from_secs(20),
-            alert_after: Duration::from_secs(30),
-            retry_horizon: Duration::from_secs(6 * 3600),
-            retry_max_delay: Duration::from_secs(300),
-            bandwidth_limit: None,
-            limits: Limits::new(DEFAULT_STALL_AFTER, DEFAULT_DEADLINE),
-        }
-    }
-}
 
 pub async fn run(
     bus: Bus,

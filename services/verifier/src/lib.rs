@@ -25,6 +25,7 @@
 
 pub mod preflight;
 pub mod reverify;
+pub mod settings;
 pub mod verify;
 
 use std::sync::Arc;
@@ -36,53 +37,19 @@ use backup_core::events::{
     self, DumpFailed, DumpShipped, DumpVerified, Event, EventHeader, SCHEMA_VERSION, subject,
 };
 use backup_core::manifest::VerificationRecord;
-use backup_core::pg::PgTarget;
 use backup_core::retry::Backoff;
-use backup_core::sftp::SftpArgs;
 use backup_core::watchdog::{DEFAULT_STALL_AFTER, Limits};
 use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 
 // The restore engine's types in this crate's [`Settings`] and results.
 pub use ::restore::{OperatorCheck, RestoreOptions, VerifyError};
+pub use settings::{Args, Settings, SettingsError};
 pub use verify::Verification;
-
-// re-export for backupctl until the merge (the verifier's main.rs uses them too)
-pub use ::restore::{SCRATCH_PREFIX, valid_scratch_prefix};
-
-/// re-export for backupctl until the merge
-pub mod restore {
-    pub use ::restore::{ProgressFn, RestoreProgress};
-}
-
-/// re-export for the verifier's main.rs until the merge
-pub mod checks {
-    pub use ::restore::checks::load_operator_checks;
-}
 
 /// The verifier's durable consumer. Restores are long: progress acks keep
 /// the message while one runs.
 pub const CONSUMER: ConsumerSpec = ConsumerSpec::new("verifier", subject::SHIPPED, Stage::Verify);
-
-#[derive(Debug, Clone)]
-pub struct Settings {
-    pub sftp: SftpArgs,
-    pub sftp_settings: remote_sftp::SftpSettings,
-    /// Server (and maintenance database) where scratch databases are made.
-    pub scratch: PgTarget,
-    /// Scratch databases are `<scratch_prefix>_<12 hex digits>`; a plain
-    /// lower-case identifier.
-    pub scratch_prefix: String,
-    pub restore: RestoreOptions,
-    /// `VERIFY_SQL_FILE`: queries that must each return true.
-    pub operator_checks: Vec<OperatorCheck>,
-    /// Re-verify one older backup per database this often; never if `None`.
-    pub reverify_every: Option<Duration>,
-    pub grace: Duration,
-    /// Stall interval and deadline of each verification (download,
-    /// restore and checks), re-verifications included.
-    pub limits: Limits,
-}
 
 /// The binary's default limits: 5 minutes without progress, 6 hours in all.
 pub const DEFAULT_LIMITS: Limits = Limits {

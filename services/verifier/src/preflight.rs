@@ -21,7 +21,7 @@ pub async fn preflight_checks(settings: std::sync::Arc<Settings>) -> Vec<Check> 
 }
 
 async fn sftp(settings: &Settings) -> Vec<Check> {
-    let sftp = &settings.sftp_settings;
+    let sftp = &settings.sftp.settings;
     match preflight::sftp_login("sftp", sftp).await {
         Ok(remote) => {
             backup_core::sftp::note_resolved_dir("SFTP_DIR", &settings.sftp.dir, &remote);

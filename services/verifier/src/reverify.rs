@@ -51,7 +51,7 @@ pub async fn run_schedule(
 /// Returns how many were re-verified (successfully or not).
 pub async fn reverify_round(bus: &Bus, settings: &Settings) -> Result<usize, VerifyError> {
     let candidates = {
-        let remote = SftpRemote::connect(&settings.sftp_settings).await?;
+        let remote = SftpRemote::connect(&settings.sftp.settings).await?;
         let result = oldest_verified(&remote, settings).await;
         let _ = remote.close().await;
         result?
@@ -135,7 +135,7 @@ async fn reverify_one(
     tracing::info!(artifact = %artifact_name, last_verified = %record.verified_at, "re-verifying");
     // The manifest, not the old record, is the reference.
     let outcome = async {
-        let remote = SftpRemote::connect(&settings.sftp_settings).await?;
+        let remote = SftpRemote::connect(&settings.sftp.settings).await?;
         let manifest = verify::read_manifest(&remote, settings, database, artifact_name).await;
         let _ = remote.close().await;
         let (manifest, _) = manifest?;

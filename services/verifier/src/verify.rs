@@ -125,7 +125,7 @@ pub async fn verify_remote(
     let mut steps = BTreeMap::new();
     let started = Instant::now();
     let open_remote = async {
-        let remote = SftpRemote::connect(&settings.sftp_settings).await?;
+        let remote = SftpRemote::connect(&settings.sftp.settings).await?;
         let opened = async {
             let (manifest, extras) = read_manifest(&remote, settings, database, name).await?;
             if manifest.sha256 != artifact.sha256 || manifest.size_bytes != artifact.size_bytes {
@@ -329,7 +329,7 @@ pub async fn write_record(
     database: &DatabaseName,
     record: &VerificationRecord,
 ) -> Result<(), VerifyError> {
-    let remote = SftpRemote::connect(&settings.sftp_settings).await?;
+    let remote = SftpRemote::connect(&settings.sftp.settings).await?;
     let path = format!(
         "{}/{}",
         settings.sftp.database_dir(database),
@@ -347,7 +347,7 @@ pub async fn remove_record(
     database: &DatabaseName,
     artifact: &ArtifactName,
 ) -> Result<(), VerifyError> {
-    let remote = SftpRemote::connect(&settings.sftp_settings).await?;
+    let remote = SftpRemote::connect(&settings.sftp.settings).await?;
     let path = format!(
         "{}/{}",
         settings.sftp.database_dir(database),

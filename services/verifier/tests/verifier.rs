@@ -80,7 +80,7 @@ impl Rig {
         let operator_checks = options.sql_checks.map(|sql| {
             let path = rig.work.path().join("checks.sql");
             std::fs::write(&path, sql).expect("write checks");
-            verifier::checks::load_operator_checks(&path).expect("load checks")
+            restore::checks::load_operator_checks(&path).expect("load checks")
         });
         let sftp = SftpArgs {
             host: "127.0.0.1".into(),
@@ -94,8 +94,7 @@ impl Rig {
             io_timeout: Duration::from_secs(60),
         };
         let settings = verifier::Settings {
-            sftp_settings: sftp.settings().expect("sftp settings"),
-            sftp,
+            sftp: sftp.target().expect("sftp settings"),
             scratch: PgTarget::from_url("postgresql://postgres@127.0.0.1:5432/postgres").unwrap(),
             scratch_prefix: rig.prefix.clone(),
             restore: verifier::RestoreOptions {

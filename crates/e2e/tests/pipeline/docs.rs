@@ -598,7 +598,7 @@ fn the_timer_trigger_runs_only_when_the_built_in_schedule_is_off() {
         );
     }
     // The values the guard lets through are the ones the dumper reads as "no schedule".
-    let dumper = read(&root.join("services/dumper/src/main.rs"));
+    let dumper = read(&root.join("services/dumper/src/settings.rs"));
     assert!(
         dumper.contains(r#""" | "off" | "none" => None"#),
         "the dumper's spelling of a disabled schedule changed; update the guard in pg-backup-trigger.service"

@@ -1,0 +1,161 @@
+//! The pruner's flags and environment variables ([`Args`], with the
+//! retention policy's [`RetentionArgs`] from the catalogue, which
+//! `backupctl prune` shares) and
+//! the checked [`Settings`] built from them. A refusal names the variable.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use backup_core::config::{ConfigError, SECRETS_HELP, ServiceArgs, parse_duration};
+use backup_core::sftp::{SftpArgs, SftpTarget};
+
+use catalogue::Policy;
+pub use catalogue::RetentionArgs;
+
+use crate::Schedule;
+
+/// Applies the retention policy on the SFTP server after each `dump.verified` and on a schedule, and emits `dump.pruned`.
+#[derive(Debug, clap::Parser)]
+#[command(version, after_help = SECRETS_HELP)]
+pub struct Args {
+    #[command(flatten)]
+    pub service: ServiceArgs,
+    #[command(flatten)]
+    pub sftp: SftpArgs,
+    #[command(flatten)]
+    pub retention: RetentionArgs,
+    /// Report what would be deleted, and why, without deleting anything.
+    #[arg(long, env = "RETENTION_DRY_RUN", default_value_t = false)]
+    pub dry_run: bool,
+    /// When to prune every database on the remote besides after each verified backup: cron (five fields, in BACKUP_TZ) or "off".
+    #[arg(long, env = "PRUNE_SCHEDULE", default_value = "30 4 * * *")]
+    pub schedule: String,
+    /// Prune on this fixed interval instead of PRUNE_SCHEDULE (e.g. 6h).
+    #[arg(long, env = "PRUNE_INTERVAL", value_parser = parse_duration)]
+    pub interval: Option<Duration>,
+    /// Local spool, trimmed to the newest SPOOL_KEEP_LAST artifacts plus any not yet shipped.
+    #[arg(
+        long,
+        env = "BACKUP_SPOOL_DIR",
+        default_value = "/var/lib/backup/spool"
+    )]
+    pub spool_dir: PathBuf,
+    /// Local artifacts of each database kept for fast restores (older ones go once shipped).
+    #[arg(long, env = "SPOOL_KEEP_LAST", default_value_t = 2)]
+    pub spool_keep_last: usize,
+}
+
+impl AsRef<ServiceArgs> for Args {
+    fn as_ref(&self) -> &ServiceArgs {
+        &self.service
+    }
+}
+
+/// A refused setting, named by its variable.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("SFTP settings: {0}")]
+    Sftp(#[source] ConfigError),
+    #[error("retention settings: {0}")]
+    Retention(String),
+    #[error("prune schedule: {0}")]
+    Schedule(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The remote whose backups are pruned.
+    pub sftp: SftpTarget,
+    pub policy: Policy,
+    pub dry_run: bool,
+    /// Lifts the brake that refuses to delete more than half the backups.
+    pub force: bool,
+    pub spool_dir: PathBuf,
+    pub spool_keep_last: usize,
+    pub schedule: Schedule,
+    pub grace: Duration,
+}
+
+impl TryFrom<Args> for Settings {
+    type Error = SettingsError;
+
+    fn try_from(args: Args) -> Result<Settings, SettingsError> {
+        let sftp = args.sftp.target().map_err(SettingsError::Sftp)?;
+        let policy = args
+            .retention
+            .policy()
+            .map_err(|e| SettingsError::Retention(e.to_string()))?;
+        let schedule = Schedule::parse(&args.schedule, args.interval, policy.timezone)
+            .map_err(SettingsError::Schedule)?;
+        Ok(Settings {
+            sftp,
+            policy,
+            dry_run: args.dry_run,
+            force: args.retention.force,
+            spool_dir: args.spool_dir,
+            spool_keep_last: args.spool_keep_last,
+            schedule,
+            grace: args.service.shutdown_grace,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    fn settings(extra: &[&str]) -> Result<Settings, SettingsError> {
+        let base = [
+            "--sftp-host",
+            "sftp.example",
+            "--sftp-user",
+            "backup",
+            "--sftp-dir",
+            "/srv/backups",
+            "--sftp-key-file",
+            "/nonexistent/key",
+            "--sftp-known-hosts",
+            "/nonexistent/known_hosts",
+        ];
+        // A flag given twice is refused: `extra` replaces the base value.
+        let overridden = |flag: &str| extra.contains(&flag);
+        let mut argv: Vec<&str> = vec!["pruner"];
+        argv.extend(
+            base.chunks(2)
+                .flat_map(|pair| match pair {
+                    [flag, _] if overridden(flag) => &[][..],
+                    pair => pair,
+                })
+                .copied(),
+        );
+        argv.extend_from_slice(extra);
+        Settings::try_from(Args::try_parse_from(argv).expect("flags parse"))
+    }
+
+    #[test]
+    fn defaults_build_settings_for_the_binary() {
+        let settings = settings(&["--retention-force"]).expect("valid");
+        assert_eq!(
+            settings.sftp.database_dir(&"app".parse().unwrap()),
+            "/srv/backups/app"
+        );
+        assert_eq!(settings.policy.min_keep, 3);
+        assert!(settings.force && !settings.dry_run);
+        assert_eq!(settings.spool_keep_last, 2);
+    }
+
+    #[test]
+    fn each_refusal_names_its_variable() {
+        let line =
+            |extra: &[&str]| backup_core::error_chain(&settings(extra).expect_err("refused"));
+        assert_eq!(
+            line(&["--min-keep", "0"]),
+            "retention settings: RETENTION_MIN_KEEP must be at least 1"
+        );
+        assert!(line(&["--schedule", "0 25 * * *"]).starts_with("prune schedule: PRUNE_SCHEDULE"));
+        assert!(line(&["--interval", "0s"]).contains("PRUNE_INTERVAL"));
+        assert!(line(&["--sftp-dir", ""]).starts_with("SFTP settings: SFTP_DIR"));
+    }
+}

@@ -1,0 +1,385 @@
+//! The shipper's flags and environment variables ([`Args`]) and the checked
+//! [`Settings`] built from them: every destination complete and pinned,
+//! limits the watchdog can work with. A refusal names the variable.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use backup_core::config::{
+    ConfigError, SECRETS_HELP, ServiceArgs, parse_duration, secret_from_env, watchdog_limits,
+};
+use backup_core::sftp::SftpArgs;
+use backup_core::watchdog::{DEFAULT_STALL_AFTER, Limits};
+
+use crate::{DEFAULT_DEADLINE, Destination, MAX_ALERT_AFTER, Rate};
+
+const DESTINATIONS_HELP: &str = "Destinations: the SFTP server (SFTP_*) always; a second SFTP \
+server when SHIP_SFTP2_HOST is set (its key passphrase from SHIP_SFTP2_KEY_PASSPHRASE or \
+SHIP_SFTP2_KEY_PASSPHRASE_FILE); a local or mounted directory (e.g. a NAS) when \
+SHIP_LOCAL_DIR is set. Each artifact must reach all of them to count as shipped; each \
+failure names its destination.";
+
+/// Uploads artifacts announced by `dump.created` to the SFTP server (and
+/// optional further destinations) and emits `dump.shipped`.
+#[derive(Debug, clap::Parser)]
+#[command(version, after_help = format!("{DESTINATIONS_HELP}\n\n{SECRETS_HELP}"))]
+pub struct Args {
+    #[command(flatten)]
+    pub service: ServiceArgs,
+    #[command(flatten)]
+    pub sftp: SftpArgs,
+    #[command(flatten)]
+    pub sftp2: SecondSftpArgs,
+    /// Where the dumper leaves finished artifacts.
+    #[arg(
+        long,
+        env = "BACKUP_SPOOL_DIR",
+        default_value = "/var/lib/backup/spool"
+    )]
+    pub spool_dir: PathBuf,
+    /// Also copy every artifact to <dir>/<database>/ on this local or mounted
+    /// directory, which must exist.
+    #[arg(long = "local-dir", env = "SHIP_LOCAL_DIR")]
+    pub local_dir: Option<PathBuf>,
+    /// A failure that lasts this long is reported (dump.failed, will_retry);
+    /// at most 60s.
+    #[arg(long, env = "SHIP_ALERT_AFTER", default_value = "30s", value_parser = parse_duration)]
+    pub alert_after: Duration,
+    /// Transient failures are retried until this long after dump.created.
+    #[arg(long, env = "SHIP_RETRY_HORIZON", default_value = "6h", value_parser = parse_duration)]
+    pub retry_horizon: Duration,
+    /// Longest pause between two attempts (exponential backoff with jitter).
+    #[arg(long, env = "SHIP_RETRY_MAX_DELAY", default_value = "5m", value_parser = parse_duration)]
+    pub retry_max_delay: Duration,
+    /// Upload speed limit per destination, e.g. 10MiB/s or 500KB/s; none by default.
+    #[arg(long, env = "SHIP_BANDWIDTH_LIMIT")]
+    pub bandwidth_limit: Option<Rate>,
+    /// An upload whose destination acknowledged no byte for this long is
+    /// aborted (and retried like a lost connection).
+    #[arg(long, env = "SHIP_STALL_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
+    pub stall_timeout: Duration,
+    /// Longest one upload to one destination may take, progress or not.
+    #[arg(long, env = "SHIP_DEADLINE", default_value = "6h", value_parser = parse_duration)]
+    pub deadline: Duration,
+}
+
+impl AsRef<ServiceArgs> for Args {
+    fn as_ref(&self) -> &ServiceArgs {
+        &self.service
+    }
+}
+
+/// The optional second SFTP server. Explicit ids: clap would otherwise
+/// merge these with the primary server's arguments of the same field name.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SecondSftpArgs {
+    /// Second SFTP server host name; setting it enables that destination.
+    #[arg(id = "sftp2-host", long = "sftp2-host", env = "SHIP_SFTP2_HOST")]
+    pub host: Option<String>,
+    #[arg(
+        id = "sftp2-port",
+        long = "sftp2-port",
+        env = "SHIP_SFTP2_PORT",
+        default_value_t = 22
+    )]
+    pub port: u16,
+    #[arg(id = "sftp2-user", long = "sftp2-user", env = "SHIP_SFTP2_USER")]
+    pub user: Option<String>,
+    /// Base directory on the second server (absolute, or relative to the login directory).
+    #[arg(id = "sftp2-dir", long = "sftp2-dir", env = "SHIP_SFTP2_DIR")]
+    pub dir: Option<String>,
+    #[arg(
+        id = "sftp2-key-file",
+        long = "sftp2-key-file",
+        env = "SHIP_SFTP2_KEY_FILE"
+    )]
+    pub key_file: Option<PathBuf>,
+    #[arg(
+        id = "sftp2-known-hosts",
+        long = "sftp2-known-hosts",
+        env = "SHIP_SFTP2_KNOWN_HOSTS"
+    )]
+    pub known_hosts: Option<PathBuf>,
+    #[arg(
+        id = "sftp2-host-fingerprint",
+        long = "sftp2-host-fingerprint",
+        env = "SHIP_SFTP2_HOST_FINGERPRINT"
+    )]
+    pub host_fingerprint: Option<String>,
+}
+
+/// A refused setting, named by its variable.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    /// The primary server's `SFTP_*` settings.
+    #[error("SFTP settings: {0}")]
+    Sftp(#[source] ConfigError),
+    #[error(transparent)]
+    Invalid(#[from] ConfigError),
+}
+
+fn invalid(message: String) -> SettingsError {
+    SettingsError::Invalid(ConfigError::Invalid(message))
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub spool_dir: PathBuf,
+    /// Every destination must have the artifact before it counts as
+    /// shipped. The first is the one `dump.shipped`'s `destination` names
+    /// (the SFTP server of the interface, which the verifier reads back).
+    pub destinations: Vec<Destination>,
+    /// On shutdown, how long the upload in flight may go on.
+    pub shutdown_grace: Duration,
+    /// Transient failures are reported once they have lasted this long.
+    pub alert_after: Duration,
+    /// Retries stop this long after `dump.created` was stored.
+    pub retry_horizon: Duration,
+    /// Longest pause between two attempts.
+    pub retry_max_delay: Duration,
+    /// Upload rate limit per transfer, `None` for no limit.
+    pub bandwidth_limit: Option<Rate>,
+    /// Stall interval and deadline of each delivery to one destination.
+    pub limits: Limits,
+}
+
+impl Settings {
+    /// Settings with the defaults of the binary for everything but the
+    /// spool and the destinations.
+    pub fn new(spool_dir: PathBuf, destinations: Vec<Destination>) -> Settings {
+        Settings {
+            spool_dir,
+            destinations,
+            shutdown_grace: Duration::from_secs(20),
+            alert_after: Duration::from_secs(30),
+            retry_horizon: Duration::from_secs(6 * 3600),
+            retry_max_delay: Duration::from_secs(300),
+            bandwidth_limit: None,
+            limits: Limits::new(DEFAULT_STALL_AFTER, DEFAULT_DEADLINE),
+        }
+    }
+
+    /// Logs each destination, one line each, without secrets.
+    pub fn log_destinations(&self) {
+        for destination in &self.destinations {
+            tracing::info!(destination = %destination.describe(), "destination");
+        }
+    }
+}
+
+impl TryFrom<Args> for Settings {
+    type Error = SettingsError;
+
+    /// Checks what can be checked without a server: the key files exist,
+    /// hosts are pinned, the local directory is absolute, limits are sane.
+    fn try_from(args: Args) -> Result<Settings, SettingsError> {
+        let sftp = args.sftp.target().map_err(SettingsError::Sftp)?;
+        if !sftp.settings.key_file.is_file() {
+            return Err(invalid(format!(
+                "SFTP_KEY_FILE {} does not exist or is not a file",
+                sftp.settings.key_file.display()
+            )));
+        }
+        let limits = watchdog_limits(
+            ("SHIP_STALL_TIMEOUT", args.stall_timeout),
+            ("SHIP_DEADLINE", args.deadline),
+        )?;
+        if args.alert_after > MAX_ALERT_AFTER {
+            return Err(invalid(
+                "SHIP_ALERT_AFTER must be at most 60s: operators hear of failures early".into(),
+            ));
+        }
+        let mut destinations = vec![Destination::Sftp {
+            label: "sftp".into(),
+            dir: sftp.dir,
+            settings: sftp.settings,
+        }];
+        destinations.extend(args.sftp2.destination(&args.sftp)?);
+        if let Some(dir) = args.local_dir {
+            if !dir.is_absolute() {
+                return Err(invalid(format!(
+                    "SHIP_LOCAL_DIR {} must be an absolute path",
+                    dir.display()
+                )));
+            }
+            destinations.push(Destination::Local {
+                label: "local".into(),
+                dir,
+            });
+        }
+        Ok(Settings {
+            spool_dir: args.spool_dir,
+            destinations,
+            shutdown_grace: args.service.shutdown_grace,
+            alert_after: args.alert_after,
+            retry_horizon: args.retry_horizon,
+            retry_max_delay: args.retry_max_delay,
+            bandwidth_limit: args.bandwidth_limit,
+            limits,
+        })
+    }
+}
+
+impl SecondSftpArgs {
+    /// The second SFTP server, when `SHIP_SFTP2_HOST` is set: checked by the
+    /// primary server's rules (absolute dir, a pinned host key), with the
+    /// primary's timeouts, and named by its own variables.
+    fn destination(&self, primary: &SftpArgs) -> Result<Option<Destination>, SettingsError> {
+        let Some(host) = &self.host else {
+            return Ok(None);
+        };
+        let (Some(user), Some(dir), Some(key_file)) = (&self.user, &self.dir, &self.key_file)
+        else {
+            return Err(invalid(
+                "SHIP_SFTP2_HOST is set: SHIP_SFTP2_USER, SHIP_SFTP2_DIR and SHIP_SFTP2_KEY_FILE are required too".into(),
+            ));
+        };
+        let args = SftpArgs {
+            host: host.clone(),
+            port: self.port,
+            user: user.clone(),
+            dir: dir.clone(),
+            key_file: key_file.clone(),
+            known_hosts: self.known_hosts.clone(),
+            host_fingerprint: self.host_fingerprint.clone(),
+            connect_timeout: primary.connect_timeout,
+            io_timeout: primary.io_timeout,
+        };
+        let mut settings = args
+            .settings()
+            .map_err(|e| invalid(e.to_string().replace("SFTP_", "SHIP_SFTP2_")))?;
+        settings.key_passphrase = secret_from_env("SHIP_SFTP2_KEY_PASSPHRASE")?;
+        if !settings.key_file.is_file() {
+            return Err(invalid(format!(
+                "SHIP_SFTP2_KEY_FILE {} does not exist or is not a file",
+                settings.key_file.display()
+            )));
+        }
+        Ok(Some(Destination::Sftp {
+            label: "sftp2".into(),
+            dir: args.dir,
+            settings,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    /// The shipper's flags, a pinned primary server whose key file exists,
+    /// and `extra`; the environment only fills what the flags leave out.
+    fn settings(key: &std::path::Path, extra: &[&str]) -> Result<Settings, SettingsError> {
+        let key = key.to_str().unwrap();
+        let base = [
+            "--sftp-host",
+            "sftp.example",
+            "--sftp-user",
+            "backup",
+            "--sftp-dir",
+            "/srv/backups",
+            "--sftp-key-file",
+            key,
+            "--sftp-host-fingerprint",
+            "SHA256:x",
+        ];
+        // A flag given twice is refused: `extra` replaces the base value.
+        let overridden = |flag: &str| extra.contains(&flag);
+        let mut argv: Vec<&str> = vec!["shipper"];
+        argv.extend(
+            base.chunks(2)
+                .flat_map(|pair| match pair {
+                    [flag, _] if overridden(flag) => &[][..],
+                    pair => pair,
+                })
+                .copied(),
+        );
+        argv.extend_from_slice(extra);
+        Settings::try_from(Args::try_parse_from(argv).expect("flags parse"))
+    }
+
+    fn refusal(key: &std::path::Path, extra: &[&str]) -> String {
+        let error = settings(key, extra).expect_err("refused");
+        let line = backup_core::error_chain(&error);
+        assert!(!line.contains('\n'), "{line}");
+        line
+    }
+
+    #[test]
+    fn every_destination_is_built_from_its_own_variables() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("key");
+        std::fs::write(&key, "k").unwrap();
+        let local = dir.path().to_str().unwrap();
+        let key_text = key.to_str().unwrap();
+        let settings = settings(
+            &key,
+            &[
+                "--sftp2-host",
+                "nas.example",
+                "--sftp2-user",
+                "u",
+                "--sftp2-dir",
+                "/b",
+                "--sftp2-key-file",
+                key_text,
+                "--sftp2-host-fingerprint",
+                "SHA256:y",
+                "--local-dir",
+                local,
+            ],
+        )
+        .expect("valid");
+        let labels: Vec<&str> = settings.destinations.iter().map(|d| d.label()).collect();
+        assert_eq!(labels, ["sftp", "sftp2", "local"]);
+        assert_eq!(
+            settings.limits,
+            Limits::new(DEFAULT_STALL_AFTER, DEFAULT_DEADLINE)
+        );
+    }
+
+    #[test]
+    fn each_refusal_names_its_variable() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("key");
+        std::fs::write(&key, "k").unwrap();
+        let missing = dir.path().join("missing");
+        assert!(refusal(&missing, &[]).starts_with("SFTP_KEY_FILE "));
+        assert_eq!(
+            refusal(&key, &["--stall-timeout", "0s"]),
+            "SHIP_STALL_TIMEOUT and SHIP_DEADLINE must be at least 1s"
+        );
+        assert!(
+            refusal(&key, &["--alert-after", "5m"])
+                .starts_with("SHIP_ALERT_AFTER must be at most 60s")
+        );
+        assert_eq!(
+            refusal(&key, &["--local-dir", "backups"]),
+            "SHIP_LOCAL_DIR backups must be an absolute path"
+        );
+        assert!(
+            refusal(&key, &["--sftp2-host", "nas.example"]).contains("SHIP_SFTP2_USER"),
+            "an incomplete second server names what it lacks"
+        );
+        let unpinned = refusal(
+            &key,
+            &[
+                "--sftp2-host",
+                "nas.example",
+                "--sftp2-user",
+                "u",
+                "--sftp2-dir",
+                "/b",
+                "--sftp2-key-file",
+                key.to_str().unwrap(),
+            ],
+        );
+        assert!(unpinned.starts_with("SHIP_SFTP2_KNOWN_HOSTS"), "{unpinned}");
+        assert!(
+            refusal(&key, &["--sftp-dir", "a/../b"]).starts_with("SFTP settings: SFTP_DIR "),
+            "the primary server's settings say so"
+        );
+    }
+}
