@@ -25,6 +25,12 @@ async fn triggers_during_a_dump_coalesce_and_databases_run_side_by_side() {
     // Two more triggers while the slow dump runs.
     rig.trigger("").await;
     rig.trigger("{}").await;
+    // Coalescing compares whole seconds (a trigger's publication time is
+    // truncated): the next dump must start in a later second than the one
+    // the triggers were stored in, which is at the latest now.
+    let stored_by = Utc::now().timestamp();
+    let later_second = DateTime::from_timestamp(stored_by + 1, 0).unwrap();
+    tokio::time::sleep((later_second - Utc::now()).to_std().unwrap_or_default()).await;
     // Both wait behind the running trigger (one is handled at a time):
     // none was handed to the dumper.
     test_support::pipeline::consumers::wait_consumer(
