@@ -161,6 +161,19 @@ fn last_event(nats_url: &str, subject: &str) -> serde_json::Value {
     })
 }
 
+/// Waits until the durable consumer `name` has handled every message
+/// stored so far (nothing pending, nothing unacknowledged).
+fn wait_consumer_idle(nats_url: &str, name: &str) {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let client = async_nats::connect(nats_url)
+            .await
+            .expect("connect to NATS");
+        let js = async_nats::jetstream::new(client);
+        test_support::pipeline::wait_idle(&js, name).await;
+    });
+}
+
 /// Publishes raw bytes to the stream, as a buggy or hostile client would.
 fn publish_raw(nats_url: &str, subject: &'static str, payload: &'static [u8]) {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");

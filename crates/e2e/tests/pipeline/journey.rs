@@ -79,7 +79,9 @@ fn one_backup_travels_from_trigger_to_verified() {
     assert!(restore.success(), "gzip -dc | psql failed");
     assert_eq!(restored.row_counts(), rig.source.row_counts());
 
-    // The verifier cleaned up after itself.
+    // The verifier cleaned up after itself. The drop overlaps with the
+    // verdict's publication; the message is acked once it is done.
+    wait_consumer_idle(&rig.nats.url, "verifier");
     assert!(
         databases_with_prefix(&rig.scratch_prefix()).is_empty(),
         "scratch databases left behind"
