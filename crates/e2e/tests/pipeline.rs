@@ -204,29 +204,15 @@ fn first_json(output: &str, opening: char) -> serde_json::Value {
 
 /// Every `dump.failed` stored so far.
 fn failures(nats_url: &str) -> Vec<serde_json::Value> {
-    use futures::StreamExt;
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     runtime.block_on(async {
         let client = async_nats::connect(nats_url)
             .await
             .expect("connect to NATS");
         let js = async_nats::jetstream::new(client);
-        let stream = js.get_stream("BACKUPS").await.expect("BACKUPS stream");
-        let consumer = stream
-            .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
-                filter_subject: "dump.failed".into(),
-                ..Default::default()
-            })
-            .await
-            .expect("ordered consumer");
-        let mut messages = consumer.messages().await.expect("messages");
-        let mut found = Vec::new();
-        while let Ok(Some(Ok(message))) =
-            tokio::time::timeout(Duration::from_secs(1), messages.next()).await
-        {
-            found.push(serde_json::from_slice(&message.payload).expect("JSON"));
-        }
-        found
+        let log = test_support::pipeline::EventLog::follow(&js).await;
+        log.sync().await;
+        log.of("dump.failed")
     })
 }
 

@@ -25,7 +25,7 @@ use backup_core::watchdog::Limits;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use test_support::nats::NatsServer;
-use test_support::pipeline::sftp_args;
+use test_support::pipeline::{EventLog, sftp_args};
 use test_support::postgres::{TestDatabase, databases_with_prefix, ensure_postgres_running};
 use test_support::sshd::Sshd;
 use tokio_util::sync::CancellationToken;
@@ -190,21 +190,12 @@ impl Rig {
         self.runtime.block_on(async {
             let client = async_nats::connect(&self.nats.url).await.unwrap();
             let js = async_nats::jetstream::new(client);
-            let Ok(stream) = js.get_stream("BACKUPS").await else {
+            if js.get_stream("BACKUPS").await.is_err() {
                 return Vec::new();
-            };
-            let mut events = Vec::new();
-            let mut seq = 1;
-            let last = stream.cached_info().state.last_sequence;
-            while seq <= last {
-                if let Ok(message) = stream.get_raw_message(seq).await
-                    && message.subject.as_str() == subject
-                {
-                    events.push(serde_json::from_slice(&message.payload).unwrap());
-                }
-                seq += 1;
             }
-            events
+            let log = EventLog::follow(&js).await;
+            log.sync().await;
+            log.of(subject)
         })
     }
 

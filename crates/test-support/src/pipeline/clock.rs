@@ -61,7 +61,7 @@ impl WatchedClock {
     }
 
     /// Waits (up to [`WAIT`]) until the time has been read `more` times
-    /// after this call. A service that looks at the clock in a loop has
+    /// after the wait is first polled. A service that looks at the clock in a loop has
     /// then finished at least `more - 1` rounds on the current time.
     pub async fn read_again(&self, more: u64) {
         let target = self.reads() + more;

@@ -2,9 +2,10 @@
 //! stream order, followed by a background task, and waits on it.
 //!
 //! A wait for something that must *not* happen needs a later fact that
-//! proves the earlier one would have been seen: [`EventLog::sync`]
-//! publishes a sentinel after everything so far and waits until the log has
-//! read it, so every message stored before it is in the log.
+//! proves the earlier one would have been seen: [`EventLog::sync`] reads
+//! the stream's last sequence and waits until the log has read that far,
+//! so every message stored before the call is in the log. It publishes
+//! nothing: the stream stays as the services left it.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -15,10 +16,6 @@ use serde_json::Value;
 use tokio::time::Instant;
 
 use super::WAIT;
-
-/// Subject of the sentinels of [`EventLog::sync`]: in the stream, read by
-/// no service (they filter on `backup.trigger` and `dump.*`).
-pub const SENTINEL_SUBJECT: &str = "backup.test-sentinel";
 
 /// One stored message: its subject and its payload as JSON (`Null` when
 /// the payload is not JSON).
@@ -73,15 +70,12 @@ impl EventLog {
         }
     }
 
-    /// Every message so far, sentinels left out.
+    /// Every message so far (the log follows every subject of the stream).
     pub fn all(&self) -> Vec<Event> {
         self.events
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-            .filter(|e| e.subject != SENTINEL_SUBJECT)
-            .cloned()
-            .collect()
+            .clone()
     }
 
     /// The payloads stored on `subject` so far, oldest first.
@@ -145,33 +139,34 @@ impl EventLog {
         found.expect("found before the wait ended")
     }
 
-    /// Publishes a sentinel and waits until the log has read it: every
-    /// message stored before now is then in the log.
+    /// Waits until the log has read every message stored before this call
+    /// (up to the stream's last sequence at the time).
     pub async fn sync(&self) {
-        let id = format!("{:016x}", rand::random::<u64>());
-        self.js
-            .publish(
-                SENTINEL_SUBJECT,
-                serde_json::to_vec(&id).expect("a string is JSON").into(),
-            )
+        let mut stream = self
+            .js
+            .get_stream("BACKUPS")
             .await
-            .expect("publish the sentinel")
+            .expect("the BACKUPS stream exists");
+        let last = stream
+            .info()
             .await
-            .expect("the sentinel is stored");
+            .expect("BACKUPS stream info")
+            .state
+            .last_sequence;
         let deadline = Instant::now() + WAIT;
         loop {
-            let seen = self
+            let read = self
                 .events
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .iter()
-                .any(|e| e.subject == SENTINEL_SUBJECT && e.payload == Value::String(id.clone()));
-            if seen {
+                .last()
+                .map_or(0, |e| e.sequence);
+            if read >= last {
                 return;
             }
             assert!(
                 Instant::now() < deadline,
-                "the event log never read its sentinel {id}; events so far:\n{}",
+                "the event log read up to #{read}, not #{last}; events so far:\n{}",
                 self.dump()
             );
             tokio::time::sleep(Duration::from_millis(20)).await;

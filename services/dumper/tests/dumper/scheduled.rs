@@ -77,7 +77,7 @@ async fn two_schedulers_publish_each_slot_once() {
         })
         .await;
     // Both handled the jump and wait again: whatever they published is
-    // stored, and in the log once it has read a sentinel published now.
+    // stored, and in the log once it has read up to the stream's end.
     clock.sleeping(6).await;
     rig.log.sync().await;
     let triggers = rig.log.of(subject::TRIGGER);
@@ -136,7 +136,7 @@ async fn start_up_catches_up_a_database_whose_last_dump_is_too_old() {
     assert_eq!(created["reason"], "schedule");
     // The catch-up is over once the scheduler waits for its first slot;
     // every trigger it published is then handled when the consumer is
-    // idle, and in the log once the log has read a later sentinel.
+    // idle, and in the log once the log has read up to the stream's end.
     clock.sleeping(1).await;
     rig.wait_idle().await;
     rig.log.sync().await;
