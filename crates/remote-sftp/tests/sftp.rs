@@ -8,22 +8,9 @@ use std::time::{Duration, Instant};
 
 use remote_sftp::{RemoteError, SftpRemote, SftpSettings};
 use secrecy::SecretString;
+use test_support::pipeline::sftp_settings as settings;
 use test_support::sshd::Sshd;
 use tokio::io::AsyncReadExt;
-
-fn settings(sshd: &Sshd) -> SftpSettings {
-    SftpSettings {
-        host: "127.0.0.1".into(),
-        port: sshd.port,
-        user: sshd.user.clone(),
-        key_file: sshd.client_key.clone(),
-        key_passphrase: None,
-        known_hosts: Some(sshd.known_hosts.clone()),
-        host_key_fingerprint: None,
-        connect_timeout: Duration::from_secs(20),
-        io_timeout: Duration::from_secs(20),
-    }
-}
 
 fn remote(sshd: &Sshd, relative: &str) -> String {
     format!("{}/{relative}", sshd.remote_root.display())

@@ -4,11 +4,14 @@
 //! loopback ports and torn down on drop, so tests can run in parallel.
 //!
 //! The harness is synchronous on purpose: `Drop` cannot await, and tests of
-//! every crate (async or not) can use it the same way.
+//! every crate (async or not) can use it the same way. The [`pipeline`]
+//! layer on top speaks JetStream and is async: the event log, consumers
+//! going idle, SFTP settings of a test sshd.
 
 pub mod http_stub;
 pub mod nats;
 pub mod pg_cluster;
+pub mod pipeline;
 pub mod postgres;
 pub mod process;
 pub mod relay;

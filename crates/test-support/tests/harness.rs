@@ -1,7 +1,11 @@
 //! Proves the harness starts real servers, and that they do what the
 //! pipeline's tests rely on: JetStream that survives a crash, databases
 //! that vanish after the test, mail that can be read back, processes that
-//! can be stopped.
+//! can be stopped; and that the pipeline layer on top waits on what it
+//! says ([`pipeline`]).
+
+#[path = "harness/pipeline.rs"]
+mod pipeline;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};

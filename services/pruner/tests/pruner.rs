@@ -6,7 +6,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, SystemTime};
 
 use backup_core::events::{DumpVerified, Origin};
@@ -16,6 +15,7 @@ use backup_core::names::{
 };
 use chrono::{DateTime, TimeZone, Utc};
 use test_support::nats::NatsServer;
+use test_support::pipeline::EventLog;
 use test_support::process::ServiceProcess;
 use test_support::sshd::Sshd;
 
@@ -49,7 +49,7 @@ impl Rig {
     }
 
     fn base(&self) -> PathBuf {
-        self.sshd.remote_root.join("backups")
+        self.sshd.backups_dir()
     }
 
     fn dir(&self, database: &str) -> PathBuf {
@@ -89,13 +89,7 @@ impl Rig {
 
     /// Files written as root are handed to the SFTP user, as if uploaded.
     fn hand_over_to_sftp_user(&self) {
-        let status = Command::new("chown")
-            .arg("-R")
-            .arg(format!("{0}:{0}", self.sshd.user))
-            .arg(self.base())
-            .status()
-            .expect("run chown");
-        assert!(status.success());
+        self.sshd.hand_over(&self.base());
     }
 }
 
@@ -242,30 +236,12 @@ impl Events {
     /// Waits for an event on `subject` whose backup id passes `wanted`,
     /// reading the stream from its start.
     async fn wait(&self, subject: &str, wanted: impl Fn(&str) -> bool) -> serde_json::Value {
-        let mut stream = self.js.get_stream("BACKUPS").await.expect("BACKUPS stream");
-        let mut next = 1;
-        for _ in 0..600 {
-            let last = stream
-                .info()
-                .await
-                .expect("stream info")
-                .state
-                .last_sequence;
-            while next <= last {
-                if let Ok(message) = stream.get_raw_message(next).await
-                    && message.subject.as_str() == subject
-                {
-                    let event: serde_json::Value =
-                        serde_json::from_slice(&message.payload).unwrap();
-                    if wanted(event["backup_id"].as_str().unwrap_or_default()) {
-                        return event;
-                    }
-                }
-                next += 1;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        panic!("no {subject} event came");
+        EventLog::follow(&self.js)
+            .await
+            .wait_event(subject, |event| {
+                wanted(event["backup_id"].as_str().unwrap_or_default())
+            })
+            .await
     }
 }
 

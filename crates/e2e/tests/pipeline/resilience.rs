@@ -269,10 +269,9 @@ impl Events {
     /// The durable consumer's state.
     fn consumer(&self, name: &str) -> async_nats::jetstream::consumer::Info {
         let js = self.jetstream();
-        self.runtime.block_on(async {
-            let stream = js.get_stream("BACKUPS").await.expect("BACKUPS stream");
-            stream.consumer_info(name).await.expect("consumer info")
-        })
+        self.runtime
+            .block_on(test_support::pipeline::consumer_info(&js, name))
+            .unwrap_or_else(|| panic!("no consumer {name} on BACKUPS"))
     }
 
     /// Hands the message a killed consumer held back to JetStream at once,
@@ -392,7 +391,7 @@ impl Pipeline {
     }
 
     fn remote_base(&self) -> PathBuf {
-        self.sshd.remote_root.join("backups")
+        self.sshd.backups_dir()
     }
 
     fn env(&self, service: &str) -> Vec<(String, String)> {
@@ -646,18 +645,10 @@ fn assert_complete_artifacts(dir: &Path) -> BTreeMap<String, Value> {
 /// Waits until `service`'s durable consumer has nothing pending and
 /// nothing unacknowledged: every message it was given is done with.
 fn wait_drained(events: &Events, consumer: &str, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let info = events.consumer(consumer);
-        if info.num_pending == 0 && info.num_ack_pending == 0 {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "consumer {consumer} still has {} pending and {} unacknowledged",
-            info.num_pending,
-            info.num_ack_pending
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
+    let js = events.jetstream();
+    events
+        .runtime
+        .block_on(test_support::pipeline::wait_idle_within(
+            &js, consumer, timeout,
+        ));
 }
