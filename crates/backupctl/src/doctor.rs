@@ -1217,7 +1217,7 @@ pub async fn spool_space(
         } else {
             dir.to_owned()
         };
-        match dumper::dump::check_free_space(&stats_dir, database, size) {
+        match dumper::space::check_free_space(&stats_dir, database, size) {
             Ok(()) if known => enough.push(format!("{database} ({})", mib(size))),
             Ok(()) => enough.push(format!(
                 "{database} (size unknown: PostgreSQL unreachable; only the minimum checked)"

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::dump::DumpError;
+use crate::error::DumpError;
 
 /// The server's major version from `server_version_num` (e.g. 150019 → 15).
 pub fn server_major(server_version_num: u32) -> u32 {

@@ -174,7 +174,7 @@ impl Running {
             event["attempt"]
         );
         self.bus
-            .publish(subject, &id, event)
+            .publish_json(subject, &id, event)
             .await
             .expect("publish event")
     }
@@ -714,7 +714,7 @@ fn the_binary_keeps_secrets_out_of_its_log_and_gives_up_loudly() {
         )
         .await
         .unwrap();
-        bus.publish(
+        bus.publish_json(
             "dump.failed",
             "x:failed:1",
             &failed(
@@ -847,7 +847,7 @@ async fn the_daily_digest_sums_up_each_database_and_survives_a_restart() {
     ] {
         for (subject, event) in nightly(day(night), size, dump_ms) {
             let id = format!("{}:{subject}", event["backup_id"].as_str().unwrap());
-            last = first.bus.publish(subject, &id, &event).await.unwrap();
+            last = first.bus.publish_json(subject, &id, &event).await.unwrap();
         }
     }
     let pruned = json!({
@@ -858,7 +858,7 @@ async fn the_daily_digest_sums_up_each_database_and_survives_a_restart() {
     });
     first
         .bus
-        .publish("dump.pruned", "p3", &pruned)
+        .publish_json("dump.pruned", "p3", &pruned)
         .await
         .unwrap();
     for attempt in 1..=3 {
