@@ -21,7 +21,9 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::events::{self, DumpFailed, Event, EventHeader, Origin, Stage, subject};
+use crate::events::{
+    self, DumpFailed, Event, EventHeader, Origin, Stage, StageEvent, TriggerRequest, subject,
+};
 use crate::names::{BackupId, DatabaseName};
 use crate::retry::Backoff;
 
@@ -302,16 +304,36 @@ impl Bus {
         Ok(stream)
     }
 
-    /// Publishes `event` with `Nats-Msg-Id: msg_id` and waits for JetStream
-    /// to store it. Returns the stream sequence (the original one when the
-    /// server recognised a duplicate).
-    pub async fn publish<E: Serialize>(
+    /// Publishes a stage's `event` on its subject under the message id it
+    /// derives from itself, and waits for JetStream to store it. Returns
+    /// the stream sequence (the original one when the server recognised a
+    /// duplicate).
+    pub async fn publish<E: StageEvent>(&self, event: &E) -> Result<u64, BusError> {
+        self.publish_json(E::SUBJECT, &event.message_id(), event)
+            .await
+    }
+
+    /// Publishes a trigger. A trigger names no backup yet, so whoever asks
+    /// chooses its message id: `backupctl` its request id, the schedule
+    /// its slot.
+    pub async fn publish_trigger(
+        &self,
+        request: &TriggerRequest,
+        msg_id: &str,
+    ) -> Result<u64, BusError> {
+        self.publish_json(subject::TRIGGER, msg_id, request).await
+    }
+
+    /// Publishes any JSON `payload` on `subject` with `Nats-Msg-Id:
+    /// msg_id`, for tools and tests that speak for a stage (or for nobody);
+    /// the stages themselves publish with [`Bus::publish`].
+    pub async fn publish_json<T: Serialize>(
         &self,
         subject: &str,
         msg_id: &str,
-        event: &E,
+        payload: &T,
     ) -> Result<u64, BusError> {
-        let payload = serde_json::to_vec(event).map_err(js_error)?;
+        let payload = serde_json::to_vec(payload).map_err(js_error)?;
         self.publish_raw(subject, msg_id, payload.into()).await
     }
 
@@ -339,23 +361,21 @@ impl Bus {
         Ok(ack.sequence)
     }
 
-    /// Publishes a `dump.failed`, logging (not failing) if even that fails:
-    /// the caller is already on an error path and will nak the message.
+    /// Logs and publishes a `dump.failed`, logging (not failing) if even
+    /// that fails: the caller is already on an error path and will nak the
+    /// message.
     pub async fn publish_failure(&self, failure: &DumpFailed) {
-        let msg_id = format!(
-            "{}:failed:{}:{}",
-            failure.header.backup_id, failure.stage, failure.attempt
-        );
         tracing::error!(
             database = %failure.header.database,
             backup_id = %failure.header.backup_id,
             stage = %failure.stage,
+            destination = failure.destination.as_deref().unwrap_or("-"),
             attempt = failure.attempt,
             will_retry = failure.will_retry,
             error = %failure.error,
             "stage failed"
         );
-        if let Err(error) = self.publish(subject::FAILED, &msg_id, failure).await {
+        if let Err(error) = self.publish(failure).await {
             tracing::error!(%error, "could not publish dump.failed");
         }
     }
@@ -703,26 +723,28 @@ async fn reject_poison(
     });
     let database = database
         .unwrap_or_else(|| DatabaseName::try_from("unknown".to_owned()).expect("valid name"));
-    let failure = DumpFailed {
-        header: EventHeader::now(backup_id, database),
-        origin: Origin::default(),
-        stage: spec.stage,
-        error: format!(
+    let failure = DumpFailed::new(
+        EventHeader::now(backup_id, database),
+        Origin::default(),
+        spec.stage,
+        format!(
             "rejected {} message (stream sequence {}): {error}",
             delivery.subject, delivery.stream_sequence
         ),
-        artifact: None,
-        attempt: delivery.attempt,
-        will_retry: false,
-        aborted: None,
-    };
+    )
+    .with_attempt(delivery.attempt, false);
     bus.publish_failure(&failure).await;
     if let Err(error) = message.double_ack_with(AckKind::Term).await {
         tracing::warn!(%error, "could not terminate the rejected message");
     }
 }
 
-/// Decodes a typed event, for handlers whose subject carries one.
+/// Decodes the event a stage consumes and checks the rules across its
+/// fields that the stage acts on (an artifact of another database is
+/// refused): a refused payload is a poison message, reported as
+/// `dump.failed` by the worker.
 pub fn decode_event<E: Event>(payload: &[u8]) -> Result<E, events::DecodeError> {
-    E::decode(payload)
+    let event = E::decode(payload)?;
+    event.check()?;
+    Ok(event)
 }

@@ -98,7 +98,7 @@ async fn endpoint_follows_a_real_nats_server_and_consumer() {
         "occurred_at": "2026-11-21T02:00:01Z", "artifact": "viatique_20261121_020001.sql.gz",
         "size_bytes": 4096, "sha256": "ab", "duration_ms": 1500,
     });
-    bus.publish(subject::VERIFIED, "viatique-1:verified", &verified)
+    bus.publish_json(subject::VERIFIED, "viatique-1:verified", &verified)
         .await
         .expect("publish");
     let (status, text) = http_get(addr, "/metrics").await.unwrap();

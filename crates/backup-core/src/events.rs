@@ -1,6 +1,15 @@
 //! The event contract (schema version 1): subjects and payloads as serde
 //! types. Unknown fields are accepted so newer producers can add to the
 //! contract; what is read is validated strictly (ids, names, versions).
+//!
+//! The contract enforces itself: every event a stage publishes
+//! ([`StageEvent`]) knows its subject and derives its own `Nats-Msg-Id`, so
+//! a stage that publishes the same news again (a redelivered message, a
+//! restart) publishes the same id and JetStream keeps one copy. The next
+//! event of a backup takes its common fields from the one before
+//! ([`EventHeader::next`], [`DumpFailed::following`]), and the rules that
+//! hold across fields (an artifact belongs to its event's database) are
+//! checked when a stage decodes what it consumes ([`Event::check`]).
 
 use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
@@ -78,6 +87,8 @@ pub struct EventHeader {
 }
 
 impl EventHeader {
+    /// The header of the first event about `backup_id` that this stage
+    /// publishes from facts of its own (a trigger, a listing, a record).
     pub fn now(backup_id: BackupId, database: DatabaseName) -> Self {
         Self {
             version: SCHEMA_VERSION,
@@ -85,6 +96,12 @@ impl EventHeader {
             database,
             occurred_at: Utc::now(),
         }
+    }
+
+    /// The header of the event that follows this one: the same backup of
+    /// the same database, written by this build, now.
+    pub fn next(&self) -> Self {
+        Self::now(self.backup_id.clone(), self.database.clone())
     }
 }
 
@@ -136,6 +153,21 @@ pub struct ArtifactInfo {
     pub artifact: ArtifactName,
     pub size_bytes: u64,
     pub sha256: Sha256Hex,
+}
+
+impl ArtifactInfo {
+    /// Refuses an artifact named after another database than the event's:
+    /// a stage would otherwise read or write another database's files.
+    pub fn check_belongs_to(&self, database: &DatabaseName) -> Result<(), DecodeError> {
+        if self.artifact.database() == database {
+            Ok(())
+        } else {
+            Err(DecodeError::Invalid(format!(
+                "artifact {} does not belong to database {database}",
+                self.artifact
+            )))
+        }
+    }
 }
 
 /// `dump.started`: the dumper accepted a trigger and will dump `database`.
@@ -253,6 +285,98 @@ pub struct DumpFailed {
     /// Set when the watchdog aborted a step that hung.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aborted: Option<AbortedStep>,
+    /// The shipper's: the destination that failed, as `dump.shipped`
+    /// describes destinations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination: Option<String>,
+    /// Which failures of the backup count as the same news; not on the
+    /// wire, it decides [`DumpFailed::message_id`](StageEvent::message_id).
+    #[serde(skip)]
+    pub dedup: FailureDedup,
+}
+
+/// Which failures of one backup JetStream keeps apart, through the message
+/// id of their `dump.failed`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum FailureDedup {
+    /// One per stage and delivery attempt,
+    /// `<backup_id>:failed:<stage>:<attempt>`: a stage that fails the same
+    /// delivery twice (a restart in between) reports it once.
+    #[default]
+    PerAttempt,
+    /// One per place (a destination's label, or `spool`) and kind,
+    /// `<backup_id>:failed:<stage>:<place>:retrying|final`: the shipper
+    /// retries within one delivery and alerts once per destination.
+    PerPlace(String),
+    /// Every re-verification is news of its own,
+    /// `<backup_id>:reverify-failed:<occurred_at in ms>`: it must not be
+    /// taken for the first verification's failure or an earlier round's.
+    Reverification,
+}
+
+impl DumpFailed {
+    /// The failure of `stage` for the backup `header` names: first
+    /// attempt, not retried, one per attempt. The `with_*` methods set the
+    /// rest.
+    pub fn new(header: EventHeader, origin: Origin, stage: Stage, error: String) -> Self {
+        Self {
+            header,
+            origin,
+            stage,
+            error,
+            artifact: None,
+            attempt: 1,
+            will_retry: false,
+            aborted: None,
+            destination: None,
+            dedup: FailureDedup::PerAttempt,
+        }
+    }
+
+    /// The failure of the stage that consumed `previous`: the same backup,
+    /// what its trigger asked for and the artifact it names.
+    pub fn following<E: BackupEvent>(previous: &E, stage: Stage, error: String) -> Self {
+        Self {
+            artifact: previous.artifact().map(|info| info.artifact.clone()),
+            ..Self::new(
+                previous.header().next(),
+                previous.origin().clone(),
+                stage,
+                error,
+            )
+        }
+    }
+
+    /// Which delivery failed, and whether the pipeline tries again.
+    pub fn with_attempt(self, attempt: u32, will_retry: bool) -> Self {
+        Self {
+            attempt,
+            will_retry,
+            ..self
+        }
+    }
+
+    pub fn with_artifact(self, artifact: ArtifactName) -> Self {
+        Self {
+            artifact: Some(artifact),
+            ..self
+        }
+    }
+
+    pub fn with_aborted(self, aborted: Option<AbortedStep>) -> Self {
+        Self { aborted, ..self }
+    }
+
+    pub fn with_dedup(self, dedup: FailureDedup) -> Self {
+        Self { dedup, ..self }
+    }
+
+    pub fn with_destination(self, destination: Option<String>) -> Self {
+        Self {
+            destination,
+            ..self
+        }
+    }
 }
 
 /// The watchdog limits of a stage, in seconds, as events carry them.
@@ -262,7 +386,10 @@ pub struct StageLimits {
     pub deadline_s: u64,
 }
 
-/// Which step the watchdog aborted, why, and how far it had got.
+/// Which step the watchdog aborted, why, and how far it had got. The
+/// watchdog module builds it from its verdict (`AbortedStep::new`), as it
+/// builds [`StageLimits`] (`Limits::for_event`): the contract does not
+/// depend on the watchdog.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AbortedStep {
     /// `dump`, `upload`, `download`, `restore`, ...
@@ -272,21 +399,6 @@ pub struct AbortedStep {
     pub bytes: u64,
     #[serde(flatten)]
     pub limits: StageLimits,
-}
-
-impl AbortedStep {
-    pub fn new(aborted: &crate::watchdog::Aborted, limits: &crate::watchdog::Limits) -> Self {
-        Self {
-            step: aborted.step().to_owned(),
-            reason: match aborted {
-                crate::watchdog::Aborted::Stalled { .. } => "stalled",
-                crate::watchdog::Aborted::DeadlineExceeded { .. } => "deadline",
-            }
-            .to_owned(),
-            bytes: aborted.bytes(),
-            limits: limits.for_event(),
-        }
-    }
 }
 
 /// `dump.skipped`: a scheduled run of a database did not start because the
@@ -319,7 +431,7 @@ pub struct AnyEvent {
 pub trait Event: Serialize + DeserializeOwned {
     fn header(&self) -> &EventHeader;
 
-    /// Decodes and validates one payload.
+    /// Decodes and validates one payload, as every reader does.
     fn decode(payload: &[u8]) -> Result<Self, DecodeError> {
         let event: Self = decode_object(payload)?;
         let version = event.header().version;
@@ -327,6 +439,33 @@ pub trait Event: Serialize + DeserializeOwned {
             return Err(DecodeError::Version(version));
         }
         Ok(event)
+    }
+
+    /// The rules across fields that a stage relies on when it acts on what
+    /// it consumes (see `bus::decode_event`); observers that only report
+    /// (the notifier, backupctl) read without them.
+    fn check(&self) -> Result<(), DecodeError> {
+        Ok(())
+    }
+}
+
+/// An event a stage publishes: on its own subject, under a message id
+/// derived from the event itself, so that publishing the same news again
+/// is recognised by JetStream as a duplicate (see docs/events.md).
+pub trait StageEvent: Event {
+    const SUBJECT: &'static str;
+
+    /// The `Nats-Msg-Id` this event is published under.
+    fn message_id(&self) -> String;
+}
+
+/// An event in the life of one backup, whose followers repeat its backup
+/// id, database and origin (and artifact, once there is one).
+pub trait BackupEvent: Event {
+    fn origin(&self) -> &Origin;
+
+    fn artifact(&self) -> Option<&ArtifactInfo> {
+        None
     }
 }
 
@@ -339,16 +478,136 @@ macro_rules! impl_event {
         }
     )*};
 }
-impl_event!(
-    DumpStarted,
-    DumpCreated,
-    DumpShipped,
-    DumpVerified,
-    DumpPruned,
-    DumpFailed,
-    DumpSkipped,
-    AnyEvent
-);
+impl_event!(DumpStarted, DumpPruned, DumpFailed, DumpSkipped, AnyEvent);
+
+/// The events about one artifact: it must belong to their database.
+macro_rules! impl_artifact_event {
+    ($($ty:ty),*) => {$(
+        impl Event for $ty {
+            fn header(&self) -> &EventHeader {
+                &self.header
+            }
+
+            fn check(&self) -> Result<(), DecodeError> {
+                self.artifact.check_belongs_to(&self.header.database)
+            }
+        }
+
+        impl BackupEvent for $ty {
+            fn origin(&self) -> &Origin {
+                &self.origin
+            }
+
+            fn artifact(&self) -> Option<&ArtifactInfo> {
+                Some(&self.artifact)
+            }
+        }
+    )*};
+}
+impl_artifact_event!(DumpCreated, DumpShipped, DumpVerified);
+
+impl BackupEvent for DumpStarted {
+    fn origin(&self) -> &Origin {
+        &self.origin
+    }
+}
+
+/// `<backup_id>:<what>`: one event of its kind per backup.
+fn once_per_backup(header: &EventHeader, what: &str) -> String {
+    format!("{}:{what}", header.backup_id)
+}
+
+impl StageEvent for DumpStarted {
+    const SUBJECT: &'static str = subject::STARTED;
+
+    fn message_id(&self) -> String {
+        once_per_backup(&self.header, "started")
+    }
+}
+
+impl StageEvent for DumpCreated {
+    const SUBJECT: &'static str = subject::CREATED;
+
+    fn message_id(&self) -> String {
+        once_per_backup(&self.header, "created")
+    }
+}
+
+impl StageEvent for DumpShipped {
+    const SUBJECT: &'static str = subject::SHIPPED;
+
+    /// The same for every delivery of `dump.created`: a redelivery that
+    /// finds the artifact everywhere answers again, and one is kept.
+    fn message_id(&self) -> String {
+        once_per_backup(&self.header, "shipped")
+    }
+}
+
+impl StageEvent for DumpVerified {
+    const SUBJECT: &'static str = subject::VERIFIED;
+
+    /// A re-verification is news at every round: its id carries its time
+    /// (the time of the verification record it wrote).
+    fn message_id(&self) -> String {
+        if self.reverification {
+            format!(
+                "{}:reverified:{}",
+                self.header.backup_id,
+                self.header.occurred_at.timestamp()
+            )
+        } else {
+            once_per_backup(&self.header, "verified")
+        }
+    }
+}
+
+impl StageEvent for DumpPruned {
+    const SUBJECT: &'static str = subject::PRUNED;
+
+    /// A dry run and a real run for the same backup are different news.
+    fn message_id(&self) -> String {
+        once_per_backup(
+            &self.header,
+            if self.dry_run {
+                "pruned-dry-run"
+            } else {
+                "pruned"
+            },
+        )
+    }
+}
+
+impl StageEvent for DumpSkipped {
+    const SUBJECT: &'static str = subject::SKIPPED;
+
+    /// The id is derived from the trigger, so the scheduler and the
+    /// handler (and two instances) announce one skip.
+    fn message_id(&self) -> String {
+        once_per_backup(&self.header, "skipped")
+    }
+}
+
+impl StageEvent for DumpFailed {
+    const SUBJECT: &'static str = subject::FAILED;
+
+    fn message_id(&self) -> String {
+        let backup_id = &self.header.backup_id;
+        match &self.dedup {
+            FailureDedup::PerAttempt => {
+                format!("{backup_id}:failed:{}:{}", self.stage, self.attempt)
+            }
+            FailureDedup::PerPlace(place) => format!(
+                "{backup_id}:failed:{}:{place}:{}",
+                self.stage,
+                if self.will_retry { "retrying" } else { "final" }
+            ),
+            FailureDedup::Reverification => format!(
+                "{backup_id}:reverify-failed:{}",
+                self.header.occurred_at.timestamp_millis()
+            ),
+        }
+    }
+}
 
 fn decode_object<T: DeserializeOwned>(payload: &[u8]) -> Result<T, DecodeError> {
     let value: serde_json::Value = serde_json::from_slice(payload)
@@ -426,16 +685,13 @@ mod tests {
     #[test]
     fn events_round_trip_and_ignore_unknown_fields() {
         let header = EventHeader::now("db-1".parse().unwrap(), "db".parse().unwrap());
-        let failed = DumpFailed {
+        let failed = DumpFailed::new(
             header,
-            origin: Origin::default(),
-            stage: Stage::Ship,
-            error: "connection refused".into(),
-            artifact: None,
-            attempt: 1,
-            will_retry: true,
-            aborted: None,
-        };
+            Origin::default(),
+            Stage::Ship,
+            "connection refused".into(),
+        )
+        .with_attempt(1, true);
         let mut value = serde_json::to_value(&failed).unwrap();
         assert_eq!(value["stage"], "ship");
         assert_eq!(value["version"], 1);
@@ -451,5 +707,179 @@ mod tests {
             AnyEvent::decode(payload),
             Err(DecodeError::Version(2))
         ));
+    }
+    fn header() -> EventHeader {
+        EventHeader {
+            occurred_at: "2026-11-22T02:09:12.568593Z".parse().unwrap(),
+            ..EventHeader::now("viatique-t42".parse().unwrap(), "viatique".parse().unwrap())
+        }
+    }
+
+    fn artifact(name: &str) -> ArtifactInfo {
+        ArtifactInfo {
+            artifact: name.parse().unwrap(),
+            size_bytes: 10,
+            sha256: "a".repeat(64).parse().unwrap(),
+        }
+    }
+
+    fn created() -> DumpCreated {
+        DumpCreated {
+            header: header(),
+            origin: Origin {
+                reason: Some("demo".into()),
+                ..Origin::default()
+            },
+            artifact: artifact("viatique_20261122_020000.sql.gz"),
+            duration_ms: 1,
+            tables: 1,
+            rows: 1,
+            limits: None,
+        }
+    }
+
+    #[test]
+    fn every_stage_event_names_its_subject_and_message_id_as_documented() {
+        let started = DumpStarted {
+            header: header(),
+            origin: Origin::default(),
+            batch: Vec::new(),
+        };
+        assert_eq!(DumpStarted::SUBJECT, "dump.started");
+        assert_eq!(started.message_id(), "viatique-t42:started");
+        let created = created();
+        assert_eq!(DumpCreated::SUBJECT, "dump.created");
+        assert_eq!(created.message_id(), "viatique-t42:created");
+        let shipped = DumpShipped {
+            header: created.header.next(),
+            origin: created.origin.clone(),
+            artifact: created.artifact.clone(),
+            destination: "file:///backups".into(),
+            destinations: Vec::new(),
+            duration_ms: 1,
+            limits: None,
+        };
+        assert_eq!(DumpShipped::SUBJECT, "dump.shipped");
+        assert_eq!(shipped.message_id(), "viatique-t42:shipped");
+        let mut verified = DumpVerified {
+            header: header(),
+            origin: Origin::default(),
+            artifact: created.artifact.clone(),
+            checks: Vec::new(),
+            tables: 1,
+            rows: 1,
+            duration_ms: 1,
+            steps_ms: Default::default(),
+            skipped: Vec::new(),
+            reverification: false,
+            limits: None,
+        };
+        assert_eq!(DumpVerified::SUBJECT, "dump.verified");
+        assert_eq!(verified.message_id(), "viatique-t42:verified");
+        verified.reverification = true;
+        assert_eq!(verified.message_id(), "viatique-t42:reverified:1795313352");
+        let mut pruned = DumpPruned {
+            header: header(),
+            deleted: Vec::new(),
+            kept: Vec::new(),
+            kept_reasons: Default::default(),
+            kept_bytes: None,
+            dry_run: false,
+        };
+        assert_eq!(DumpPruned::SUBJECT, "dump.pruned");
+        assert_eq!(pruned.message_id(), "viatique-t42:pruned");
+        pruned.dry_run = true;
+        assert_eq!(pruned.message_id(), "viatique-t42:pruned-dry-run");
+        let skipped = DumpSkipped {
+            header: header(),
+            origin: Origin::default(),
+            cause: "still running".into(),
+            running_backup_id: "viatique-t41".parse().unwrap(),
+            running_since: header().occurred_at,
+        };
+        assert_eq!(DumpSkipped::SUBJECT, "dump.skipped");
+        assert_eq!(skipped.message_id(), "viatique-t42:skipped");
+
+        let failed = DumpFailed::new(header(), Origin::default(), Stage::Dump, "x".into())
+            .with_attempt(3, true);
+        assert_eq!(DumpFailed::SUBJECT, "dump.failed");
+        assert_eq!(failed.message_id(), "viatique-t42:failed:dump:3");
+        let shipping = DumpFailed::following(&created, Stage::Ship, "x".into())
+            .with_attempt(7, true)
+            .with_dedup(FailureDedup::PerPlace("sftp2".into()));
+        assert_eq!(
+            shipping.message_id(),
+            "viatique-t42:failed:ship:sftp2:retrying"
+        );
+        let given_up = shipping.with_attempt(9, false);
+        assert_eq!(
+            given_up.message_id(),
+            "viatique-t42:failed:ship:sftp2:final"
+        );
+        let reverified = DumpFailed::new(header(), Origin::default(), Stage::Verify, "x".into())
+            .with_dedup(FailureDedup::Reverification);
+        assert_eq!(
+            reverified.message_id(),
+            "viatique-t42:reverify-failed:1795313352568"
+        );
+    }
+
+    #[test]
+    fn a_failure_follows_the_event_it_consumed() {
+        let created = created();
+        let failed = DumpFailed::following(&created, Stage::Ship, "refused".into());
+        assert_eq!(failed.header.backup_id, created.header.backup_id);
+        assert_eq!(failed.header.database, created.header.database);
+        assert!(failed.header.occurred_at > created.header.occurred_at);
+        assert_eq!(failed.origin, created.origin);
+        assert_eq!(failed.artifact.as_ref(), Some(&created.artifact.artifact));
+        assert_eq!((failed.attempt, failed.will_retry), (1, false));
+    }
+
+    #[test]
+    fn a_ship_failure_reads_on_the_wire_as_before_with_its_destination_last() {
+        let failed = DumpFailed::new(header(), Origin::default(), Stage::Ship, "stalled".into())
+            .with_artifact("viatique_20261122_020000.sql.gz".parse().unwrap())
+            .with_attempt(1, true)
+            .with_aborted(Some(AbortedStep {
+                step: "upload".into(),
+                reason: "stalled".into(),
+                bytes: 5,
+                limits: StageLimits {
+                    stall_after_s: 300,
+                    deadline_s: 21600,
+                },
+            }))
+            .with_destination(Some("sftp://u@h:22/b".into()))
+            .with_dedup(FailureDedup::PerPlace("sftp".into()));
+        assert_eq!(
+            serde_json::to_string(&failed).unwrap(),
+            concat!(
+                r#"{"version":1,"backup_id":"viatique-t42","database":"viatique","#,
+                r#""occurred_at":"2026-11-22T02:09:12.568593Z","stage":"ship","error":"stalled","#,
+                r#""artifact":"viatique_20261122_020000.sql.gz","attempt":1,"will_retry":true,"#,
+                r#""aborted":{"step":"upload","reason":"stalled","bytes":5,"stall_after_s":300,"#,
+                r#""deadline_s":21600},"destination":"sftp://u@h:22/b"}"#
+            )
+        );
+        // What is read back is the same failure, counted once per attempt.
+        let back = DumpFailed::decode(&serde_json::to_vec(&failed).unwrap()).unwrap();
+        assert_eq!(back.destination, failed.destination);
+        assert_eq!(back.dedup, FailureDedup::PerAttempt);
+    }
+
+    #[test]
+    fn an_artifact_of_another_database_fails_the_check() {
+        let mut created = created();
+        assert!(created.check().is_ok());
+        created.artifact = artifact("other_20261122_020000.sql.gz");
+        let error = created.check().unwrap_err().to_string();
+        assert_eq!(
+            error,
+            "invalid payload: artifact other_20261122_020000.sql.gz does not belong to database viatique"
+        );
+        // Readers that only report still read it.
+        let payload = serde_json::to_vec(&created).unwrap();
+        assert!(DumpCreated::decode(&payload).is_ok());
     }
 }

@@ -96,6 +96,18 @@ pub fn check_free_space(
     Ok(())
 }
 
+/// Remembers the sizes of the dump just taken, the next estimate's ratio.
+pub async fn remember_sizes(dir: &Path, database_bytes: u64, artifact_bytes: u64) {
+    let stats = SizeStats {
+        database_bytes,
+        artifact_bytes,
+    };
+    if let Ok(bytes) = serde_json::to_vec(&stats) {
+        // Only an input to the next free-space estimate; losing it is harmless.
+        let _ = crate::files::write_atomic(&dir.join(STATS_FILE), &bytes).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -19,7 +19,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use crate::events::StageLimits;
+use crate::events::{AbortedStep, StageLimits};
 
 /// Default stall interval: no byte moved for this long means the step hangs.
 pub const DEFAULT_STALL_AFTER: Duration = Duration::from_secs(5 * 60);
@@ -113,6 +113,22 @@ impl Aborted {
     pub fn bytes(&self) -> u64 {
         match self {
             Aborted::Stalled { bytes, .. } | Aborted::DeadlineExceeded { bytes, .. } => *bytes,
+        }
+    }
+}
+
+impl AbortedStep {
+    /// What `dump.failed` says of a step this module aborted under `limits`.
+    pub fn new(aborted: &Aborted, limits: &Limits) -> Self {
+        Self {
+            step: aborted.step().to_owned(),
+            reason: match aborted {
+                Aborted::Stalled { .. } => "stalled",
+                Aborted::DeadlineExceeded { .. } => "deadline",
+            }
+            .to_owned(),
+            bytes: aborted.bytes(),
+            limits: limits.for_event(),
         }
     }
 }

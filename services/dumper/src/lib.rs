@@ -37,12 +37,19 @@
 //! never acked, is redelivered and dumps them again.
 
 pub mod compress;
+pub mod database;
 pub mod dump;
+pub mod error;
+pub mod globals;
+pub mod job;
+pub mod media;
 pub use backup_core::pg_dump;
 pub mod preflight;
+mod producer;
 pub mod running;
 pub mod schedule;
 pub mod settings;
+mod spool;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -60,7 +67,9 @@ use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 pub use compress::Codec;
-pub use dump::{DumpError, DumpOutcome, Job};
+pub use dump::DumpOutcome;
+pub use error::DumpError;
+pub use job::Job;
 pub use running::Activity;
 pub use schedule::{Clock, ManualClock, Schedule, SystemClock};
 pub use settings::{Args, LockWait, Settings, SettingsError, parse_lock_wait};
@@ -208,19 +217,16 @@ impl TriggerHandler {
         database: &DatabaseName,
         error: String,
     ) {
-        let failure = DumpFailed {
-            header: EventHeader::now(
+        let failure = DumpFailed::new(
+            EventHeader::now(
                 BackupId::for_trigger(database, delivery.published, delivery.stream_sequence),
                 database.clone(),
             ),
-            origin: request.origin.clone(),
-            stage: Stage::Trigger,
+            request.origin.clone(),
+            Stage::Trigger,
             error,
-            artifact: None,
-            attempt: delivery.attempt,
-            will_retry: false,
-            aborted: None,
-        };
+        )
+        .with_attempt(delivery.attempt, false);
         self.bus.publish_failure(&failure).await;
     }
 
@@ -293,20 +299,14 @@ impl TriggerHandler {
             origin: request.origin.clone(),
             batch: batch.to_vec(),
         };
-        if let Err(error) = self
-            .bus
-            .publish(subject::STARTED, &format!("{backup_id}:started"), &started)
-            .await
-        {
+        if let Err(error) = self.bus.publish(&started).await {
             tracing::warn!(%error, "could not announce the dump; will retry the trigger");
             return JobEnd::RetryLater;
         }
         let started_at = Utc::now();
         let _running = self.activity.start(&name, &backup_id);
         let limits = self.settings.limits_for(&job);
-        match dump::dump_and_announce(&self.settings, &self.bus, job, &backup_id, &request.origin)
-            .await
-        {
+        match dump::dump_and_announce(&self.settings, &self.bus, &job, &started).await {
             Ok(DumpOutcome::Created(_)) => {
                 self.last_success.lock().expect("lock").insert(
                     name,
@@ -323,18 +323,10 @@ impl TriggerHandler {
             }
             Err(error) => {
                 let will_retry = error.is_transient() && delivery.can_retry();
-                self.bus
-                    .publish_failure(&DumpFailed {
-                        header: EventHeader::now(backup_id, name),
-                        origin: request.origin.clone(),
-                        stage: Stage::Dump,
-                        error: error.to_string(),
-                        artifact: None,
-                        attempt: delivery.attempt,
-                        will_retry,
-                        aborted: error.aborted().map(|a| AbortedStep::new(a, &limits)),
-                    })
-                    .await;
+                let failed = DumpFailed::following(&started, Stage::Dump, error.to_string())
+                    .with_attempt(delivery.attempt, will_retry)
+                    .with_aborted(error.aborted().map(|a| AbortedStep::new(a, &limits)));
+                self.bus.publish_failure(&failed).await;
                 if will_retry {
                     JobEnd::RetryLater
                 } else {

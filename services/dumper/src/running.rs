@@ -17,7 +17,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use backup_core::bus::Bus;
-use backup_core::events::{DumpSkipped, EventHeader, Origin, subject};
+use backup_core::events::{DumpSkipped, EventHeader, Origin};
 use backup_core::names::{BackupId, DatabaseName};
 use chrono::{DateTime, Utc};
 
@@ -127,8 +127,7 @@ impl Activity {
             trigger_seq = seq,
             "scheduled dump skipped: the previous dump is still running"
         );
-        let msg_id = format!("{}:skipped", skipped.header.backup_id);
-        if let Err(error) = bus.publish(subject::SKIPPED, &msg_id, &skipped).await {
+        if let Err(error) = bus.publish(&skipped).await {
             tracing::error!(%error, database = %name, "could not publish dump.skipped");
             // Let the handler try again when it gets to the trigger.
             self.state().announced.remove(&(seq, name.clone()));

@@ -61,7 +61,7 @@ async fn publish_trigger(
     let mut attempt = 0;
     loop {
         attempt += 1;
-        match bus.publish(subject::TRIGGER, msg_id, request).await {
+        match bus.publish_trigger(request, msg_id).await {
             Ok(seq) => {
                 tracing::info!(msg_id, seq, "scheduled trigger published");
                 return Some(seq);

@@ -322,16 +322,13 @@ mod tests {
     }
 
     fn failed(error: &str, attempt: u32, will_retry: bool) -> DumpFailed {
-        DumpFailed {
-            header: EventHeader::now("db-1".parse().unwrap(), "viatique".parse().unwrap()),
-            origin: Origin::default(),
-            stage: Stage::Ship,
-            error: error.to_owned(),
-            artifact: None,
-            attempt,
-            will_retry,
-            aborted: None,
-        }
+        DumpFailed::new(
+            EventHeader::now("db-1".parse().unwrap(), "viatique".parse().unwrap()),
+            Origin::default(),
+            Stage::Ship,
+            error.to_owned(),
+        )
+        .with_attempt(attempt, will_retry)
     }
 
     fn verified(at: DateTime<Utc>) -> DumpVerified {

@@ -190,7 +190,7 @@ impl Running {
             event["attempt"]
         );
         self.bus
-            .publish(subject, &id, event)
+            .publish_json(subject, &id, event)
             .await
             .expect("publish event")
     }

@@ -81,19 +81,11 @@ pub struct Report {
 }
 
 impl Report {
-    /// The `Nats-Msg-Id` of this run's `dump.pruned`: a dry run and a real
-    /// run for the same backup are different news.
-    pub fn msg_id(&self, run: &BackupId) -> String {
-        if self.dry_run {
-            format!("{run}:pruned-dry-run")
-        } else {
-            format!("{run}:pruned")
-        }
-    }
-
-    pub fn event(&self, backup_id: BackupId) -> DumpPruned {
+    /// This run's `dump.pruned`, under `header`: the next of the verified
+    /// backup that started the run, or a scheduled run's own.
+    pub fn event(&self, header: EventHeader) -> DumpPruned {
         DumpPruned {
-            header: EventHeader::now(backup_id, self.plan.database.clone()),
+            header,
             deleted: self.plan.plan.delete.keys().cloned().collect(),
             kept: self.plan.plan.keep.keys().cloned().collect(),
             kept_reasons: self.plan.plan.kept_reasons(),
@@ -239,18 +231,14 @@ impl PruneHandler {
         attempt: u32,
         will_retry: bool,
     ) {
-        self.bus
-            .publish_failure(&DumpFailed {
-                header: EventHeader::now(backup_id, database),
-                origin: Origin::default(),
-                stage: Stage::Prune,
-                error: backup_core::error_chain(error),
-                artifact: None,
-                attempt,
-                will_retry,
-                aborted: None,
-            })
-            .await;
+        let failed = DumpFailed::new(
+            EventHeader::now(backup_id, database),
+            Origin::default(),
+            Stage::Prune,
+            backup_core::error_chain(error),
+        )
+        .with_attempt(attempt, will_retry);
+        self.bus.publish_failure(&failed).await;
     }
 
     /// Every database on the remote, one after the other.
@@ -274,12 +262,8 @@ impl PruneHandler {
             let run_id = scheduled_id(&database, Utc::now());
             match self.prune(&database).await {
                 Ok(report) => {
-                    let msg_id = report.msg_id(&run_id);
-                    if let Err(error) = self
-                        .bus
-                        .publish(subject::PRUNED, &msg_id, &report.event(run_id))
-                        .await
-                    {
+                    let pruned = report.event(EventHeader::now(run_id, database));
+                    if let Err(error) = self.bus.publish(&pruned).await {
                         tracing::warn!(%error, "pruned, but dump.pruned could not be published");
                     }
                 }
@@ -316,6 +300,8 @@ async fn scheduled_runs(handler: &PruneHandler, shutdown: &CancellationToken) {
 impl Handler for PruneHandler {
     type Message = DumpVerified;
 
+    /// Read without [`bus::decode_event`]'s artifact check: retention works
+    /// on the database's directory, not on the artifact the event names.
     fn decode(&self, _subject: &str, payload: &[u8]) -> Result<DumpVerified, events::DecodeError> {
         DumpVerified::decode(payload)
     }
@@ -330,10 +316,9 @@ impl Handler for PruneHandler {
         let backup_id = verified.header.backup_id.clone();
         match self.prune(&database).await {
             Ok(report) => {
-                let msg_id = report.msg_id(&backup_id);
                 match self
                     .bus
-                    .publish(subject::PRUNED, &msg_id, &report.event(backup_id))
+                    .publish(&report.event(verified.header.next()))
                     .await
                 {
                     Ok(_) => Outcome::Ack,

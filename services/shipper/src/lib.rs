@@ -56,11 +56,10 @@ use std::time::{Duration, Instant};
 use backup_core::Stage;
 use backup_core::bus::{self, Bus, ConsumerSpec, Delivery, Handler, Outcome};
 use backup_core::events::{
-    self, AbortedStep, DumpCreated, DumpFailed, DumpShipped, Event, EventHeader, subject,
+    self, AbortedStep, DumpCreated, DumpFailed, DumpShipped, FailureDedup, subject,
 };
 use backup_core::manifest::Manifest;
 use backup_core::retry::Backoff;
-use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 pub use destination::{Delivered, Destination, LocalArtifact, ShipError};
@@ -111,28 +110,11 @@ struct ShipHandler {
     settings: Settings,
 }
 
-/// `dump.failed` plus the destination it concerns. Readers that only know
-/// [`DumpFailed`] ignore the extra field.
-#[derive(Debug, Serialize)]
-struct ShipFailed<'a> {
-    #[serde(flatten)]
-    failed: &'a DumpFailed,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    destination: Option<String>,
-}
-
 impl Handler for ShipHandler {
     type Message = DumpCreated;
 
     fn decode(&self, _subject: &str, payload: &[u8]) -> Result<DumpCreated, events::DecodeError> {
-        let created = DumpCreated::decode(payload)?;
-        if created.artifact.artifact.database() != &created.header.database {
-            return Err(events::DecodeError::Invalid(format!(
-                "artifact {} does not belong to database {}",
-                created.artifact.artifact, created.header.database
-            )));
-        }
-        Ok(created)
+        bus::decode_event(payload)
     }
 
     async fn handle(
@@ -276,10 +258,7 @@ impl ShipHandler {
             .map(Destination::describe)
             .collect();
         let shipped = DumpShipped {
-            header: EventHeader::now(
-                created.header.backup_id.clone(),
-                created.header.database.clone(),
-            ),
+            header: created.header.next(),
             origin: created.origin.clone(),
             artifact: created.artifact.clone(),
             destination: destinations[0].clone(),
@@ -287,10 +266,9 @@ impl ShipHandler {
             duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
             limits: Some(self.settings.limits.for_event()),
         };
-        // The same id for every delivery: a redelivered dump.created is
-        // answered again, and JetStream keeps a single dump.shipped.
-        let msg_id = format!("{}:shipped", created.header.backup_id);
-        match self.bus.publish(subject::SHIPPED, &msg_id, &shipped).await {
+        // A redelivered dump.created is answered again under the same
+        // message id: JetStream keeps a single dump.shipped.
+        match self.bus.publish(&shipped).await {
             Ok(_) => {
                 tracing::info!(artifact = %created.artifact.artifact, duration_ms = shipped.duration_ms, "shipped");
                 Outcome::Ack
@@ -321,41 +299,15 @@ impl ShipHandler {
             }
             _ => backup_core::one_line(cause),
         };
-        let failed = DumpFailed {
-            header: EventHeader::now(
-                created.header.backup_id.clone(),
-                created.header.database.clone(),
-            ),
-            origin: created.origin.clone(),
-            stage: Stage::Ship,
-            error,
-            artifact: Some(created.artifact.artifact.clone()),
-            attempt,
-            will_retry,
-            aborted,
-        };
-        let msg_id = format!(
-            "{}:failed:ship:{}:{}",
-            created.header.backup_id,
-            destination.map_or("spool", Destination::label),
-            if will_retry { "retrying" } else { "final" }
-        );
-        tracing::error!(
-            database = %failed.header.database,
-            backup_id = %failed.header.backup_id,
-            destination = described.as_deref().unwrap_or("-"),
-            attempt,
-            will_retry,
-            error = %failed.error,
-            "ship failed"
-        );
-        let event = ShipFailed {
-            failed: &failed,
-            destination: described,
-        };
-        if let Err(error) = self.bus.publish(subject::FAILED, &msg_id, &event).await {
-            tracing::error!(%error, "could not publish dump.failed");
-        }
+        // One alert per destination (or the spool) and kind, however many
+        // rounds and deliveries it takes.
+        let place = destination.map_or("spool", Destination::label);
+        let failed = DumpFailed::following(created, Stage::Ship, error)
+            .with_attempt(attempt, will_retry)
+            .with_aborted(aborted)
+            .with_destination(described)
+            .with_dedup(FailureDedup::PerPlace(place.to_owned()));
+        self.bus.publish_failure(&failed).await;
     }
 }
 

@@ -239,7 +239,7 @@ impl Rig {
     /// Publishes `dump.created` (under `msg_id`); returns its stream sequence.
     async fn publish(&self, created: &DumpCreated, msg_id: &str) -> u64 {
         self.bus
-            .publish(subject::CREATED, msg_id, created)
+            .publish_json(subject::CREATED, msg_id, created)
             .await
             .unwrap()
     }

@@ -33,9 +33,7 @@ use std::time::{Duration, Instant};
 
 use backup_core::Stage;
 use backup_core::bus::{self, Bus, ConsumerSpec, Delivery, Handler, Outcome};
-use backup_core::events::{
-    self, DumpFailed, DumpShipped, DumpVerified, Event, EventHeader, SCHEMA_VERSION, subject,
-};
+use backup_core::events::{self, DumpFailed, DumpShipped, DumpVerified, SCHEMA_VERSION, subject};
 use backup_core::manifest::VerificationRecord;
 use backup_core::retry::Backoff;
 use backup_core::watchdog::{DEFAULT_STALL_AFTER, Limits};
@@ -139,14 +137,7 @@ impl Handler for VerifyHandler {
     type Message = DumpShipped;
 
     fn decode(&self, _subject: &str, payload: &[u8]) -> Result<DumpShipped, events::DecodeError> {
-        let shipped = DumpShipped::decode(payload)?;
-        if shipped.artifact.artifact.database() != &shipped.header.database {
-            return Err(events::DecodeError::Invalid(format!(
-                "artifact {} does not belong to database {}",
-                shipped.artifact.artifact, shipped.header.database
-            )));
-        }
-        Ok(shipped)
+        bus::decode_event(payload)
     }
 
     async fn handle(
@@ -194,7 +185,7 @@ impl VerifyHandler {
         match outcome {
             Ok((verification, duration_ms)) => {
                 let verified = DumpVerified {
-                    header: EventHeader::now(shipped.header.backup_id.clone(), database.clone()),
+                    header: shipped.header.next(),
                     origin: shipped.origin.clone(),
                     artifact: shipped.artifact.clone(),
                     checks: verification.checks,
@@ -206,12 +197,7 @@ impl VerifyHandler {
                     reverification: false,
                     limits: Some(self.settings.limits.for_event()),
                 };
-                let msg_id = format!("{}:verified", shipped.header.backup_id);
-                match self
-                    .bus
-                    .publish(subject::VERIFIED, &msg_id, &verified)
-                    .await
-                {
+                match self.bus.publish(&verified).await {
                     Ok(_) => {
                         tracing::info!(
                             artifact = %shipped.artifact.artifact,
@@ -238,21 +224,11 @@ impl VerifyHandler {
                 {
                     tracing::warn!(error = %e, "could not withdraw a verification record");
                 }
-                self.bus
-                    .publish_failure(&DumpFailed {
-                        header: EventHeader::now(
-                            shipped.header.backup_id.clone(),
-                            database.clone(),
-                        ),
-                        origin: shipped.origin.clone(),
-                        stage: Stage::Verify,
-                        error: backup_core::error_chain(&error),
-                        artifact: Some(shipped.artifact.artifact.clone()),
-                        attempt: delivery.attempt,
-                        will_retry,
-                        aborted: error.aborted_step(),
-                    })
-                    .await;
+                let failed =
+                    DumpFailed::following(shipped, Stage::Verify, backup_core::error_chain(&error))
+                        .with_attempt(delivery.attempt, will_retry)
+                        .with_aborted(error.aborted_step());
+                self.bus.publish_failure(&failed).await;
                 if will_retry {
                     Outcome::Retry(RETRY.delay(delivery.attempt))
                 } else {

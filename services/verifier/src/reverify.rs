@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use backup_core::Stage;
 use backup_core::bus::Bus;
-use backup_core::events::{ArtifactInfo, DumpFailed, DumpVerified, EventHeader, subject};
+use backup_core::events::{ArtifactInfo, DumpFailed, DumpVerified, EventHeader, FailureDedup};
 use backup_core::manifest::{MAX_SIDECAR_BYTES, VerificationRecord};
 use backup_core::names::{ArtifactName, DatabaseName, VERIFIED_SUFFIX};
 use remote_sftp::SftpRemote;
@@ -154,7 +154,11 @@ async fn reverify_one(
         Ok((manifest, artifact, mut verification, new_record)) => {
             let cleanup = std::mem::take(&mut verification.cleanup);
             let verified = DumpVerified {
-                header: EventHeader::now(record.backup_id.clone(), database.clone()),
+                // A re-verification's message id is its time: the record's.
+                header: EventHeader {
+                    occurred_at: new_record.verified_at,
+                    ..EventHeader::now(record.backup_id.clone(), database.clone())
+                },
                 origin: manifest.origin,
                 artifact,
                 checks: verification.checks,
@@ -166,12 +170,7 @@ async fn reverify_one(
                 reverification: true,
                 limits: Some(settings.limits.for_event()),
             };
-            let msg_id = format!(
-                "{}:reverified:{}",
-                record.backup_id,
-                new_record.verified_at.timestamp()
-            );
-            if let Err(error) = bus.publish(subject::VERIFIED, &msg_id, &verified).await {
+            if let Err(error) = bus.publish(&verified).await {
                 tracing::warn!(%error, "re-verified, but dump.verified could not be published");
             }
             tracing::info!(artifact = %artifact_name, "re-verified");
@@ -185,29 +184,22 @@ async fn reverify_one(
             {
                 tracing::warn!(error = %e, "could not withdraw the verification record");
             }
-            let failed = DumpFailed {
-                header: EventHeader::now(record.backup_id.clone(), database.clone()),
-                origin: Default::default(),
-                stage: Stage::Verify,
-                error: format!(
+            let failed = DumpFailed::new(
+                EventHeader::now(record.backup_id.clone(), database.clone()),
+                Default::default(),
+                Stage::Verify,
+                format!(
                     "re-verification of {artifact_name}: {}",
                     backup_core::error_chain(&error)
                 ),
-                artifact: Some(artifact_name.clone()),
-                attempt: 1,
-                will_retry: !condemned,
-                aborted: error.aborted_step(),
-            };
-            // Not publish_failure: its message id (backup, stage, attempt)
-            // would deduplicate this against the backup's first failure.
-            let msg_id = format!(
-                "{}:reverify-failed:{}",
-                record.backup_id,
-                chrono::Utc::now().timestamp_millis()
-            );
-            if let Err(e) = bus.publish(subject::FAILED, &msg_id, &failed).await {
-                tracing::error!(error = %e, "could not publish dump.failed");
-            }
+            )
+            .with_artifact(artifact_name.clone())
+            .with_attempt(1, !condemned)
+            .with_aborted(error.aborted_step())
+            // Not one per attempt: that would take it for the backup's
+            // first failure.
+            .with_dedup(FailureDedup::Reverification);
+            bus.publish_failure(&failed).await;
         }
     }
 }

@@ -92,9 +92,7 @@ pub async fn publish(
         },
     };
     bus.ensure_stream().await?;
-    let seq = bus
-        .publish(subject::TRIGGER, request_id.as_str(), &request)
-        .await?;
+    let seq = bus.publish_trigger(&request, request_id.as_str()).await?;
     Ok((request_id, seq))
 }
 

@@ -84,7 +84,7 @@ fn trigger_wait_shows_quiet_stages_and_retries_and_prints_a_failure_once() {
     };
     let publish = |subject: &str, id: &str, value: serde_json::Value| {
         runtime
-            .block_on(bus.publish(subject, id, &value))
+            .block_on(bus.publish_json(subject, id, &value))
             .expect("publish");
     };
     publish(

@@ -16,7 +16,7 @@ async fn the_event_log_holds_everything_stored_before_a_sync() {
     let log = EventLog::follow(nats.jetstream()).await;
     for database in ["alpha", "beta"] {
         nats.bus
-            .publish("dump.created", database, &json!({ "database": database }))
+            .publish_json("dump.created", database, &json!({ "database": database }))
             .await
             .expect("publish");
     }
@@ -42,7 +42,7 @@ async fn a_wait_that_times_out_lists_the_events_it_saw() {
     let nats = TestBus::start("harness").await;
     let log = EventLog::follow(nats.jetstream()).await;
     nats.bus
-        .publish("dump.failed", "f", &json!({ "database": "alpha" }))
+        .publish_json("dump.failed", "f", &json!({ "database": "alpha" }))
         .await
         .expect("publish");
     log.sync().await;
@@ -70,7 +70,7 @@ async fn a_durable_consumer_is_followed_until_it_acked_everything() {
     for n in 0..3 {
         last = nats
             .bus
-            .publish("dump.created", &format!("m{n}"), &json!({ "n": n }))
+            .publish_json("dump.created", &format!("m{n}"), &json!({ "n": n }))
             .await
             .expect("publish");
     }

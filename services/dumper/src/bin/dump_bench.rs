@@ -75,9 +75,10 @@ async fn stage(args: &Args, codec: &str) -> anyhow::Result<StageReport> {
     settings.codec = dumper::Codec::new(compression, level);
     let backup_id: BackupId = format!("bench-{}", std::process::id()).parse()?;
     let started = Instant::now();
-    let manifest = dumper::dump::write_dump(&settings, &database, &backup_id, &Origin::default())
-        .await
-        .context("dumper dump stage")?;
+    let manifest =
+        dumper::database::write_dump(&settings, &database, &backup_id, &Origin::default())
+            .await
+            .context("dumper dump stage")?;
     let seconds = started.elapsed().as_secs_f64();
     let peak_rss_kib = std::fs::read_to_string("/proc/self/status")?
         .lines()

@@ -62,7 +62,7 @@ fn the_binary_keeps_secrets_out_of_its_log_and_gives_up_loudly() {
         )
         .await
         .unwrap();
-        bus.publish(
+        bus.publish_json(
             "dump.failed",
             "x:failed:1",
             &failed(

@@ -73,7 +73,7 @@ async fn the_daily_digest_sums_up_each_database_and_survives_a_restart() {
     ] {
         for (subject, event) in nightly(day(night), size, dump_ms) {
             let id = format!("{}:{subject}", event["backup_id"].as_str().unwrap());
-            last = first.bus.publish(subject, &id, &event).await.unwrap();
+            last = first.bus.publish_json(subject, &id, &event).await.unwrap();
         }
     }
     let pruned = json!({
@@ -84,7 +84,7 @@ async fn the_daily_digest_sums_up_each_database_and_survives_a_restart() {
     });
     first
         .bus
-        .publish("dump.pruned", "p3", &pruned)
+        .publish_json("dump.pruned", "p3", &pruned)
         .await
         .unwrap();
     for attempt in 1..=3 {
