@@ -8,6 +8,7 @@
 //! layer on top speaks JetStream and is async: the event log, consumers
 //! going idle, SFTP settings of a test sshd.
 
+pub mod flags;
 pub mod http_stub;
 pub mod nats;
 pub mod pg_cluster;

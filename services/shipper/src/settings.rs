@@ -286,17 +286,7 @@ mod tests {
             "SHA256:x",
         ];
         // A flag given twice is refused: `extra` replaces the base value.
-        let overridden = |flag: &str| extra.contains(&flag);
-        let mut argv: Vec<&str> = vec!["shipper"];
-        argv.extend(
-            base.chunks(2)
-                .flat_map(|pair| match pair {
-                    [flag, _] if overridden(flag) => &[][..],
-                    pair => pair,
-                })
-                .copied(),
-        );
-        argv.extend_from_slice(extra);
+        let argv = test_support::flags::with_overrides("shipper", &base, extra);
         Settings::try_from(Args::try_parse_from(argv).expect("flags parse"))
     }
 
