@@ -154,6 +154,13 @@ mod tests {
     use super::*;
 
     #[test]
+    fn database_dirs_join_without_doubling_the_slash() {
+        let db: DatabaseName = "viatique".parse().unwrap();
+        assert_eq!(database_dir("/srv/backups/", &db), "/srv/backups/viatique");
+        assert_eq!(database_dir("backups", &db), "backups/viatique");
+    }
+
+    #[test]
     fn relative_dirs_are_accepted_but_never_escape() {
         for good in ["backups", "backups/korrigo", "/srv/backups", "./backups"] {
             check_dir("SFTP_DIR", good).unwrap();

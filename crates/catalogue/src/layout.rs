@@ -18,10 +18,9 @@ use backup_core::names::{
 };
 use remote_sftp::{RemoteError, SftpRemote};
 
-/// The remote directory of `database` under the base directory `base_dir`.
-pub fn database_dir(base_dir: &str, database: &DatabaseName) -> String {
-    format!("{}/{}", base_dir.trim_end_matches('/'), database)
-}
+/// The remote directory of `database` under the base directory `base_dir`,
+/// as every writer and reader of the remote spells it.
+pub use backup_core::sftp::database_dir;
 
 /// What one file name in a database's directory is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,12 +125,5 @@ mod tests {
         ] {
             assert_eq!(classify(stray, &db), RemoteFile::Stray, "{stray}");
         }
-    }
-
-    #[test]
-    fn database_dirs_join_without_doubling_the_slash() {
-        let db: DatabaseName = "viatique".parse().unwrap();
-        assert_eq!(database_dir("/srv/backups/", &db), "/srv/backups/viatique");
-        assert_eq!(database_dir("backups", &db), "backups/viatique");
     }
 }

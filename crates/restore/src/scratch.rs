@@ -95,6 +95,39 @@ pub async fn preflight_check(target: &PgTarget, prefix: &str) -> Check {
     }
 }
 
+/// Drops scratch databases an interrupted verifier left behind. Only names
+/// this verifier generates (`<prefix>_` and 12 hex digits) are touched,
+/// and only when nobody is connected (another verifier's restore).
+pub async fn sweep(
+    scratch: &PgTarget,
+    prefix: &str,
+    application: &str,
+) -> Result<Vec<String>, PgError> {
+    let client = scratch.connect(application).await?;
+    let pattern = format!("^{prefix}_[0-9a-f]{{12}}$");
+    let rows = client
+        .query(
+            "SELECT datname::text FROM pg_database d WHERE datname ~ $1 \
+             AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.datid = d.oid)",
+            &[&pattern],
+        )
+        .await
+        .map_err(|e| scratch.query_error(&e))?;
+    let mut dropped = Vec::new();
+    for row in rows {
+        let name: String = row.get(0);
+        client
+            .batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                quote_ident(&name)
+            ))
+            .await
+            .map_err(|e| scratch.query_error(&e))?;
+        dropped.push(name);
+    }
+    Ok(dropped)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -114,7 +114,13 @@ pub async fn run(
 
 /// Drops the scratch databases interrupted verifications left behind.
 async fn sweep(settings: &Settings) {
-    match verify::sweep_scratch_databases(&settings.scratch, &settings.scratch_prefix).await {
+    match restore::scratch::sweep(
+        &settings.scratch,
+        &settings.scratch_prefix,
+        "backup-verifier",
+    )
+    .await
+    {
         Ok(swept) => {
             for name in swept {
                 tracing::warn!(database = %name, "dropped a scratch database left by an interrupted verification");

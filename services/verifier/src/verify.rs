@@ -29,9 +29,8 @@ use std::time::{Duration, Instant};
 use backup_core::events::ArtifactInfo;
 use backup_core::manifest::{MAX_SIDECAR_BYTES, Manifest, VerificationRecord};
 use backup_core::names::{ArtifactName, DatabaseName, DumpFormat};
-use backup_core::pg::{PgError, PgTarget, quote_ident};
+use backup_core::pg::quote_ident;
 use backup_core::watchdog::{self, Limits};
-use rand::Rng;
 use remote_sftp::SftpRemote;
 use restore::{
     ManifestExtras, Meter, Phase, RestoreSource, VerifyError, millis, restore_stream_metered,
@@ -172,11 +171,7 @@ pub async fn verify_remote(
         });
     }
 
-    let scratch_name = format!(
-        "{}_{:012x}",
-        settings.scratch_prefix,
-        rand::rng().random::<u64>() & 0xffff_ffff_ffff
-    );
+    let scratch_name = restore::scratch::scratch_name(&settings.scratch_prefix);
     let create_scratch = async {
         let admin = settings.scratch.connect("backup-verifier").await?;
         // template0: a template1 someone added objects to must not leak into
@@ -360,36 +355,4 @@ pub async fn remove_record(
     };
     let _ = remote.close().await;
     Ok(result?)
-}
-
-/// Drops scratch databases an interrupted verifier left behind. Only names
-/// this verifier generates (`<prefix>_` and 12 hex digits) are touched,
-/// and only when nobody is connected (another verifier's restore).
-pub async fn sweep_scratch_databases(
-    scratch: &PgTarget,
-    prefix: &str,
-) -> Result<Vec<String>, PgError> {
-    let client = scratch.connect("backup-verifier").await?;
-    let pattern = format!("^{prefix}_[0-9a-f]{{12}}$");
-    let rows = client
-        .query(
-            "SELECT datname::text FROM pg_database d WHERE datname ~ $1 \
-             AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.datid = d.oid)",
-            &[&pattern],
-        )
-        .await
-        .map_err(|e| scratch.query_error(&e))?;
-    let mut dropped = Vec::new();
-    for row in rows {
-        let name: String = row.get(0);
-        client
-            .batch_execute(&format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                quote_ident(&name)
-            ))
-            .await
-            .map_err(|e| scratch.query_error(&e))?;
-        dropped.push(name);
-    }
-    Ok(dropped)
 }
