@@ -253,7 +253,7 @@ pub async fn collect(
 
     let mut services = Vec::new();
     for name in SERVICES {
-        let status = match stream.consumer_info(name).await {
+        let status = match looked_at(&stream, name).await {
             Ok(info) => ServiceStatus {
                 service: name.into(),
                 alive: worker_connected(&info),
@@ -445,6 +445,30 @@ pub fn build(
 pub fn worker_connected(info: &consumer::Info) -> bool {
     info.num_waiting > 0 || info.num_ack_pending > 0
 }
+
+/// Looks at a service's consumer until a worker shows (at most
+/// [`CONSUMER_LOOKS`] times, [`LOOK_INTERVAL`] apart): between acking one
+/// message and asking for the next, a running worker has neither a pull
+/// request open nor a message in hand.
+async fn looked_at(
+    stream: &async_nats::jetstream::stream::Stream,
+    name: &str,
+) -> Result<consumer::Info, async_nats::jetstream::context::ConsumerInfoError> {
+    let mut look = 1;
+    loop {
+        let info = stream.consumer_info(name).await?;
+        if worker_connected(&info) || look >= CONSUMER_LOOKS {
+            return Ok(info);
+        }
+        look += 1;
+        tokio::time::sleep(LOOK_INTERVAL).await;
+    }
+}
+
+/// How many times `status` looks at a consumer without a worker before it
+/// says the service is not running.
+const CONSUMER_LOOKS: u32 = 4;
+const LOOK_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// "3h 12m" style age for people.
 pub fn age(since: DateTime<Utc>, now: DateTime<Utc>) -> String {
