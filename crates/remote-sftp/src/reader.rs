@@ -18,7 +18,9 @@ use russh_sftp::protocol::StatusCode;
 use tokio::io::{AsyncRead, ReadBuf};
 use tokio::sync::mpsc;
 
-use crate::{RemoteError, map_sftp_error, pipeline_depth};
+use crate::RemoteError;
+use crate::chunks::pipeline_depth;
+use crate::status::map_sftp_error;
 
 /// Chunks buffered between the task and the consumer, on top of the
 /// requests in flight. Small: the pipeline depth is what hides latency.
