@@ -1,9 +1,23 @@
 //! `backupctl status`: the pipeline's state, read from the stream, as text
 //! or one JSON document. Exit 0 when every service is alive and no stage is
-//! failing, 1 otherwise. What is shown and how it is gathered is in
-//! [`report`].
+//! failing, 1 otherwise.
+//!
+//! Per configured database: the last verified backup and its age, the
+//! stages failing since, backups in flight, the recent backups with their
+//! durations and the space its backups use on the remote; the dumper's
+//! next scheduled run; triggers the dumper rejected lately (a mistyped name
+//! is an alert once, never a lasting state); and whether each service is
+//! alive, judged by its durable consumer on the stream.
+//!
+//! Everything comes from the stream: [`collect`] ([`stream`]) reads it,
+//! [`events`] turns the events into the report ([`model`]), [`consumers`]
+//! judges the services, and [`text`] renders it for people.
 
-pub mod report;
+pub mod consumers;
+pub mod events;
+pub mod model;
+pub mod stream;
+pub mod text;
 
 use std::io::Write as _;
 use std::process::ExitCode;
@@ -14,7 +28,11 @@ use backup_core::config::CommonArgs;
 
 use crate::configured::{ConfiguredArgs, ScheduleArgs};
 
-pub use report::{SERVICES, age, bytes_text, seconds_text, worker_connected};
+pub use consumers::{SERVICES, worker_connected};
+pub use events::{StoredEvent, build};
+pub use model::{BackupRun, DatabaseStatus, RejectedTrigger, ServiceStatus, Status};
+pub use stream::{StatusError, collect};
+pub use text::{age, bytes_text, seconds_text};
 
 #[derive(Debug, clap::Args)]
 pub struct StatusArgs {
@@ -39,7 +57,7 @@ pub async fn run(
     let nats = common.nats_options().context("NATS settings")?;
     let shutdown = backup_core::shutdown::on_signals();
     let bus = crate::connect::connect(&nats, connect_timeout, &shutdown).await?;
-    let status = report::collect(
+    let status = stream::collect(
         &bus,
         configured.as_ref().map(|c| c.names.as_slice()),
         next_run,
