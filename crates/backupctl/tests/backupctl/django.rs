@@ -214,7 +214,18 @@ admin_psql() {{ psql -X -v ON_ERROR_STOP=1 -d postgres \"$@\"; }}",
     };
     let pre_deploy = entry["artifact"].as_str().expect("artifact").to_owned();
     let application = &entry["application"];
-    eprintln!("the pre-deploy backup's application state: {application:#}");
+    // The dumper's own manifest, as docs/events.md shows it.
+    let manifest_path = spool
+        .path()
+        .join(&db)
+        .join(format!("{pre_deploy}.manifest.json"));
+    let manifest = std::fs::read_to_string(&manifest_path).expect("the manifest in the spool");
+    eprintln!("the pre-deploy backup's manifest:\n{manifest}");
+    let manifest: serde_json::Value = serde_json::from_str(&manifest).expect("JSON");
+    assert_eq!(
+        &manifest["application"], application,
+        "list --json shows the whole record"
+    );
     assert_eq!(entry["verified"], true, "{entry:#}");
     assert_eq!(application["version"], "release-a", "{entry:#}");
     assert_eq!(
