@@ -200,7 +200,7 @@ impl AppVersion {
             },
             (None, Some(path)) => {
                 let version = Self::File(path.to_owned());
-                version.read().map_err(|why| invalid(why))?;
+                version.read().map_err(invalid)?;
                 Ok(version)
             }
             (None, None) => Ok(Self::Unset),
