@@ -189,6 +189,7 @@ pub enum AppVersion {
 
 impl AppVersion {
     fn from_args(text: Option<&str>, file: Option<&Path>) -> Result<Self, SettingsError> {
+        let file = file.filter(|path| !path.as_os_str().is_empty());
         match (text.filter(|t| !t.trim().is_empty()), file) {
             (Some(_), Some(_)) => Err(invalid(
                 "BACKUP_APP_VERSION and BACKUP_APP_VERSION_FILE are both set; keep one".into(),
@@ -215,7 +216,8 @@ impl AppVersion {
             Self::File(path) => {
                 let text = std::fs::read_to_string(path)
                     .map_err(|e| format!("BACKUP_APP_VERSION_FILE {}: {e}", path.display()))?;
-                app_state::parse_version(&text)
+                // The first line: a file written by `git log -1 > file` may hold more.
+                app_state::parse_version(text.lines().next().unwrap_or_default())
                     .map_err(|why| format!("BACKUP_APP_VERSION_FILE {}: {why}", path.display()))
             }
         }
@@ -473,7 +475,7 @@ mod tests {
         let path = file.to_str().unwrap();
         let from_file = args(&["--app-version-file", path]).unwrap().app_version;
         assert_eq!(from_file.read(), Ok(Some("v1.2".into())));
-        std::fs::write(&file, "v1.3\n").unwrap();
+        std::fs::write(&file, "v1.3\nrelease notes\n").unwrap();
         assert_eq!(from_file.read(), Ok(Some("v1.3".into())), "read again");
         let both = args(&["--app-version", "x", "--app-version-file", path]).unwrap_err();
         assert!(backup_core::error_chain(&both).contains("both set"));
