@@ -11,7 +11,9 @@
 # a server package is missing or when the local PostgreSQL needs its
 # authentication relaxed. With --throwaway-machine it also installs the
 # servers the tests start (openssh-server, postgresql, nats-server) and, if 127.0.0.1:5432 refuses the postgres role
-# without a password, adds `host all all 127.0.0.1/32 trust` to pg_hba.conf.
+# without a password, adds `host all all 127.0.0.1/32 trust` to pg_hba.conf,
+# and makes the Django virtual environment of the rollback test
+# (BACKUP_TEST_DJANGO_VENV, default /opt/backup-test/django-venv).
 # scripts/test.sh and scripts/demo.sh pass the flag: run them only on a
 # machine made for the purpose, never on the Korrigo host.
 set -euo pipefail
@@ -123,6 +125,27 @@ if ! pg_ready; then
     fi
   fi
   pg_ready || { log "PostgreSQL does not accept connections on 127.0.0.1:5432 as postgres"; exit 1; }
+fi
+
+# The Django round trip (crates/backupctl/tests/backupctl/django.rs) runs a
+# small Django project from a virtual environment of Debian's Python (the
+# `python3` on PATH may be another one) with Django and psycopg from PyPI.
+# Made once; a second run only checks that it imports.
+if ((throwaway)); then
+  venv=${BACKUP_TEST_DJANGO_VENV:-/opt/backup-test/django-venv}
+  if ! "$venv/bin/python" -c 'import django, psycopg' >/dev/null 2>&1; then
+    if ! /usr/bin/python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
+      log "installing python3-venv"
+      export DEBIAN_FRONTEND=noninteractive
+      apt-get update -qq
+      apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
+    fi
+    log "making the Django test environment in $venv (Django and psycopg from PyPI)"
+    rm -rf "$venv"
+    mkdir -p "$(dirname "$venv")"
+    /usr/bin/python3 -m venv "$venv"
+    "$venv/bin/pip" install -q --disable-pip-version-check 'Django>=5.2,<6' 'psycopg[binary]>=3.1,<4'
+  fi
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then

@@ -9,6 +9,7 @@
 //! with backoff) or a terminate, so a restart never loses work in flight.
 
 pub mod age_recipients;
+pub mod app_state;
 pub mod bus;
 #[cfg(test)]
 mod bus_health_tests;

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::app_state::AppState;
 use crate::events::{DecodeError, Origin, SCHEMA_VERSION};
 use crate::names::{ArtifactName, BackupId, Compression, DatabaseName, DumpFormat, Sha256Hex};
 
@@ -38,6 +39,11 @@ pub struct Manifest {
     /// Exact row count of every table (`"schema"."table"` as `%I.%I`),
     /// taken in the snapshot the dump was taken from.
     pub tables: BTreeMap<String, u64>,
+    /// The application state the dump holds (Django migrations, the
+    /// operator's version), taken in the same snapshot; absent for a
+    /// database without either, and in manifests written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub application: Option<AppState>,
 }
 
 impl Manifest {

@@ -6,6 +6,8 @@
 //! with remote-sftp; where events are needed the test publishes them, so no
 //! pipeline service is involved.
 
+#[path = "backupctl/django.rs"]
+mod django;
 #[path = "backupctl/interrupts.rs"]
 mod interrupts;
 #[path = "backupctl/prune.rs"]

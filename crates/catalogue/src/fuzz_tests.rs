@@ -144,6 +144,7 @@ fn seed(dir: &Path, artifact: &ArtifactName, how: Seeded) {
             ..Origin::default()
         },
         tables: BTreeMap::from([("public.t".to_owned(), 1)]),
+        application: None,
     };
     match how {
         Seeded::NoManifest => return,

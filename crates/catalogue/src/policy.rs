@@ -21,7 +21,11 @@
 //!
 //! - the newest verified backup is kept;
 //! - every backup tagged `pre-deploy` or with a tag of `keep_tags` is kept,
-//!   verified or not;
+//!   verified or not; with `keep_tagged_for` D (`RETENTION_KEEP_TAGGED_DAYS`)
+//!   only those taken within D of the newest verified backup are, plus,
+//!   whatever their age, the newest backup of each such tag and its newest
+//!   verified one. An expired tagged backup is then an ordinary backup: the
+//!   other rules may still keep it;
 //! - if fewer than `min_keep` verified backups are kept, the newest others
 //!   are added until there are `min_keep` (or none are left);
 //! - a backup the listing could not judge (unreadable manifest) is kept.
@@ -87,8 +91,12 @@ pub struct Policy {
     pub keep_within: Option<TimeDelta>,
     /// Never fewer verified backups than this (at least 1 in practice).
     pub min_keep: usize,
-    /// Tags whose backups are never deleted (`pre-deploy` always is).
+    /// Tags whose backups are kept by their tag (`pre-deploy` always is).
     pub keep_tags: Vec<Tag>,
+    /// How long a tagged backup is kept by its tag, measured back from the
+    /// newest verified backup; `None`: forever. The newest backup of each
+    /// protected tag (and its newest verified one) is kept whatever its age.
+    pub keep_tagged_for: Option<TimeDelta>,
     /// Calendar of the day/week/month/year buckets.
     pub timezone: Tz,
     /// How long an unverified backup older than the newest verified one may
@@ -108,6 +116,7 @@ impl Default for Policy {
             keep_within: None,
             min_keep: 3,
             keep_tags: Vec::new(),
+            keep_tagged_for: None,
             timezone: Tz::UTC,
             unverified_grace: TimeDelta::days(2),
         }
@@ -263,11 +272,18 @@ pub fn plan(backups: &[Backup], policy: &Policy, now: DateTime<Utc>) -> Plan {
     keep_buckets(&verified, policy.keep_yearly, &mut reason, |b| {
         Reason::Yearly(local_date(b).year())
     });
+    let newest_of_tag = newest_tagged(&sorted, policy);
     for backup in &sorted {
         if let Some(tag) = &backup.tag
             && policy.protects_tag(tag)
         {
-            reason(&backup.artifact, Reason::Tag(tag.clone()));
+            let young_enough = match (policy.keep_tagged_for, newest_verified) {
+                (Some(span), Some(newest)) => newest - backup.artifact.taken_at() <= span,
+                _ => true,
+            };
+            if young_enough || newest_of_tag.contains(&&backup.artifact) {
+                reason(&backup.artifact, Reason::Tag(tag.clone()));
+            }
         }
         if let Some(why) = &backup.held {
             reason(&backup.artifact, Reason::Held(why.clone()));
@@ -312,6 +328,27 @@ pub fn plan(backups: &[Backup], policy: &Policy, now: DateTime<Utc>) -> Plan {
         }
     }
     Plan { keep, delete }
+}
+
+/// For each protected tag, its newest backup and its newest verified one:
+/// kept by the tag however old, so an expiring `RETENTION_KEEP_TAGGED_DAYS`
+/// never removes the last way back to a release. The verified one is
+/// counted apart so that an unverified newer tagged backup cannot displace
+/// it.
+fn newest_tagged<'a>(sorted: &[&'a Backup], policy: &Policy) -> Vec<&'a ArtifactName> {
+    let mut newest: BTreeMap<(&Tag, bool), &ArtifactName> = BTreeMap::new();
+    // Newest first, so the first backup met is the newest.
+    for backup in sorted {
+        if let Some(tag) = &backup.tag
+            && policy.protects_tag(tag)
+        {
+            newest.entry((tag, false)).or_insert(&backup.artifact);
+            if backup.verified {
+                newest.entry((tag, true)).or_insert(&backup.artifact);
+            }
+        }
+    }
+    newest.into_values().collect()
 }
 
 /// restic's bucket rule: the newest backup of each bucket, for the `count`

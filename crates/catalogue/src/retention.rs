@@ -37,6 +37,10 @@ pub struct RetentionArgs {
     /// Tags never deleted besides pre-deploy, comma-separated.
     #[arg(long, env = "RETENTION_KEEP_TAGS", value_delimiter = ',')]
     pub keep_tags: Vec<Tag>,
+    /// Days a tagged backup (pre-deploy, RETENTION_KEEP_TAGS) is kept by its tag; empty or
+    /// `forever`: forever. The newest backup of each tag is kept however old.
+    #[arg(long, env = "RETENTION_KEEP_TAGGED_DAYS", default_value = "", value_parser = parse_tagged_days)]
+    pub keep_tagged_days: TaggedDays,
     /// How long an unverified backup older than the newest verified one is kept.
     #[arg(long, env = "RETENTION_UNVERIFIED_GRACE", default_value = "2d", value_parser = parse_duration)]
     pub unverified_grace: Duration,
@@ -50,6 +54,21 @@ pub struct RetentionArgs {
         default_value_t = false
     )]
     pub force: bool,
+}
+
+/// `RETENTION_KEEP_TAGGED_DAYS`: a number of days, or `None` (empty, as
+/// compose passes an unset variable, or `forever`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TaggedDays(pub Option<u32>);
+
+fn parse_tagged_days(text: &str) -> Result<TaggedDays, String> {
+    match text.trim() {
+        "" | "forever" => Ok(TaggedDays(None)),
+        days => days
+            .parse()
+            .map(|days| TaggedDays(Some(days)))
+            .map_err(|_| format!("{days:?} is not a number of days (or `forever`)")),
+    }
 }
 
 /// A retention setting that cannot be applied, naming the variable.
@@ -81,6 +100,16 @@ impl RetentionArgs {
                 .transpose()?,
             min_keep: self.min_keep,
             keep_tags: self.keep_tags.clone(),
+            keep_tagged_for: match self.keep_tagged_days.0 {
+                Some(0) => {
+                    return Err(InvalidPolicy(
+                        "RETENTION_KEEP_TAGGED_DAYS must be at least 1 (unset it to keep tagged backups forever)"
+                            .into(),
+                    ));
+                }
+                Some(days) => Some(TimeDelta::days(i64::from(days))),
+                None => None,
+            },
             timezone: self.timezone,
             unverified_grace: span("RETENTION_UNVERIFIED_GRACE", self.unverified_grace)?,
         })
@@ -131,5 +160,18 @@ mod tests {
             .unwrap();
         assert_eq!(policy.keep_within, Some(TimeDelta::days(14)));
         assert_eq!(policy.timezone, chrono_tz::Europe::Paris);
+        let error = parse(&["--keep-tagged-days", "0"]).policy().unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .starts_with("RETENTION_KEEP_TAGGED_DAYS must be at least 1")
+        );
+        let policy = parse(&["--keep-tagged-days", "90"]).policy().unwrap();
+        assert_eq!(policy.keep_tagged_for, Some(TimeDelta::days(90)));
+        for forever in ["", "forever"] {
+            let policy = parse(&["--keep-tagged-days", forever]).policy().unwrap();
+            assert_eq!(policy.keep_tagged_for, None, "{forever:?}");
+        }
+        assert!(parse_tagged_days("a year").is_err());
     }
 }

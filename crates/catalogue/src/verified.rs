@@ -62,6 +62,7 @@ mod tests {
             trigger: "manual".into(),
             origin: Origin::default(),
             tables: BTreeMap::new(),
+            application: None,
         }
     }
 

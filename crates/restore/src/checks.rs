@@ -1,5 +1,6 @@
 //! What is checked in a restored database: every table's exact row count
-//! against the manifest, that sequences, large objects and materialized
+//! against the manifest, the application's migration state when the
+//! manifest records one, that sequences, large objects and materialized
 //! views survived, and the operator's own invariants (`VERIFY_SQL_FILE`).
 //!
 //! The manifest may carry optional facts (`large_objects`, `sequences`,
@@ -11,6 +12,7 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
+use backup_core::app_state;
 use backup_core::manifest::Manifest;
 use backup_core::pg::PgTarget;
 use serde::Deserialize;
@@ -91,6 +93,16 @@ pub async fn run_checks(
         .steps
         .insert("row_counts".into(), millis(started.elapsed()));
 
+    if let Some(line) = check_app_state(&client, manifest)
+        .await
+        .map_err(|e| match e {
+            Found::Query(e) => query_error(e),
+            Found::Problem(p) => VerifyError::Integrity(p),
+        })?
+    {
+        report.checks.push(line);
+    }
+
     let started = Instant::now();
     report.checks.push(
         check_sequences(&client, extras)
@@ -140,6 +152,38 @@ pub async fn run_checks(
             .insert("operator_checks".into(), millis(started.elapsed()));
     }
     Ok(report)
+}
+
+/// The manifest's Django migration state must be what the restored
+/// `django_migrations` holds; nothing to check (`None`) when the manifest
+/// records none.
+async fn check_app_state(
+    client: &tokio_postgres::Client,
+    manifest: &Manifest,
+) -> Result<Option<String>, Found> {
+    let Some(want) = manifest
+        .application
+        .as_ref()
+        .and_then(|a| a.django.as_ref())
+    else {
+        return Ok(None);
+    };
+    let Some(restored) = app_state::django_migrations(client).await? else {
+        return Err(Found::Problem(
+            "django migrations: the manifest records them but no django_migrations table was restored"
+                .into(),
+        ));
+    };
+    let problems = want.differences(&restored);
+    if let Some(first) = problems.first() {
+        return Err(Found::Problem(format!(
+            "django migrations: {} difference(s) from the manifest, first {first}",
+            problems.len()
+        )));
+    }
+    Ok(Some(format!(
+        "django migrations as in the manifest ({want})"
+    )))
 }
 
 enum Found {

@@ -1,6 +1,7 @@
 //! One database's artifact: a read-only transaction exports a snapshot,
-//! the row count of every table is taken in it while pg_dump dumps it
-//! (`--snapshot`), and pg_dump's output is streamed through
+//! the row count of every table and the application state (Django's
+//! migrations, see [`backup_core::app_state`]) are taken in it while
+//! pg_dump dumps it (`--snapshot`), and pg_dump's output is streamed through
 //! [`crate::compress`] into the spool.
 //!
 //! Never a hang: pg_dump and the row counts wait for table locks no longer
@@ -13,6 +14,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use backup_core::app_state::{self, AppState, DjangoMigrations};
 use backup_core::events::Origin;
 use backup_core::files;
 use backup_core::manifest::Manifest;
@@ -58,6 +60,25 @@ pub(crate) fn target_for(settings: &Settings, dbname: &str) -> Result<PgTarget, 
             cause: e.to_string(),
             transient: false,
         })
+    })
+}
+
+/// What the manifest records from the dump's snapshot: the row count of
+/// every table, then the Django migration state if there is one.
+async fn snapshot_facts(
+    client: &tokio_postgres::Client,
+) -> Result<(BTreeMap<String, u64>, Option<DjangoMigrations>), tokio_postgres::Error> {
+    let counts = backup_core::pg::table_row_counts(client).await?;
+    let django = app_state::django_migrations(client).await?;
+    Ok((counts, django))
+}
+
+/// The operator's version for the manifest. An unreadable version file
+/// must not cost the backup: it is logged and the version left out.
+fn app_version(settings: &Settings, database: &DatabaseName) -> Option<String> {
+    settings.app_version.read().unwrap_or_else(|why| {
+        tracing::warn!(%database, "application version not recorded: {why}");
+        None
     })
 }
 
@@ -136,7 +157,7 @@ pub async fn write_dump(
     let stdout = Counted::new(stdout, progress.clone());
     let cancel = client.cancel_token();
     let work = async {
-        let counts = backup_core::pg::table_row_counts(&client);
+        let counts = snapshot_facts(&client);
         let copy = compress::stream_to_file(stdout, file, &settings.codec);
         let (copied, counts) = tokio::join!(copy, counts);
         (copied, counts, producer.finish().await)
@@ -156,8 +177,9 @@ pub async fn write_dump(
     };
     let _ = client.batch_execute("COMMIT").await;
     let written = settle(copied, produced, &dir, &artifact, &partial)?;
-    let counts: BTreeMap<String, u64> =
+    let (counts, django) =
         counts.map_err(|e| count_error(&target, &e, settings.lock_wait_timeout))?;
+    let application = AppState::recorded(app_version(settings, database), django);
     let manifest = commit_artifact(
         settings,
         partial,
@@ -172,6 +194,7 @@ pub async fn write_dump(
             pg_dump_version,
             started,
             tables: counts,
+            application,
         },
     )
     .await?;

@@ -77,6 +77,7 @@ pub async fn write_globals(
             pg_dump_version: pg_dump_version.replace("pg_dump", "pg_dumpall"),
             started,
             tables: BTreeMap::new(),
+            application: None,
         },
     )
     .await

@@ -90,6 +90,7 @@ pub async fn write_media(
             pg_dump_version: format!("tar ({} directories)", settings.files_dirs.len()),
             started,
             tables: BTreeMap::new(),
+            application: None,
         },
     )
     .await

@@ -3,9 +3,10 @@
 //! and its recipients, the schedule, limits the watchdog can work with. A
 //! refusal names the variable.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use backup_core::app_state;
 use backup_core::config::{
     ConfigError, SECRETS_HELP, ServiceArgs, parse_compression, parse_duration, watchdog_limits,
 };
@@ -86,6 +87,12 @@ pub struct Args {
     /// Abort a dump that runs longer than this, progress or not.
     #[arg(long, env = "BACKUP_DUMP_DEADLINE", default_value = "6h", value_parser = parse_duration)]
     pub dump_deadline: Duration,
+    /// Free-text version of the application recorded in every manifest (e.g. a git commit).
+    #[arg(long, env = "BACKUP_APP_VERSION")]
+    pub app_version: Option<String>,
+    /// File holding that version, read again for every dump (a deploy may rewrite it).
+    #[arg(long, env = "BACKUP_APP_VERSION_FILE")]
+    pub app_version_file: Option<PathBuf>,
 }
 
 impl AsRef<ServiceArgs> for Args {
@@ -164,6 +171,57 @@ pub struct Settings {
     pub lock_wait_timeout: Option<Duration>,
     /// Stall interval and deadline of each dump (see [`Settings::limits_for`]).
     pub limits: Limits,
+    /// Where the application's version for the manifest comes from.
+    pub app_version: AppVersion,
+}
+
+/// `BACKUP_APP_VERSION` or `BACKUP_APP_VERSION_FILE`: the operator's
+/// version of the application, recorded in each manifest.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum AppVersion {
+    #[default]
+    Unset,
+    Fixed(String),
+    /// Read at every dump, so a deploy script can write the release it is
+    /// about to replace without restarting the dumper.
+    File(PathBuf),
+}
+
+impl AppVersion {
+    fn from_args(text: Option<&str>, file: Option<&Path>) -> Result<Self, SettingsError> {
+        let file = file.filter(|path| !path.as_os_str().is_empty());
+        match (text.filter(|t| !t.trim().is_empty()), file) {
+            (Some(_), Some(_)) => Err(invalid(
+                "BACKUP_APP_VERSION and BACKUP_APP_VERSION_FILE are both set; keep one".into(),
+            )),
+            (Some(text), None) => match app_state::parse_version(text) {
+                Ok(Some(version)) => Ok(Self::Fixed(version)),
+                Ok(None) => Ok(Self::Unset),
+                Err(why) => Err(invalid(format!("BACKUP_APP_VERSION {why}"))),
+            },
+            (None, Some(path)) => {
+                let version = Self::File(path.to_owned());
+                version.read().map_err(invalid)?;
+                Ok(version)
+            }
+            (None, None) => Ok(Self::Unset),
+        }
+    }
+
+    /// The version to record now; an error names the variable.
+    pub fn read(&self) -> Result<Option<String>, String> {
+        match self {
+            Self::Unset => Ok(None),
+            Self::Fixed(version) => Ok(Some(version.clone())),
+            Self::File(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| format!("BACKUP_APP_VERSION_FILE {}: {e}", path.display()))?;
+                // The first line: a file written by `git log -1 > file` may hold more.
+                app_state::parse_version(text.lines().next().unwrap_or_default())
+                    .map_err(|why| format!("BACKUP_APP_VERSION_FILE {}: {why}", path.display()))
+            }
+        }
+    }
 }
 
 impl Settings {
@@ -186,6 +244,7 @@ impl Settings {
             space_check: true,
             lock_wait_timeout: Some(DEFAULT_LOCK_WAIT_TIMEOUT),
             limits: Limits::new(DEFAULT_STALL_AFTER, DEFAULT_DUMP_DEADLINE),
+            app_version: AppVersion::Unset,
         }
     }
 
@@ -238,7 +297,12 @@ impl TryFrom<Args> for Settings {
             ("BACKUP_STALL_TIMEOUT", args.stall_timeout),
             ("BACKUP_DUMP_DEADLINE", args.dump_deadline),
         )?;
+        let app_version = AppVersion::from_args(
+            args.app_version.as_deref(),
+            args.app_version_file.as_deref(),
+        )?;
         Ok(Settings {
+            app_version,
             lock_wait_timeout: args.lock_wait_timeout.0,
             limits,
             format: args.format,
@@ -384,5 +448,41 @@ mod tests {
             refusal(&with(&["--dump-deadline", "0s"])),
             "BACKUP_STALL_TIMEOUT and BACKUP_DUMP_DEADLINE must be at least 1s"
         );
+    }
+
+    #[test]
+    fn the_app_version_comes_from_text_or_a_file_read_at_each_dump() {
+        let app = ["--databases", "app"];
+        let with = |extra: &[&str]| -> Vec<String> {
+            app.iter().chain(extra).map(|s| (*s).to_owned()).collect()
+        };
+        let args = |extra: &[&str]| {
+            let owned = with(extra);
+            let refs: Vec<&str> = owned.iter().map(String::as_str).collect();
+            settings(&refs)
+        };
+        assert_eq!(args(&[]).unwrap().app_version, AppVersion::Unset);
+        assert_eq!(
+            args(&["--app-version", " 4f2a9c1 "])
+                .unwrap()
+                .app_version
+                .read(),
+            Ok(Some("4f2a9c1".into()))
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("version");
+        std::fs::write(&file, "v1.2\n").unwrap();
+        let path = file.to_str().unwrap();
+        let from_file = args(&["--app-version-file", path]).unwrap().app_version;
+        assert_eq!(from_file.read(), Ok(Some("v1.2".into())));
+        std::fs::write(&file, "v1.3\nrelease notes\n").unwrap();
+        assert_eq!(from_file.read(), Ok(Some("v1.3".into())), "read again");
+        let both = args(&["--app-version", "x", "--app-version-file", path]).unwrap_err();
+        assert!(backup_core::error_chain(&both).contains("both set"));
+        let missing = dir.path().join("absent");
+        let refused = args(&["--app-version-file", missing.to_str().unwrap()]).unwrap_err();
+        assert!(backup_core::error_chain(&refused).starts_with("BACKUP_APP_VERSION_FILE "));
+        let two_lines = args(&["--app-version", "a\nb"]).unwrap_err();
+        assert!(backup_core::error_chain(&two_lines).starts_with("BACKUP_APP_VERSION must"));
     }
 }

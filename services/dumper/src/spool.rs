@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
 
+use backup_core::app_state::AppState;
 use backup_core::events::{Origin, SCHEMA_VERSION};
 use backup_core::files::{self, PartialFile};
 use backup_core::manifest::Manifest;
@@ -92,6 +93,7 @@ pub(crate) struct ArtifactFacts<'a> {
     pub(crate) pg_dump_version: String,
     pub(crate) started: Instant,
     pub(crate) tables: BTreeMap<String, u64>,
+    pub(crate) application: Option<AppState>,
 }
 
 /// Size floor, fsync + rename, re-hash of the file on disk, manifest.
@@ -164,6 +166,7 @@ pub(crate) async fn commit_artifact(
         },
         origin: facts.origin.clone(),
         tables: facts.tables,
+        application: facts.application,
     };
     let manifest_path = dir.join(facts.artifact.manifest_name());
     if let Err(source) = files::write_atomic(&manifest_path, &manifest.encode()).await {

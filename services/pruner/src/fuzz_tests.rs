@@ -84,6 +84,7 @@ fn seed(dir: &Path, artifact: &ArtifactName, verified: bool) {
         trigger: "manual".into(),
         origin: Origin::default(),
         tables: BTreeMap::from([("public.t".to_owned(), 1)]),
+        application: None,
     };
     write(&dir.join(artifact.manifest_name()), &manifest.encode());
     if verified {

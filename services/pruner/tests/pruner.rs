@@ -139,6 +139,7 @@ fn seed(
             ..Origin::default()
         },
         tables: BTreeMap::from([("public.copy".to_owned(), 5000)]),
+        application: None,
     };
     match state {
         State::NoManifest => return artifact,

@@ -119,6 +119,7 @@ fn prepare_artifact(spool: &Path, len: usize, seed: u64, second: u32) -> DumpCre
         trigger: "manual".into(),
         origin: Origin::default(),
         tables: BTreeMap::from([("\"public\".\"t\"".to_owned(), 3)]),
+        application: None,
     };
     std::fs::write(dir.join(name.manifest_name()), manifest.encode()).unwrap();
     DumpCreated {

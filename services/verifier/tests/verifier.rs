@@ -3,6 +3,8 @@
 //! nats-server, restored into scratch databases on the local PostgreSQL.
 //! Every test checks that no scratch database is left behind.
 
+#[path = "verifier/app_state.rs"]
+mod app_state;
 #[path = "verifier/binary.rs"]
 mod binary;
 #[path = "verifier/failures.rs"]

@@ -5,6 +5,7 @@
 //! The text shows when each backup was taken in BACKUP_TZ; `--json` keeps
 //! UTC (`taken_at`) for scripts.
 
+use backup_core::app_state::AppState;
 use backup_core::names::DatabaseName;
 use backup_core::sftp::SftpArgs;
 use remote_sftp::{RemoteError, SftpRemote};
@@ -19,6 +20,8 @@ pub struct CatalogEntry {
     pub verified: bool,
     pub tag: Option<String>,
     pub sha256: Option<String>,
+    /// The manifest's application state (Django migrations, version).
+    pub application: Option<AppState>,
 }
 
 /// Every backup of `databases` that has its manifest on the remote.
@@ -48,6 +51,7 @@ pub async fn catalog(
                 verified: backup.verified,
                 tag: backup.tag.as_ref().map(ToString::to_string),
                 sha256: manifest.as_ref().map(|m| m.sha256.to_string()),
+                application: manifest.as_ref().and_then(|m| m.application.clone()),
             });
         }
     }
@@ -55,27 +59,47 @@ pub async fn catalog(
     Ok(entries)
 }
 
-/// The table `backupctl list` prints, times in `zone`.
+/// The table `backupctl list` prints, times in `zone`. The application
+/// state's short form comes before the tag, so the tag stays the last
+/// column for scripts (`awk '$NF == "pre-deploy"'`).
 pub fn to_text(entries: &[CatalogEntry], zone: chrono_tz::Tz) -> String {
     use std::fmt::Write as _;
+    let apps: Vec<String> = entries
+        .iter()
+        .map(|e| {
+            e.application
+                .as_ref()
+                .map(AppState::summary)
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| "-".into())
+        })
+        .collect();
+    let width = apps
+        .iter()
+        .map(|a| a.chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(3);
     let mut out = format!(
-        "{:<45} {:>12}  {:<25} {:<9} TAG\n",
+        "{:<45} {:>12}  {:<25} {:<9} {:<width$} TAG\n",
         "ARTIFACT",
         "BYTES",
         format!("TAKEN ({zone})"),
-        "VERIFIED"
+        "VERIFIED",
+        "APP",
     );
-    for e in entries {
+    for (e, app) in entries.iter().zip(&apps) {
         let taken = chrono::DateTime::parse_from_rfc3339(&e.taken_at)
             .map(|t| crate::configured::local_time(t.with_timezone(&chrono::Utc), zone))
             .unwrap_or_else(|_| e.taken_at.clone());
         let _ = writeln!(
             out,
-            "{:<45} {:>12}  {:<25} {:<9} {}",
+            "{:<45} {:>12}  {:<25} {:<9} {:<width$} {}",
             e.artifact,
             e.size_bytes,
             taken,
             if e.verified { "yes" } else { "no" },
+            app,
             e.tag.as_deref().unwrap_or("-")
         );
     }
@@ -104,9 +128,31 @@ mod tests {
             verified: true,
             tag: None,
             sha256: None,
+            application: None,
         };
-        let text = to_text(&[entry], "Europe/Paris".parse().unwrap());
+        let text = to_text(
+            std::slice::from_ref(&entry),
+            "Europe/Paris".parse().unwrap(),
+        );
         assert!(text.contains("TAKEN (Europe/Paris)"), "{text}");
         assert!(text.contains("2026-11-21 23:40:04 CET"), "{text}");
+
+        let django = backup_core::app_state::DjangoMigrations::from_applied(
+            [("auth", "0001_initial"), ("grading", "0042_drop_comment")]
+                .map(|(a, n)| (a.to_owned(), n.to_owned())),
+        );
+        let tagged = CatalogEntry {
+            tag: Some("pre-deploy".into()),
+            application: AppState::recorded(None, Some(django)),
+            ..entry.clone()
+        };
+        let text = to_text(&[entry, tagged], chrono_tz::UTC);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].ends_with(" APP                  TAG"), "{text}");
+        assert!(lines[1].ends_with(" -                    -"), "{text}");
+        assert!(
+            lines[2].ends_with(" grading 0042, 2 apps pre-deploy"),
+            "{text}"
+        );
     }
 }

@@ -7,7 +7,7 @@ use std::io::Write as _;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use backup_core::names::DatabaseName;
+use backup_core::names::{DatabaseName, Tag};
 use backup_core::sftp::SftpArgs;
 
 use crate::configured::ZoneArgs;
@@ -19,6 +19,9 @@ pub struct ListArgs {
     /// List only this database's backups (default: every database under SFTP_DIR).
     #[arg(long)]
     pub database: Option<DatabaseName>,
+    /// List only backups with this tag (e.g. pre-deploy).
+    #[arg(long)]
+    pub tag: Option<Tag>,
     /// One JSON document for scripts.
     #[arg(long)]
     pub json: bool,
@@ -38,9 +41,12 @@ pub async fn run(args: ListArgs) -> anyhow::Result<ExitCode> {
             .await
             .context("listing SFTP_DIR")?,
     };
-    let entries = catalog::catalog(&remote, &args.sftp, &databases)
+    let mut entries = catalog::catalog(&remote, &args.sftp, &databases)
         .await
         .context("listing backups")?;
+    if let Some(tag) = &args.tag {
+        entries.retain(|e| e.tag.as_deref() == Some(tag.as_str()));
+    }
     let _ = remote.close().await;
     let mut out = std::io::stdout().lock();
     if args.json {

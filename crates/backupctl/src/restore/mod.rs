@@ -111,6 +111,9 @@ pub async fn run(cmd: RestoreArgs) -> anyhow::Result<ExitCode> {
         manifest.total_rows(),
         steps::describe_target(&target)
     );
+    if let Some(line) = describe_backup(&manifest) {
+        eprintln!("{line}");
+    }
     if !cmd.yes && !confirmed(&target)? {
         eprintln!("backupctl: not confirmed; nothing done");
         return Ok(ExitCode::from(2));
@@ -269,6 +272,34 @@ fn refusal(existing: Option<i64>, target: &PgTarget, create: bool, force: bool) 
 }
 
 /// Asks for the target database's name on the terminal.
+/// What the backup holds besides rows, so the operator can see before
+/// confirming that it is the application state they want back: its tag,
+/// the operator's version, the latest migration of each Django app.
+fn describe_backup(manifest: &backup_core::manifest::Manifest) -> Option<String> {
+    use std::fmt::Write as _;
+    let tag = manifest.origin.tag.as_ref();
+    let application = manifest.application.as_ref();
+    if tag.is_none() && application.is_none() {
+        return None;
+    }
+    let mut text = format!(
+        "backupctl: taken {}",
+        manifest.created_at.format("%Y-%m-%d %H:%M:%S UTC")
+    );
+    if let Some(tag) = tag {
+        let _ = write!(text, ", tag {tag}");
+    }
+    if let Some(application) = application {
+        let _ = write!(text, "; application state: {}", application.summary());
+        if let Some(django) = &application.django {
+            for (app, migration) in &django.apps {
+                let _ = write!(text, "\n  {app}: {migration}");
+            }
+        }
+    }
+    Some(text)
+}
+
 fn confirmed(target: &PgTarget) -> std::io::Result<bool> {
     eprint!(
         "Type the target database name ({}) to go on: ",

@@ -5,9 +5,9 @@ use super::*;
 
 /// The ```bash blocks of the runbook section that starts with `heading`
 /// (`## 3.` or `### 5.1`, up to the next heading of the same or a higher
-/// level), in order: those marked `runs-in` this file; the others must be
-/// marked `example`.
-fn runbook_blocks(heading: &str) -> Vec<String> {
+/// level), in order: those marked `runs-in` this file (or the Django round
+/// trip's, `django.rs`); the others must be marked `example`.
+pub(super) fn runbook_blocks(heading: &str) -> Vec<String> {
     let path = test_support::process::workspace_root().join("docs/runbooks/database-restore.md");
     let text = std::fs::read_to_string(&path).expect("read the runbook");
     let level = heading.chars().take_while(|c| *c == '#').count();
@@ -36,7 +36,11 @@ fn runbook_blocks(heading: &str) -> Vec<String> {
             .trim();
         let body = &rest[open + "```bash\n".len()..];
         let close = body.find("\n```").expect("unclosed code block");
-        if marker == "<!-- runs-in: crates/backupctl/tests/backupctl/runbook.rs -->" {
+        let runs_here = marker
+            .strip_prefix("<!-- runs-in: crates/backupctl/tests/backupctl/")
+            .and_then(|rest| rest.strip_suffix(".rs -->"))
+            .is_some_and(|module| ["runbook", "django"].contains(&module));
+        if runs_here {
             blocks.push(body[..close].to_owned());
         } else {
             assert!(
@@ -67,17 +71,22 @@ fn runbook_setup() -> String {
 
 /// What a runbook script printed, and the database it restored into (the
 /// `TARGET` it names), dropped with the test.
-struct RunbookRun {
-    out: Output,
-    stdout: String,
-    report: String,
-    target: Option<TestDatabase>,
+pub(super) struct RunbookRun {
+    pub(super) out: Output,
+    pub(super) stdout: String,
+    pub(super) report: String,
+    pub(super) target: Option<TestDatabase>,
 }
 
 /// Runs `blocks` with bash in a fresh directory, after `vars` (the test's
 /// values) and section 0's settings, against the rig's sshd; backupctl is
 /// on the PATH.
-fn run_runbook(rig: &Rig, vars: &str, blocks: &[String], env: &[(String, String)]) -> RunbookRun {
+pub(super) fn run_runbook(
+    rig: &Rig,
+    vars: &str,
+    blocks: &[String],
+    env: &[(String, String)],
+) -> RunbookRun {
     let work = tempfile::tempdir().expect("work dir");
     let script = format!(
         "{vars}\n{}\ncd '{}'\n{}\necho \"TARGET=$TARGET\"\n",

@@ -283,6 +283,52 @@ fn tagged_and_held_backups_are_kept_whatever_their_state() {
     assert_eq!(plan.delete[&other_tag.artifact], Discard::Superseded);
 }
 
+#[test]
+fn tagged_backups_expire_after_keep_tagged_for_but_the_newest_stays() {
+    let pre_deploy: Tag = PRE_DEPLOY_TAG.parse().unwrap();
+    let tagged = |day: u32, verified: bool| {
+        let mut b = backup(at(2026, 1, day, 9, 0), verified);
+        b.tag = Some(pre_deploy.clone());
+        b
+    };
+    // Weekly deploys in January, then a quiet February and March.
+    let deploys: Vec<Backup> = [1, 8, 15, 22, 29].map(|d| tagged(d, true)).into();
+    let mut backups = deploys.clone();
+    backups.extend((1..=20).map(|d| backup(at(2026, 3, d, 2, 0), true)));
+    let forever = only(3, 0, 0, Tz::UTC);
+    let plan_forever = plan(&backups, &forever, at(2026, 3, 21, 0, 0));
+    assert!(
+        deploys
+            .iter()
+            .all(|d| plan_forever.keep.contains_key(&d.artifact))
+    );
+
+    let policy = Policy {
+        keep_tagged_for: Some(TimeDelta::days(60)),
+        ..forever
+    };
+    let plan = plan(&backups, &policy, at(2026, 3, 21, 0, 0));
+    // 20 March minus 60 days is 19 January: 22 and 29 January stay by tag,
+    // the older deploys go; the newest tagged one would stay at any age.
+    for kept in &deploys[3..] {
+        assert_eq!(plan.keep[&kept.artifact], [Reason::Tag(pre_deploy.clone())]);
+    }
+    for gone in &deploys[..3] {
+        assert_eq!(plan.delete[&gone.artifact], Discard::Superseded);
+    }
+    let much_later = Policy {
+        keep_tagged_for: Some(TimeDelta::days(1)),
+        ..policy
+    };
+    let plan = plan_of(&backups, &much_later);
+    assert_eq!(plan.keep[&deploys[4].artifact], [Reason::Tag(pre_deploy)]);
+    assert_eq!(plan.keep.len(), 4, "3 daily and the newest pre-deploy");
+}
+
+fn plan_of(backups: &[Backup], policy: &Policy) -> Plan {
+    plan(backups, policy, at(2026, 3, 21, 0, 0))
+}
+
 // ---------------------------------------------------------------------------
 // Properties
 
@@ -345,6 +391,7 @@ prop_compose! {
         zone in 0usize..ZONES.len(),
         keep_release in any::<bool>(),
         grace_hours in 0i64..5 * 24,
+        tagged_days in prop::option::of(1i64..120),
     ) -> Policy {
         Policy {
             keep_last,
@@ -357,6 +404,7 @@ prop_compose! {
             keep_tags: if keep_release { vec!["release".parse().unwrap()] } else { vec![] },
             timezone: ZONES[zone],
             unverified_grace: TimeDelta::hours(grace_hours),
+            keep_tagged_for: tagged_days.map(TimeDelta::days),
         }
     }
 }
@@ -406,9 +454,30 @@ proptest! {
     #[test]
     fn protected_tags_and_held_backups_are_kept(backups in history(), policy in policy(), now in clock()) {
         let plan = plan(&backups, &policy, now);
+        let newest_verified = backups.iter().filter(|b| b.verified).map(|b| b.artifact.taken_at()).max();
         for b in &backups {
-            if b.tag.as_ref().is_some_and(|t| policy.protects_tag(t)) || b.held.is_some() {
+            let within_tag_span = match (policy.keep_tagged_for, newest_verified) {
+                (Some(span), Some(newest)) => newest - b.artifact.taken_at() <= span,
+                _ => true,
+            };
+            let protected = b.tag.as_ref().is_some_and(|t| policy.protects_tag(t));
+            if (protected && within_tag_span) || b.held.is_some() {
                 prop_assert!(plan.keep.contains_key(&b.artifact), "{} deleted", b.artifact);
+            }
+        }
+    }
+
+    #[test]
+    fn the_newest_backup_of_each_protected_tag_is_kept(backups in history(), policy in policy(), now in clock()) {
+        let plan = plan(&backups, &policy, now);
+        let mut tags: Vec<&Tag> = backups.iter().filter_map(|b| b.tag.as_ref()).collect();
+        tags.dedup();
+        for tag in tags.into_iter().filter(|t| policy.protects_tag(t)) {
+            let carrying = || backups.iter().filter(move |b| b.tag.as_ref() == Some(tag));
+            let newest = carrying().map(|b| &b.artifact).max().unwrap();
+            prop_assert!(plan.keep.contains_key(newest), "{} deleted", newest);
+            if let Some(newest) = carrying().filter(|b| b.verified).map(|b| &b.artifact).max() {
+                prop_assert!(plan.keep.contains_key(newest), "{} deleted", newest);
             }
         }
     }

@@ -121,6 +121,7 @@ async fn start_up_catches_up_a_database_whose_last_dump_is_too_old() {
             trigger: "schedule".into(),
             origin: Default::default(),
             tables: BTreeMap::new(),
+            application: None,
         };
         let dir = rig.spool.path().join(&db.name);
         std::fs::create_dir_all(&dir).unwrap();
