@@ -86,6 +86,11 @@ pub struct Args {
     /// Abort a dump that runs longer than this, progress or not.
     #[arg(long, env = "BACKUP_DUMP_DEADLINE", default_value = "6h", value_parser = parse_duration)]
     pub dump_deadline: Duration,
+    /// This dumper's name: its durable consumer on backup.trigger and its
+    /// entries in the dumpers' registry. One per PostgreSQL server (and
+    /// database list); instances with the same name share the work.
+    #[arg(long = "dumper-name", env = "DUMPER_NAME", default_value = "dumper")]
+    pub dumper_name: String,
 }
 
 impl AsRef<ServiceArgs> for Args {
@@ -164,6 +169,30 @@ pub struct Settings {
     pub lock_wait_timeout: Option<Duration>,
     /// Stall interval and deadline of each dump (see [`Settings::limits_for`]).
     pub limits: Limits,
+    /// `DUMPER_NAME`: the durable consumer and the registry's name for this
+    /// dumper (see [`crate::registry`]).
+    pub name: String,
+}
+
+/// The default `DUMPER_NAME`, today's consumer name.
+pub const DEFAULT_DUMPER_NAME: &str = "dumper";
+
+/// `DUMPER_NAME`: a JetStream consumer name (no `.`, `*`, `>` or space),
+/// kept to letters, digits, `_` and `-`, at most 32 characters.
+fn dumper_name(text: &str) -> Result<String, SettingsError> {
+    let name = text.trim();
+    let valid = !name.is_empty()
+        && name.len() <= 32
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if valid {
+        Ok(name.to_owned())
+    } else {
+        Err(invalid(format!(
+            "DUMPER_NAME must be 1 to 32 letters, digits, '_' or '-', not {text:?}"
+        )))
+    }
 }
 
 impl Settings {
@@ -186,6 +215,7 @@ impl Settings {
             space_check: true,
             lock_wait_timeout: Some(DEFAULT_LOCK_WAIT_TIMEOUT),
             limits: Limits::new(DEFAULT_STALL_AFTER, DEFAULT_DUMP_DEADLINE),
+            name: DEFAULT_DUMPER_NAME.to_owned(),
         }
     }
 
@@ -238,7 +268,9 @@ impl TryFrom<Args> for Settings {
             ("BACKUP_STALL_TIMEOUT", args.stall_timeout),
             ("BACKUP_DUMP_DEADLINE", args.dump_deadline),
         )?;
+        let name = dumper_name(&args.dumper_name)?;
         Ok(Settings {
+            name,
             lock_wait_timeout: args.lock_wait_timeout.0,
             limits,
             format: args.format,
@@ -384,5 +416,18 @@ mod tests {
             refusal(&with(&["--dump-deadline", "0s"])),
             "BACKUP_STALL_TIMEOUT and BACKUP_DUMP_DEADLINE must be at least 1s"
         );
+        assert_eq!(settings(&app).unwrap().name, "dumper");
+        assert_eq!(
+            settings(&with(&["--dumper-name", "pg-east_2"])).unwrap().name,
+            "pg-east_2"
+        );
+        let long = "n".repeat(33);
+        for bad in ["", "a.b", "two words", "x>", long.as_str()] {
+            let argv = [app.as_slice(), &["--dumper-name", bad]].concat();
+            assert_eq!(
+                refusal(&argv),
+                format!("DUMPER_NAME must be 1 to 32 letters, digits, '_' or '-', not {bad:?}")
+            );
+        }
     }
 }
