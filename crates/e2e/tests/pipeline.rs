@@ -14,6 +14,8 @@ mod docs;
 mod journey;
 #[path = "pipeline/resilience.rs"]
 mod resilience;
+#[path = "pipeline/scale.rs"]
+mod scale;
 #[path = "pipeline/scripts.rs"]
 mod scripts;
 #[path = "pipeline/settings.rs"]

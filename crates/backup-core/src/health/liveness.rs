@@ -504,8 +504,12 @@ mod tests {
                 .metrics_text(&connected)
                 .contains("backup_messages_in_flight 2\n")
         );
-        // Only the message whose progress acks stopped is stuck.
+        // Only the message whose progress acks stopped is stuck: the
+        // second one's last progress ack is 30 s younger.
         second.progressed();
+        state.update("verifier", |w| {
+            w.in_flight.get_mut(&9).expect("held").last_progress += Duration::from_secs(30);
+        });
         let report = state.report_at(&connected, Instant::now() + Duration::from_secs(61));
         assert_eq!(report.reasons.len(), 1, "{:?}", report.reasons);
         assert!(report.reasons[0].contains("message 7 "), "{:?}", report.reasons);
