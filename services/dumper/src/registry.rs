@@ -77,17 +77,7 @@ impl Registry {
         let js = bus.jetstream();
         let store = match js.get_key_value(BUCKET).await {
             Ok(store) => Ok(store),
-            Err(_) => js
-                .create_key_value(kv::Config {
-                    bucket: BUCKET.to_owned(),
-                    description: "PostgreSQL backup pipeline: the dumper serving each database"
-                        .to_owned(),
-                    history: 1,
-                    max_age: ENTRY_TTL,
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| backup_core::one_line(&e.to_string())),
+            Err(_) => create_bucket(js).await,
         };
         let store = match store {
             Ok(store) => Some(store),
@@ -160,6 +150,41 @@ impl Registry {
             .map_err(|e| RegistryError(backup_core::one_line(&e.to_string())))?;
         Ok(served_by(entry))
     }
+}
+
+/// Creates the bucket's stream as the client's `create_key_value` would,
+/// without its account query (whose answer older servers word
+/// differently), with as many replicas as the `BACKUPS` stream.
+async fn create_bucket(js: &async_nats::jetstream::Context) -> Result<kv::Store, String> {
+    use async_nats::jetstream::stream;
+    let replicas = match js.get_stream(backup_core::bus::STREAM).await {
+        Ok(mut backups) => backups
+            .info()
+            .await
+            .map(|info| info.config.num_replicas)
+            .unwrap_or(1),
+        Err(_) => 1,
+    };
+    let config = stream::Config {
+        name: format!("KV_{BUCKET}"),
+        description: Some("PostgreSQL backup pipeline: the dumper serving each database".into()),
+        subjects: vec![format!("$KV.{BUCKET}.>")],
+        max_messages_per_subject: 1,
+        max_age: ENTRY_TTL,
+        storage: stream::StorageType::File,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        discard: stream::DiscardPolicy::New,
+        num_replicas: replicas.max(1),
+        ..Default::default()
+    };
+    js.get_or_create_stream(config)
+        .await
+        .map_err(|e| backup_core::one_line(&e.to_string()))?;
+    js.get_key_value(BUCKET)
+        .await
+        .map_err(|e| backup_core::one_line(&e.to_string()))
 }
 
 /// The live dumper named by an entry: a deleted or purged entry, or one

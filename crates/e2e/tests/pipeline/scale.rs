@@ -188,11 +188,12 @@ fn two_shippers_and_two_verifiers_holding_two_each_lose_nothing_to_a_kill() {
         .map(|d| d.name.as_str())
         .collect::<Vec<_>>()
         .join(",");
-    let log = bench.events();
     let _dumper = bench.spawn(
         "dumper",
         &[("BACKUP_DATABASES", &names), ("BACKUP_MAX_PARALLEL", "3")],
     );
+    // The services create the stream.
+    let log = bench.events();
     let ports: Vec<u16> = (0..4).map(|_| test_support::free_port()).collect();
     let spawn_shipper = |port: u16| {
         bench.spawn(
@@ -333,7 +334,6 @@ fn one_dumper_per_postgresql_server_each_dumps_its_own() {
         .iter()
         .map(|d| d.name.clone())
         .collect::<Vec<_>>();
-    let log = bench.events();
 
     let dumper_main = bench.spawn(
         "dumper",
@@ -352,6 +352,7 @@ fn one_dumper_per_postgresql_server_each_dumps_its_own() {
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
     let dumper_second = bench.spawn("dumper", &second_env);
+    let log = bench.events();
     let _shipper = bench.spawn("shipper", &[("SHIP_CONCURRENCY", "4")]);
     let _verifier = bench.spawn("verifier", &[("VERIFY_CONCURRENCY", "2")]);
 
@@ -388,7 +389,12 @@ fn one_dumper_per_postgresql_server_each_dumps_its_own() {
     bench.runtime.block_on(log.sync());
 
     let failures = log.of("dump.failed");
-    assert_eq!(failures.len(), 1, "exactly one rejection: {failures:?}");
+    assert_eq!(
+        failures.len(),
+        1,
+        "exactly one rejection: {failures:?}\n{}",
+        dumper_main.log()
+    );
     assert_eq!(failures[0]["stage"], "trigger");
     let error = failures[0]["error"].as_str().unwrap_or_default();
     assert!(
