@@ -657,8 +657,17 @@ pub async fn run_worker<H: Handler + 'static>(
                     let (bus, spec, handler, shutdown) =
                         (bus.clone(), spec.clone(), handler.clone(), shutdown.clone());
                     tasks.spawn(async move {
-                        process(&bus, &spec, handler.as_ref(), &message, delivery, &shutdown, grace, &busy)
-                            .await
+                        process(
+                            &bus,
+                            &spec,
+                            handler.as_ref(),
+                            &message,
+                            delivery,
+                            &shutdown,
+                            grace,
+                            &busy,
+                        )
+                        .await
                     });
                 }
             }

@@ -418,7 +418,9 @@ mod tests {
         );
         assert_eq!(settings(&app).unwrap().name, "dumper");
         assert_eq!(
-            settings(&with(&["--dumper-name", "pg-east_2"])).unwrap().name,
+            settings(&with(&["--dumper-name", "pg-east_2"]))
+                .unwrap()
+                .name,
             "pg-east_2"
         );
         let long = "n".repeat(33);

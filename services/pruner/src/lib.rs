@@ -202,7 +202,13 @@ pub async fn run(
     });
     let grace = handler.settings.grace;
     let (worker, ()) = tokio::join!(
-        bus::run_worker(&bus, &CONSUMER, Arc::clone(&handler), shutdown.clone(), grace),
+        bus::run_worker(
+            &bus,
+            &CONSUMER,
+            Arc::clone(&handler),
+            shutdown.clone(),
+            grace
+        ),
         scheduled_runs(&handler, &shutdown),
     );
     worker

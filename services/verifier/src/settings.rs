@@ -261,7 +261,10 @@ mod tests {
         assert_eq!(off.reverify_every, None);
         assert_eq!(off.restore.jobs, 1);
         assert_eq!(settings.concurrency, 1);
-        assert_eq!(self::settings(&["--concurrency", "4"]).unwrap().concurrency, 4);
+        assert_eq!(
+            self::settings(&["--concurrency", "4"]).unwrap().concurrency,
+            4
+        );
     }
 
     #[test]

@@ -512,7 +512,11 @@ mod tests {
         });
         let report = state.report_at(&connected, Instant::now() + Duration::from_secs(61));
         assert_eq!(report.reasons.len(), 1, "{:?}", report.reasons);
-        assert!(report.reasons[0].contains("message 7 "), "{:?}", report.reasons);
+        assert!(
+            report.reasons[0].contains("message 7 "),
+            "{:?}",
+            report.reasons
+        );
         drop(first);
         let report = state.report_at(&connected, Instant::now());
         assert_eq!(report.consumers["verifier"].in_flight.len(), 1);

@@ -133,9 +133,7 @@ impl Bench {
 /// `GET /healthz` of a service listening on `port`, as JSON.
 fn healthz(port: u16) -> Option<Value> {
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     write!(
         stream,
         "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
@@ -284,17 +282,12 @@ fn two_shippers_and_two_verifiers_holding_two_each_lose_nothing_to_a_kill() {
     for database in &databases {
         let remote = bench.sshd.backups_dir().join(&database.name);
         let files = files_in(&remote);
-        assert!(
-            files.iter().all(|f| !f.ends_with(".partial")),
-            "{files:?}"
-        );
+        assert!(files.iter().all(|f| !f.ends_with(".partial")), "{files:?}");
         assert_eq!(files.len(), 3, "artifact, manifest, record: {files:?}");
     }
-    wait_until(
-        Duration::from_secs(120),
-        "no scratch database left",
-        || databases_with_prefix(&format!("{}_", bench.scratch_prefix)).is_empty(),
-    );
+    wait_until(Duration::from_secs(120), "no scratch database left", || {
+        databases_with_prefix(&format!("{}_", bench.scratch_prefix)).is_empty()
+    });
     eprintln!(
         "scale: {expected} backups through 2 shippers and 2 verifiers at concurrency 2, \
          killed {killed}, all verified once in {:.1?}",
@@ -308,7 +301,11 @@ fn cluster_database_name(index: usize) -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock after 1970")
         .subsec_nanos();
-    format!("scale_b{index}_{:08x}{:04x}", nanos, std::process::id() & 0xffff)
+    format!(
+        "scale_b{index}_{:08x}{:04x}",
+        nanos,
+        std::process::id() & 0xffff
+    )
 }
 
 #[test]
@@ -330,10 +327,7 @@ fn one_dumper_per_postgresql_server_each_dumps_its_own() {
         cluster.execute("postgres", &format!("CREATE DATABASE {name}"));
         fill(&mut |sql| cluster.execute(name, sql), 200);
     }
-    let main_names = main
-        .iter()
-        .map(|d| d.name.clone())
-        .collect::<Vec<_>>();
+    let main_names = main.iter().map(|d| d.name.clone()).collect::<Vec<_>>();
 
     let dumper_main = bench.spawn(
         "dumper",
@@ -425,4 +419,141 @@ fn one_dumper_per_postgresql_server_each_dumps_its_own() {
         "scale: 20 databases on 2 PostgreSQL servers, one dumper each, verified in {:.1?}",
         started.elapsed()
     );
+}
+
+/// Peak resident set size of a process, in MiB (`VmHWM`).
+fn peak_rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// One run of the benchmark: `databases` triggered at once through a
+/// dumper, a shipper and a verifier at `concurrency`. Returns the wall time
+/// from the trigger to the last `dump.verified`, the peak RSS of each
+/// service, and the verified events.
+fn bench_run(
+    databases: &[String],
+    concurrency: usize,
+) -> (Duration, Vec<(&'static str, f64)>, Vec<Value>) {
+    let bench = Bench::start("vfybench");
+    let c = concurrency.to_string();
+    let dumper = bench.spawn(
+        "dumper",
+        &[
+            ("BACKUP_DATABASES", &databases.join(",")),
+            ("BACKUP_MAX_PARALLEL", &c),
+        ],
+    );
+    let shipper = bench.spawn("shipper", &[("SHIP_CONCURRENCY", &c)]);
+    let verifier = bench.spawn("verifier", &[("VERIFY_CONCURRENCY", &c)]);
+    let log = bench.events();
+    let started = Instant::now();
+    bench.trigger("");
+    bench.runtime.block_on(log.wait_for_within(
+        Duration::from_secs(1800),
+        "every database verified",
+        |log| log.of("dump.verified").len() >= databases.len(),
+    ));
+    let wall = started.elapsed();
+    let rss = vec![
+        ("dumper", peak_rss_mib(dumper.pid())),
+        ("shipper", peak_rss_mib(shipper.pid())),
+        ("verifier", peak_rss_mib(verifier.pid())),
+    ];
+    let verified = log.of("dump.verified");
+    let created = log.of("dump.created");
+    let shipped = log.of("dump.shipped");
+    // Joined on the backup id, for the overhead figure.
+    let joined = verified
+        .into_iter()
+        .map(|mut v| {
+            let id = v["backup_id"].clone();
+            let find = |events: &[Value]| {
+                events
+                    .iter()
+                    .find(|e| e["backup_id"] == id)
+                    .map(|e| e["duration_ms"].clone())
+                    .unwrap_or(Value::Null)
+            };
+            v["dump_ms"] = find(&created);
+            v["ship_ms"] = find(&shipped);
+            v
+        })
+        .collect();
+    (wall, rss, joined)
+}
+
+/// The scale benchmark (docs/benchmarks.md, "Scale"): prints a table.
+/// `SCALE_BENCH_SIZES` (default `10,40`) and `SCALE_BENCH_CONCURRENCY`
+/// (default `1,4`) choose the runs.
+#[test]
+#[ignore = "a benchmark: minutes of work; run it on purpose"]
+fn scale_benchmark() {
+    let list = |name: &str, default: &str| -> Vec<usize> {
+        std::env::var(name)
+            .unwrap_or_else(|_| default.to_owned())
+            .split(',')
+            .map(|n| n.trim().parse().expect("a number"))
+            .collect()
+    };
+    let sizes = list("SCALE_BENCH_SIZES", "10,40");
+    let levels = list("SCALE_BENCH_CONCURRENCY", "1,4");
+    let largest = sizes.iter().copied().max().unwrap_or(0);
+    let pool: Vec<TestDatabase> = (0..largest)
+        .map(|_| {
+            let database = TestDatabase::create("scale_bench");
+            fill(&mut |sql| database.execute(sql), 200);
+            database
+        })
+        .collect();
+    let names: Vec<String> = pool.iter().map(|d| d.name.clone()).collect();
+
+    let mut table = String::from(
+        "| databases | concurrency | trigger → last verified | dumper peak RSS | shipper peak RSS | verifier peak RSS |\n\
+         | --- | --- | --- | --- | --- | --- |\n",
+    );
+    for &size in &sizes {
+        for &concurrency in &levels {
+            let (wall, rss, _) = bench_run(&names[..size], concurrency);
+            table.push_str(&format!(
+                "| {size} | {concurrency} | {:.1} s | {:.0} MiB | {:.0} MiB | {:.0} MiB |\n",
+                wall.as_secs_f64(),
+                rss[0].1,
+                rss[1].1,
+                rss[2].1
+            ));
+            eprintln!("{table}");
+        }
+    }
+
+    // The pipeline's own overhead on a 1 MB database: trigger to verified,
+    // minus the dump, the upload and the verification themselves.
+    let big = TestDatabase::create("scale_bench_1mb");
+    fill(&mut |sql| big.execute(sql), 14_000);
+    let mut overheads = Vec::new();
+    for _ in 0..3 {
+        let (wall, _, verified) = bench_run(std::slice::from_ref(&big.name), 1);
+        let v = &verified[0];
+        let stages = v["dump_ms"].as_u64().unwrap_or(0)
+            + v["ship_ms"].as_u64().unwrap_or(0)
+            + v["duration_ms"].as_u64().unwrap_or(0);
+        overheads.push((wall.as_millis() as u64).saturating_sub(stages));
+        table.push_str(&format!(
+            "\n1 MB database: trigger → verified {} ms; dump {} ms, upload {} ms, verification {} ms; overhead {} ms",
+            wall.as_millis(),
+            v["dump_ms"],
+            v["ship_ms"],
+            v["duration_ms"],
+            overheads.last().expect("pushed")
+        ));
+    }
+    eprintln!("scale benchmark on one nats-server:\n{table}");
 }
