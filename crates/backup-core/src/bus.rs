@@ -566,7 +566,7 @@ pub async fn run_worker<H: Handler + 'static>(
     grace: Duration,
 ) -> Result<(), BusError> {
     // Dropped when this function returns, which marks the consumer stopped.
-    let health = bus.health().worker(&spec.durable, spec.ack_wait);
+    let health = bus.health().worker(spec.durable, spec.ack_wait);
     let consumer = loop {
         match bus.durable_consumer(spec).await {
             Ok(consumer) => break consumer,

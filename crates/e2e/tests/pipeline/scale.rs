@@ -213,7 +213,7 @@ fn two_shippers_and_two_verifiers_holding_two_each_lose_nothing_to_a_kill() {
             ],
         )
     };
-    let mut shippers = vec![spawn_shipper(ports[0]), spawn_shipper(ports[1])];
+    let mut shippers = [spawn_shipper(ports[0]), spawn_shipper(ports[1])];
     let mut verifiers = vec![spawn_verifier(ports[2]), spawn_verifier(ports[3])];
 
     bench.trigger("");
