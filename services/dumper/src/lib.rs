@@ -489,3 +489,18 @@ pub const SCHEDULE_REASON: &str = "schedule";
 fn is_scheduled(request: &TriggerRequest) -> bool {
     request.origin.request_id.is_none() && request.origin.reason.as_deref() == Some(SCHEDULE_REASON)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_dumper_name_has_its_own_consumer_on_the_trigger_subject() {
+        assert_eq!(consumer("dumper").durable, "dumper");
+        let other = consumer("pg-east");
+        assert_eq!(other.durable, "pg-east");
+        assert_eq!(other.filter_subject, subject::TRIGGER);
+        // One trigger at a time, whatever the other services do.
+        assert_eq!(other.max_ack_pending, 1);
+    }
+}

@@ -386,3 +386,15 @@ async fn check_spool(
         manifest: manifest_bytes,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_consumer_holds_as_many_messages_as_the_setting() {
+        assert_eq!(consumer(1).max_ack_pending, 1);
+        assert_eq!(consumer(4).max_ack_pending, 4);
+        assert_eq!(consumer(4).durable, CONSUMER.durable);
+    }
+}

@@ -307,3 +307,31 @@ pub(crate) fn record_of(
         skipped: verification.skipped.clone(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_consumer_holds_as_many_messages_as_the_setting() {
+        assert_eq!(consumer(1).max_ack_pending, 1);
+        assert_eq!(consumer(4).max_ack_pending, 4);
+        assert_eq!(consumer(4).durable, CONSUMER.durable);
+    }
+
+    #[tokio::test]
+    async fn restores_share_the_slots_and_the_sweep_waits_for_all() {
+        let restores = Restores::new(2);
+        let first = restores.one().await;
+        let second = restores.one().await;
+        assert!(restores.slots.try_acquire().is_err(), "two slots only");
+        drop(first);
+        assert!(
+            restores.slots.try_acquire_many(2).is_err(),
+            "the sweep waits while a restore runs"
+        );
+        drop(second);
+        let _sweep = restores.all().await;
+        assert!(restores.slots.try_acquire().is_err());
+    }
+}
