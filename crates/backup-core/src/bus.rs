@@ -418,7 +418,16 @@ impl Bus {
                     || current.filter_subject != config.filter_subject
                     || current.max_ack_pending != config.max_ack_pending
                 {
-                    tracing::info!(consumer = spec.durable, "updating consumer configuration");
+                    if current.max_ack_pending != config.max_ack_pending {
+                        tracing::info!(
+                            consumer = spec.durable,
+                            from = current.max_ack_pending,
+                            to = config.max_ack_pending,
+                            "updating the consumer's max_ack_pending to follow the concurrency setting"
+                        );
+                    } else {
+                        tracing::info!(consumer = spec.durable, "updating consumer configuration");
+                    }
                     stream.update_consumer(config).await.map_err(js_error)
                 } else {
                     Ok(existing)
@@ -474,7 +483,10 @@ pub struct ConsumerSpec {
     /// Deliveries before the message is given up (the last attempt reports
     /// `will_retry: false`).
     pub max_deliver: i64,
-    /// Messages in flight at once for this consumer.
+    /// Messages in flight at once for this consumer, across every
+    /// instance of the service; also how many one instance's worker holds
+    /// at most ([`run_worker`]). Services set it from their concurrency
+    /// setting (`SHIP_CONCURRENCY`, `VERIFY_CONCURRENCY`); 1 elsewhere.
     pub max_ack_pending: i64,
     /// Stage reported when a message on this subject is malformed.
     pub stage: Stage,
@@ -538,14 +550,18 @@ pub trait Handler: Send + Sync {
     ) -> impl Future<Output = Outcome> + Send;
 }
 
-/// Runs `handler` over the consumer's messages, one at a time, until
-/// shutdown. On shutdown the unit in flight gets `grace` to finish; then it
-/// is dropped (child processes are killed, partial files removed by their
-/// guards) and released with a nak so another instance picks it up at once.
-pub async fn run_worker<H: Handler>(
+/// Runs `handler` over the consumer's messages until shutdown, holding up
+/// to `spec.max_ack_pending` of them at once, each in its own task with its
+/// own progress acks. The loop fetches only while it has a free slot, so a
+/// second instance of the service gets the messages this one cannot take.
+/// On shutdown the loop stops fetching and every message in flight gets
+/// `grace` to finish; then it is dropped (child processes are killed,
+/// partial files removed by their guards) and released with a nak so
+/// another instance picks it up at once.
+pub async fn run_worker<H: Handler + 'static>(
     bus: &Bus,
     spec: &ConsumerSpec,
-    handler: &H,
+    handler: std::sync::Arc<H>,
     shutdown: CancellationToken,
     grace: Duration,
 ) -> Result<(), BusError> {
@@ -566,17 +582,28 @@ pub async fn run_worker<H: Handler>(
         }
     };
     health.ready();
+    let slots = usize::try_from(spec.max_ack_pending.max(1)).unwrap_or(1);
     tracing::info!(
-        consumer = spec.durable,
+        consumer = %spec.durable,
         subject = spec.filter_subject,
+        concurrency = slots,
         "waiting for work"
     );
     let fetch_backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(15));
     let mut fetch_failures = 0u32;
-    while !shutdown.is_cancelled() {
+    let mut tasks = tokio::task::JoinSet::new();
+    'fetching: while !shutdown.is_cancelled() {
+        // Full: wait for a message to be done with before asking for more.
+        while tasks.len() >= slots {
+            tokio::select! {
+                _ = shutdown.cancelled() => break 'fetching,
+                done = tasks.join_next() => log_task_end(done),
+            }
+        }
+        let free = slots - tasks.len();
         let batch = consumer
             .fetch()
-            .max_messages(1)
+            .max_messages(free)
             .expires(Duration::from_secs(5))
             .messages()
             .await;
@@ -596,53 +623,109 @@ pub async fn run_worker<H: Handler>(
                 }
             }
         };
-        let next = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            next = batch.next() => next,
-        };
-        match next {
-            None => health.polled(),
-            Some(Err(error)) => {
-                // The server ended the pull with an error status (consumer
-                // deleted, too many waiting pulls): not a completed fetch.
-                health.poll_failed(&error.to_string());
-                tracing::debug!(error = %crate::one_line(&error.to_string()), "fetch returned no message");
-            }
-            Some(Ok(message)) => {
-                health.polled();
-                process(bus, spec, handler, &message, &shutdown, grace, &health).await
+        loop {
+            let next = tokio::select! {
+                _ = shutdown.cancelled() => break 'fetching,
+                // Reap finished messages while the fetch waits, so their
+                // acks are logged promptly; the slots they free are used by
+                // the next fetch.
+                Some(done) = tasks.join_next(), if !tasks.is_empty() => {
+                    log_task_end(Some(done));
+                    continue;
+                }
+                next = batch.next() => next,
+            };
+            match next {
+                None => {
+                    health.polled();
+                    break;
+                }
+                Some(Err(error)) => {
+                    // The server ended the pull with an error status
+                    // (consumer deleted, too many waiting pulls): not a
+                    // completed fetch.
+                    health.poll_failed(&error.to_string());
+                    tracing::debug!(error = %crate::one_line(&error.to_string()), "fetch returned no message");
+                    break;
+                }
+                Some(Ok(message)) => {
+                    health.polled();
+                    let Some(delivery) = delivery_of(spec, &message).await else {
+                        continue;
+                    };
+                    let busy = health.busy(delivery.stream_sequence, &delivery.subject);
+                    let (bus, spec, handler, shutdown) =
+                        (bus.clone(), spec.clone(), handler.clone(), shutdown.clone());
+                    tasks.spawn(async move {
+                        process(
+                            &bus,
+                            &spec,
+                            handler.as_ref(),
+                            &message,
+                            delivery,
+                            &shutdown,
+                            grace,
+                            &busy,
+                        )
+                        .await
+                    });
+                }
             }
         }
     }
-    tracing::info!(consumer = spec.durable, "stopped taking work");
+    if !tasks.is_empty() {
+        tracing::info!(
+            in_flight = tasks.len(),
+            grace = ?grace,
+            "shutdown: giving the messages in flight time to finish"
+        );
+    }
+    while let Some(done) = tasks.join_next().await {
+        log_task_end(Some(done));
+    }
+    tracing::info!(consumer = %spec.durable, "stopped taking work");
     Ok(())
 }
 
-async fn process<H: Handler>(
-    bus: &Bus,
-    spec: &ConsumerSpec,
-    handler: &H,
-    message: &jetstream::Message,
-    shutdown: &CancellationToken,
-    grace: Duration,
-    health: &crate::health::WorkerHealth,
-) {
-    let delivery = match message.info() {
-        Ok(info) => Delivery {
+/// A message's task ends on its own; a panic in a handler is logged (the
+/// message, never acked, is redelivered after `ack_wait`).
+fn log_task_end(done: Option<Result<(), tokio::task::JoinError>>) {
+    if let Some(Err(error)) = done {
+        tracing::error!(%error, "a message's task failed; JetStream will redeliver the message");
+    }
+}
+
+/// The delivery facts of `message`, or `None` (the message terminated)
+/// when it carries no JetStream metadata.
+async fn delivery_of(spec: &ConsumerSpec, message: &jetstream::Message) -> Option<Delivery> {
+    match message.info() {
+        Ok(info) => Some(Delivery {
             subject: message.subject.to_string(),
             stream_sequence: info.stream_sequence,
             attempt: u32::try_from(info.delivered).unwrap_or(u32::MAX),
             max_deliver: spec.max_deliver,
             published: DateTime::from_timestamp(info.published.unix_timestamp(), 0)
                 .unwrap_or_else(Utc::now),
-        },
+        }),
         Err(error) => {
             tracing::error!(%error, "message without JetStream metadata; terminating it");
             let _ = message.ack_with(AckKind::Term).await;
-            return;
+            None
         }
-    };
-    let _busy = health.busy(delivery.stream_sequence, &delivery.subject);
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn process<H: Handler>(
+    bus: &Bus,
+    spec: &ConsumerSpec,
+    handler: &H,
+    message: &jetstream::Message,
+    delivery: Delivery,
+    shutdown: &CancellationToken,
+    grace: Duration,
+    busy: &crate::health::Busy,
+) {
     // The consumer of every `dump.*` event (the notifier) publishes nothing
     // itself: its metrics describe the whole pipeline. First deliveries
     // only, so a redelivery does not count a failure twice.
@@ -658,8 +741,9 @@ async fn process<H: Handler>(
         }
     };
 
-    // The handler runs while this loop keeps the message alive with progress
-    // acks; on shutdown it gets `grace` to finish before being dropped.
+    // The handler runs while this task keeps the message alive with
+    // progress acks; on shutdown it gets `grace` to finish before being
+    // dropped.
     let work = handler.handle(decoded, &delivery, shutdown);
     tokio::pin!(work);
     let mut heartbeat = tokio::time::interval(spec.ack_wait / 4);
@@ -670,12 +754,12 @@ async fn process<H: Handler>(
             outcome = &mut work => break Some(outcome),
             _ = heartbeat.tick() => {
                 match message.ack_with(AckKind::Progress).await {
-                    Ok(()) => health.progressed(),
-                    Err(error) => tracing::warn!(%error, "progress ack failed"),
+                    Ok(()) => busy.progressed(),
+                    Err(error) => tracing::warn!(%error, seq = delivery.stream_sequence, "progress ack failed"),
                 }
             }
             _ = shutdown.cancelled(), if deadline.is_none() => {
-                tracing::info!(grace = ?grace, "shutdown: giving the unit in flight time to finish");
+                tracing::info!(grace = ?grace, seq = delivery.stream_sequence, "shutdown: giving the unit in flight time to finish");
                 deadline = Some(Box::pin(tokio::time::sleep(grace)));
             }
             _ = async { deadline.as_mut().expect("guarded").await }, if deadline.is_some() => {

@@ -71,7 +71,14 @@ async fn endpoint_follows_a_real_nats_server_and_consumer() {
     let worker = tokio::spawn({
         let (bus, spec, shutdown) = (bus.clone(), spec.clone(), shutdown.clone());
         async move {
-            crate::bus::run_worker(&bus, &spec, &AckAll, shutdown, Duration::from_secs(1)).await
+            crate::bus::run_worker(
+                &bus,
+                &spec,
+                std::sync::Arc::new(AckAll),
+                shutdown,
+                Duration::from_secs(1),
+            )
+            .await
         }
     });
     // Healthy while it sets up, too: wait for the consumer to be ready.

@@ -2,7 +2,9 @@
 //! travels the whole way and a dead SFTP server ends in `dump.failed` and
 //! an alert email ([`journey`]), the binaries' help and refusals
 //! ([`binaries`]), the deployment files ([`deploy`]), the docs against the
-//! code ([`docs`]), and the resilience and security suite ([`resilience`]).
+//! code ([`docs`]), the resilience and security suite ([`resilience`]), and
+//! scaling out: parallel workers and one dumper per PostgreSQL server
+//! ([`scale`], with the `#[ignore]`d scale benchmark).
 
 #[path = "pipeline/binaries.rs"]
 mod binaries;
@@ -14,6 +16,8 @@ mod docs;
 mod journey;
 #[path = "pipeline/resilience.rs"]
 mod resilience;
+#[path = "pipeline/scale.rs"]
+mod scale;
 #[path = "pipeline/scripts.rs"]
 mod scripts;
 #[path = "pipeline/settings.rs"]

@@ -5,8 +5,9 @@
 //! with `dump.created`.
 //!
 //! Concurrency: one trigger is handled at a time (the consumer's
-//! `max_ack_pending` is 1), so a database is never dumped twice at once and
-//! a trigger that arrives during a dump waits for it. Inside a trigger, the
+//! `max_ack_pending` stays 1, whatever the other services do), so a
+//! database is never dumped twice at once and a trigger that arrives during
+//! a dump waits for it. Inside a trigger, the
 //! databases (and the globals and media artifacts) are dumped concurrently,
 //! at most `max_parallel` at once. A trigger that nobody waits on (no
 //! `request_id`) is coalesced away when a dump of the same database with the
@@ -30,6 +31,15 @@
 //! jobs already dumped for that trigger are found in the spool by their
 //! backup id and announced again instead of dumped twice.
 //!
+//! Several PostgreSQL servers: one dumper runs per server, each with its
+//! own `DUMPER_NAME` and so its own durable consumer on `backup.trigger`.
+//! Every dumper sees every trigger: a trigger for every database makes
+//! each dump its own; a trigger for a database another live dumper serves
+//! is acked and ignored; one for a database no dumper serves is rejected
+//! with `dump.failed` (stage `trigger`), every dumper publishing it under
+//! the same message id so JetStream stores it once. Who serves what is
+//! read from the dumpers' registry ([`registry`]).
+//!
 //! Start-up: `.partial` files left by a dumper killed mid-write are removed,
 //! and so are artifacts with a final name but no manifest, left by a dumper
 //! killed between the rename and the manifest write (older than
@@ -46,6 +56,7 @@ pub mod media;
 pub use backup_core::pg_dump;
 pub mod preflight;
 mod producer;
+pub mod registry;
 pub mod running;
 pub mod schedule;
 pub mod settings;
@@ -74,8 +85,22 @@ pub use running::Activity;
 pub use schedule::{Clock, ManualClock, Schedule, SystemClock};
 pub use settings::{Args, LockWait, Settings, SettingsError, parse_lock_wait};
 
-/// The dumper's durable consumer.
-pub const CONSUMER: ConsumerSpec = ConsumerSpec::new("dumper", subject::TRIGGER, Stage::Trigger);
+/// The dumper's durable consumer, under the default `DUMPER_NAME`.
+pub const CONSUMER: ConsumerSpec = ConsumerSpec::new(
+    settings::DEFAULT_DUMPER_NAME,
+    subject::TRIGGER,
+    Stage::Trigger,
+);
+
+/// The durable consumer of the dumper named `name` (`DUMPER_NAME`).
+pub fn consumer(name: &str) -> ConsumerSpec {
+    if name == CONSUMER.durable {
+        return CONSUMER;
+    }
+    // Named once per process, for as long as it runs.
+    let durable: &'static str = Box::leak(name.to_owned().into_boxed_str());
+    ConsumerSpec::new(durable, subject::TRIGGER, Stage::Trigger)
+}
 
 /// Smallest artifact believed by default: a gzip of an empty pg_dump is bigger.
 pub const DEFAULT_MIN_ARTIFACT_BYTES: u64 = 64;
@@ -149,6 +174,11 @@ pub async fn run_with_clock(
         }
     }
     bus.ensure_stream().await?;
+    // Advertised before the consumer exists, so that a trigger for these
+    // databases is not rejected by another dumper in the meantime.
+    let registry = registry::Registry::open(&bus, &settings.name).await;
+    registry.advertise(&settings.databases).await;
+    let refresher = registry.spawn_refresh(settings.databases.clone(), shutdown.clone());
     let activity = Activity::new();
     let scheduler = settings.schedule.clone().map(|schedule| {
         let bus = bus.clone();
@@ -170,16 +200,23 @@ pub async fn run_with_clock(
         })
     });
     let grace = settings.grace;
-    let handler = TriggerHandler {
+    let spec = consumer(&settings.name);
+    tracing::info!(dumper = %settings.name, databases = ?settings.databases.iter().map(DatabaseName::as_str).collect::<Vec<_>>(), "serving");
+    let handler = Arc::new(TriggerHandler {
         bus: bus.clone(),
         settings,
         last_success: Mutex::new(HashMap::new()),
         activity,
-    };
-    let result = bus::run_worker(&bus, &CONSUMER, &handler, shutdown.clone(), grace).await;
+        registry,
+    });
+    let result = bus::run_worker(&bus, &spec, handler, shutdown.clone(), grace).await;
     if let Some(scheduler) = scheduler {
         shutdown.cancel();
         let _ = scheduler.await;
+    }
+    if let Some(refresher) = refresher {
+        shutdown.cancel();
+        let _ = refresher.await;
     }
     result
 }
@@ -192,6 +229,8 @@ struct TriggerHandler {
     last_success: Mutex<HashMap<DatabaseName, LastSuccess>>,
     /// The dumps running now and lately, shared with the scheduler.
     activity: Activity,
+    /// Which other dumper serves a database this one does not.
+    registry: registry::Registry,
 }
 
 #[derive(Debug)]
@@ -360,6 +399,28 @@ impl Handler for TriggerHandler {
             None => settings.databases.clone(),
             Some(database) if settings.databases.contains(database) => vec![database.clone()],
             Some(database) => {
+                match self.registry.served(database).await {
+                    Ok(registry::Served::By(dumper)) if dumper != settings.name => {
+                        tracing::debug!(%database, %dumper, seq = delivery.stream_sequence, "trigger for a database another dumper serves; ignored");
+                        return Outcome::Ack;
+                    }
+                    Ok(registry::Served::By(_)) => {
+                        // Instances sharing a name share a consumer: the
+                        // one serving it must get the message.
+                        tracing::warn!(%database, dumper = %settings.name, "another instance of this dumper serves this database: every instance of one DUMPER_NAME needs the same BACKUP_DATABASES; releasing the trigger to it");
+                        if delivery.can_retry() {
+                            return Outcome::Retry(RETRY.delay(delivery.attempt));
+                        }
+                    }
+                    Err(error) if delivery.can_retry() => {
+                        tracing::warn!(%database, %error, "cannot tell whether another dumper serves this database; retrying");
+                        return Outcome::Retry(RETRY.delay(delivery.attempt));
+                    }
+                    Ok(registry::Served::Nowhere) | Err(_) => {}
+                }
+                // Every dumper that finds no other serving it publishes this
+                // failure under the same message id (the trigger's backup
+                // id, stage and attempt): JetStream stores it once.
                 let configured = settings
                     .databases
                     .iter()
@@ -427,4 +488,19 @@ pub const SCHEDULE_REASON: &str = "schedule";
 /// one somebody asked for.
 fn is_scheduled(request: &TriggerRequest) -> bool {
     request.origin.request_id.is_none() && request.origin.reason.as_deref() == Some(SCHEDULE_REASON)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_dumper_name_has_its_own_consumer_on_the_trigger_subject() {
+        assert_eq!(consumer("dumper").durable, "dumper");
+        let other = consumer("pg-east");
+        assert_eq!(other.durable, "pg-east");
+        assert_eq!(other.filter_subject, subject::TRIGGER);
+        // One trigger at a time, whatever the other services do.
+        assert_eq!(other.max_ack_pending, 1);
+    }
 }

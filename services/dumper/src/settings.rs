@@ -93,6 +93,11 @@ pub struct Args {
     /// File holding that version, read again for every dump (a deploy may rewrite it).
     #[arg(long, env = "BACKUP_APP_VERSION_FILE")]
     pub app_version_file: Option<PathBuf>,
+    /// This dumper's name: its durable consumer on backup.trigger and its
+    /// entries in the dumpers' registry. One per PostgreSQL server (and
+    /// database list); instances with the same name share the work.
+    #[arg(long = "dumper-name", env = "DUMPER_NAME", default_value = "dumper")]
+    pub dumper_name: String,
 }
 
 impl AsRef<ServiceArgs> for Args {
@@ -173,6 +178,9 @@ pub struct Settings {
     pub limits: Limits,
     /// Where the application's version for the manifest comes from.
     pub app_version: AppVersion,
+    /// `DUMPER_NAME`: the durable consumer and the registry's name for this
+    /// dumper (see [`crate::registry`]).
+    pub name: String,
 }
 
 /// `BACKUP_APP_VERSION` or `BACKUP_APP_VERSION_FILE`: the operator's
@@ -224,6 +232,27 @@ impl AppVersion {
     }
 }
 
+/// The default `DUMPER_NAME`, today's consumer name.
+pub const DEFAULT_DUMPER_NAME: &str = "dumper";
+
+/// `DUMPER_NAME`: a JetStream consumer name (no `.`, `*`, `>` or space),
+/// kept to letters, digits, `_` and `-`, at most 32 characters.
+fn dumper_name(text: &str) -> Result<String, SettingsError> {
+    let name = text.trim();
+    let valid = !name.is_empty()
+        && name.len() <= 32
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if valid {
+        Ok(name.to_owned())
+    } else {
+        Err(invalid(format!(
+            "DUMPER_NAME must be 1 to 32 letters, digits, '_' or '-', not {text:?}"
+        )))
+    }
+}
+
 impl Settings {
     /// Defaults for everything but the essentials: plain SQL, parallel gzip,
     /// no schedule, no globals, no media.
@@ -245,6 +274,7 @@ impl Settings {
             lock_wait_timeout: Some(DEFAULT_LOCK_WAIT_TIMEOUT),
             limits: Limits::new(DEFAULT_STALL_AFTER, DEFAULT_DUMP_DEADLINE),
             app_version: AppVersion::Unset,
+            name: DEFAULT_DUMPER_NAME.to_owned(),
         }
     }
 
@@ -301,8 +331,10 @@ impl TryFrom<Args> for Settings {
             args.app_version.as_deref(),
             args.app_version_file.as_deref(),
         )?;
+        let name = dumper_name(&args.dumper_name)?;
         Ok(Settings {
             app_version,
+            name,
             lock_wait_timeout: args.lock_wait_timeout.0,
             limits,
             format: args.format,
@@ -448,6 +480,21 @@ mod tests {
             refusal(&with(&["--dump-deadline", "0s"])),
             "BACKUP_STALL_TIMEOUT and BACKUP_DUMP_DEADLINE must be at least 1s"
         );
+        assert_eq!(settings(&app).unwrap().name, "dumper");
+        assert_eq!(
+            settings(&with(&["--dumper-name", "pg-east_2"]))
+                .unwrap()
+                .name,
+            "pg-east_2"
+        );
+        let long = "n".repeat(33);
+        for bad in ["", "a.b", "two words", "x>", long.as_str()] {
+            let argv = [app.as_slice(), &["--dumper-name", bad]].concat();
+            assert_eq!(
+                refusal(&argv),
+                format!("DUMPER_NAME must be 1 to 32 letters, digits, '_' or '-', not {bad:?}")
+            );
+        }
     }
 
     #[test]

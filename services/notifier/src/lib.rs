@@ -173,8 +173,8 @@ pub async fn run_with_clock(
             watcher_stop.clone(),
         ))
     });
-    let handler = NotifyHandler { shared };
-    let result = bus::run_worker(&bus, &CONSUMER, &handler, shutdown, settings.grace).await;
+    let handler = Arc::new(NotifyHandler { shared });
+    let result = bus::run_worker(&bus, &CONSUMER, handler, shutdown, settings.grace).await;
     watcher_stop.cancel();
     let _ = watcher.await;
     if let Some(digests) = digests {

@@ -193,16 +193,22 @@ pub async fn run(
         &shutdown,
     );
     bus.ensure_stream().await?;
-    let handler = PruneHandler {
+    let handler = Arc::new(PruneHandler {
         bus: bus.clone(),
         settings: Arc::new(settings),
         // A scheduled run and an event-driven one on the same directory
         // would race on the same files.
         running: Arc::new(Mutex::new(())),
-    };
+    });
     let grace = handler.settings.grace;
     let (worker, ()) = tokio::join!(
-        bus::run_worker(&bus, &CONSUMER, &handler, shutdown.clone(), grace),
+        bus::run_worker(
+            &bus,
+            &CONSUMER,
+            Arc::clone(&handler),
+            shutdown.clone(),
+            grace
+        ),
         scheduled_runs(&handler, &shutdown),
     );
     worker

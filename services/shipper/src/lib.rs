@@ -14,8 +14,14 @@
 //! restart does not extend it. This was preferred over naks with a JetStream
 //! backoff because the shipper must decide *when* to tell the operator (once,
 //! after a grace), which needs state across attempts that a nak would lose;
-//! the one message in flight at a time (`max_ack_pending = 1`) would wait
-//! behind the same dead server either way.
+//! the messages in flight (`SHIP_CONCURRENCY`, the consumer's
+//! `max_ack_pending`) would wait behind the same dead server either way.
+//!
+//! Concurrency: up to `SHIP_CONCURRENCY` artifacts (default 1) are shipped
+//! at once, each in its own task of the worker ([`bus::run_worker`]) with
+//! its own progress acks, watchdog and shutdown grace. Artifacts have
+//! distinct names and each upload its own `.partial`, so two uploads never
+//! touch the same remote file.
 //!
 //! Per artifact, the operator hears:
 //! - nothing if a transient failure (refused, reset, timeout) heals within
@@ -74,6 +80,14 @@ pub const CONSUMER: ConsumerSpec = ConsumerSpec {
     ..ConsumerSpec::new("shipper", subject::CREATED, Stage::Ship)
 };
 
+/// [`CONSUMER`] holding `concurrency` messages at once.
+pub fn consumer(concurrency: usize) -> ConsumerSpec {
+    ConsumerSpec {
+        max_ack_pending: i64::try_from(concurrency.max(1)).unwrap_or(1),
+        ..CONSUMER
+    }
+}
+
 /// Longest allowed silence before the operator hears of a failure.
 pub const MAX_ALERT_AFTER: Duration = Duration::from_secs(60);
 
@@ -97,11 +111,12 @@ pub async fn run(
     );
     bus.ensure_stream().await?;
     let grace = settings.shutdown_grace;
-    let handler = ShipHandler {
+    let spec = consumer(settings.concurrency);
+    let handler = std::sync::Arc::new(ShipHandler {
         bus: bus.clone(),
         settings,
-    };
-    bus::run_worker(&bus, &CONSUMER, &handler, shutdown, grace).await
+    });
+    bus::run_worker(&bus, &spec, handler, shutdown, grace).await
 }
 
 #[derive(Debug)]
@@ -370,4 +385,16 @@ async fn check_spool(
         sha256: created.artifact.sha256.clone(),
         manifest: manifest_bytes,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_consumer_holds_as_many_messages_as_the_setting() {
+        assert_eq!(consumer(1).max_ack_pending, 1);
+        assert_eq!(consumer(4).max_ack_pending, 4);
+        assert_eq!(consumer(4).durable, CONSUMER.durable);
+    }
 }

@@ -61,6 +61,10 @@ pub struct Args {
     /// Longest one upload to one destination may take, progress or not.
     #[arg(long, env = "SHIP_DEADLINE", default_value = "6h", value_parser = parse_duration)]
     pub deadline: Duration,
+    /// Artifacts shipped at once by the whole service (its consumer's
+    /// max_ack_pending), 1 to 32; each instance takes at most this many.
+    #[arg(long, env = "SHIP_CONCURRENCY", default_value = "1")]
+    pub concurrency: String,
 }
 
 impl AsRef<ServiceArgs> for Args {
@@ -141,6 +145,25 @@ pub struct Settings {
     pub bandwidth_limit: Option<Rate>,
     /// Stall interval and deadline of each delivery to one destination.
     pub limits: Limits,
+    /// Artifacts shipped at once (`SHIP_CONCURRENCY`).
+    pub concurrency: usize,
+}
+
+/// Highest `SHIP_CONCURRENCY`: each upload holds an SFTP session per
+/// destination and a read buffer.
+pub const MAX_CONCURRENCY: usize = 32;
+
+/// `SHIP_CONCURRENCY`: 1 to [`MAX_CONCURRENCY`].
+fn concurrency(text: &str) -> Result<usize, SettingsError> {
+    text.trim()
+        .parse::<usize>()
+        .ok()
+        .filter(|n| (1..=MAX_CONCURRENCY).contains(n))
+        .ok_or_else(|| {
+            invalid(format!(
+                "SHIP_CONCURRENCY must be a whole number from 1 to {MAX_CONCURRENCY}, not {text:?}"
+            ))
+        })
 }
 
 impl Settings {
@@ -156,6 +179,7 @@ impl Settings {
             retry_max_delay: Duration::from_secs(300),
             bandwidth_limit: None,
             limits: Limits::new(DEFAULT_STALL_AFTER, DEFAULT_DEADLINE),
+            concurrency: 1,
         }
     }
 
@@ -216,6 +240,7 @@ impl TryFrom<Args> for Settings {
             retry_max_delay: args.retry_max_delay,
             bandwidth_limit: args.bandwidth_limit,
             limits,
+            concurrency: concurrency(&args.concurrency)?,
         })
     }
 }
@@ -328,6 +353,9 @@ mod tests {
             settings.limits,
             Limits::new(DEFAULT_STALL_AFTER, DEFAULT_DEADLINE)
         );
+        assert_eq!(settings.concurrency, 1);
+        let four = self::settings(&key, &["--concurrency", "4"]).expect("valid");
+        assert_eq!(four.concurrency, 4);
     }
 
     #[test]
@@ -371,5 +399,11 @@ mod tests {
             refusal(&key, &["--sftp-dir", "a/../b"]).starts_with("SFTP settings: SFTP_DIR "),
             "the primary server's settings say so"
         );
+        for bad in ["0", "33", "many"] {
+            assert_eq!(
+                refusal(&key, &["--concurrency", bad]),
+                format!("SHIP_CONCURRENCY must be a whole number from 1 to 32, not {bad:?}")
+            );
+        }
     }
 }

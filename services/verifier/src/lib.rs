@@ -14,7 +14,15 @@
 //! server unreachable, local staging) are retried, with backoff through
 //! JetStream redelivery. A checksum, decryption, decompression, restore,
 //! row-count or operator-check failure is a finding about the backup itself
-//! and is reported once, not retried. One restore runs at a time.
+//! and is reported once, not retried.
+//!
+//! Concurrency: up to `VERIFY_CONCURRENCY` restores (default 1) run at
+//! once, each into its own scratch database, each `dump.shipped` in its own
+//! task of the worker ([`bus::run_worker`]) with its own progress acks and
+//! watchdog. A re-verification round takes one of those slots
+//! ([`Restores`]); the late sweep of leftover scratch databases waits until
+//! no restore of ours runs, so it never sees a scratch database of ours
+//! between its creation and its first connection.
 //!
 //! Hangs: download, restore and checks run under a stall watchdog and a
 //! deadline ([`Settings::limits`], see [`verify`]). An aborted verification
@@ -49,6 +57,45 @@ pub use verify::Verification;
 /// the message while one runs.
 pub const CONSUMER: ConsumerSpec = ConsumerSpec::new("verifier", subject::SHIPPED, Stage::Verify);
 
+/// [`CONSUMER`] holding `concurrency` messages at once.
+pub fn consumer(concurrency: usize) -> ConsumerSpec {
+    ConsumerSpec {
+        max_ack_pending: i64::try_from(concurrency.max(1)).unwrap_or(1),
+        ..CONSUMER
+    }
+}
+
+/// The restore slots of the process (`VERIFY_CONCURRENCY`), shared by the
+/// worker's verifications and the re-verifier.
+#[derive(Debug, Clone)]
+pub struct Restores {
+    slots: Arc<tokio::sync::Semaphore>,
+    count: u32,
+}
+
+impl Restores {
+    pub fn new(concurrency: usize) -> Self {
+        let count = u32::try_from(concurrency.max(1)).unwrap_or(1);
+        Self {
+            slots: Arc::new(tokio::sync::Semaphore::new(count as usize)),
+            count,
+        }
+    }
+
+    /// One restore slot, held while the permit lives.
+    pub async fn one(&self) -> tokio::sync::SemaphorePermit<'_> {
+        self.slots.acquire().await.expect("never closed")
+    }
+
+    /// Every slot: no restore of ours runs while the permit lives.
+    pub async fn all(&self) -> tokio::sync::SemaphorePermit<'_> {
+        self.slots
+            .acquire_many(self.count)
+            .await
+            .expect("never closed")
+    }
+}
+
 /// The binary's default limits: 5 minutes without progress, 6 hours in all.
 pub const DEFAULT_LIMITS: Limits = Limits {
     stall_after: DEFAULT_STALL_AFTER,
@@ -69,14 +116,14 @@ pub async fn run(
     bus.ensure_stream().await?;
     sweep(&settings).await;
     let grace = settings.grace;
-    let one_restore_at_a_time = Arc::new(tokio::sync::Mutex::new(()));
+    let restores = Restores::new(settings.concurrency);
     // The sweep leaves a scratch database alone while something is
     // connected to it, and the psql of a verifier killed mid-restore may
     // still be finishing at start-up: look again once it is gone, between
     // two restores of our own.
     let late_sweep = {
         let settings = settings.clone();
-        let idle = one_restore_at_a_time.clone();
+        let idle = restores.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
             for delay in [Duration::from_secs(5), Duration::from_secs(60)] {
@@ -84,7 +131,7 @@ pub async fn run(
                     _ = shutdown.cancelled() => return,
                     _ = tokio::time::sleep(delay) => {}
                 }
-                let _idle = idle.lock().await;
+                let _idle = idle.all().await;
                 sweep(&settings).await;
             }
         })
@@ -94,16 +141,17 @@ pub async fn run(
             bus.clone(),
             settings.clone(),
             every,
-            one_restore_at_a_time.clone(),
+            restores.clone(),
             shutdown.clone(),
         ))
     });
-    let handler = VerifyHandler {
+    let spec = consumer(settings.concurrency);
+    let handler = Arc::new(VerifyHandler {
         bus: bus.clone(),
         settings,
-        one_restore_at_a_time,
-    };
-    let result = bus::run_worker(&bus, &CONSUMER, &handler, shutdown, grace).await;
+        restores,
+    });
+    let result = bus::run_worker(&bus, &spec, handler, shutdown, grace).await;
     late_sweep.abort();
     if let Some(reverifier) = reverifier {
         reverifier.abort();
@@ -134,7 +182,7 @@ async fn sweep(settings: &Settings) {
 struct VerifyHandler {
     bus: Bus,
     settings: Settings,
-    one_restore_at_a_time: Arc<tokio::sync::Mutex<()>>,
+    restores: Restores,
 }
 
 const RETRY: Backoff = Backoff::new(Duration::from_secs(10), Duration::from_secs(600));
@@ -152,7 +200,7 @@ impl Handler for VerifyHandler {
         delivery: &Delivery,
         _shutdown: &CancellationToken,
     ) -> Outcome {
-        let _restoring = self.one_restore_at_a_time.lock().await;
+        let _restoring = self.restores.one().await;
         let started = Instant::now();
         let database = &shipped.header.database;
         let mut cleanup = verify::ScratchCleanup::default();
@@ -263,5 +311,33 @@ pub(crate) fn record_of(
         duration_ms: ::restore::millis(started.elapsed()),
         steps_ms: verification.steps.clone(),
         skipped: verification.skipped.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_consumer_holds_as_many_messages_as_the_setting() {
+        assert_eq!(consumer(1).max_ack_pending, 1);
+        assert_eq!(consumer(4).max_ack_pending, 4);
+        assert_eq!(consumer(4).durable, CONSUMER.durable);
+    }
+
+    #[tokio::test]
+    async fn restores_share_the_slots_and_the_sweep_waits_for_all() {
+        let restores = Restores::new(2);
+        let first = restores.one().await;
+        let second = restores.one().await;
+        assert!(restores.slots.try_acquire().is_err(), "two slots only");
+        drop(first);
+        assert!(
+            restores.slots.try_acquire_many(2).is_err(),
+            "the sweep waits while a restore runs"
+        );
+        drop(second);
+        let _sweep = restores.all().await;
+        assert!(restores.slots.try_acquire().is_err());
     }
 }

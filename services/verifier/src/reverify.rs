@@ -10,7 +10,6 @@
 //! reports it and tries again at the next round. A re-verification runs
 //! under the same watchdog limits as a first verification.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use backup_core::Stage;
@@ -29,7 +28,7 @@ pub async fn run_schedule(
     bus: Bus,
     settings: Settings,
     every: Duration,
-    one_restore_at_a_time: Arc<tokio::sync::Mutex<()>>,
+    restores: crate::Restores,
     shutdown: CancellationToken,
 ) {
     loop {
@@ -37,7 +36,8 @@ pub async fn run_schedule(
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(every) => {}
         }
-        let _restoring = one_restore_at_a_time.lock().await;
+        // One restore at a time within a round: it is background work.
+        let _restoring = restores.one().await;
         match reverify_round(&bus, &settings).await {
             Ok(done) => tracing::info!(backups = done, "re-verification round done"),
             Err(error) => {

@@ -75,6 +75,10 @@ pub struct Args {
     /// progress or not.
     #[arg(long = "deadline", env = "VERIFY_DEADLINE", default_value = "6h", value_parser = parse_duration)]
     pub deadline: Duration,
+    /// Verifications run at once by the whole service (its consumer's
+    /// max_ack_pending), 1 to 32; each instance takes at most this many.
+    #[arg(long = "concurrency", env = "VERIFY_CONCURRENCY", default_value = "1")]
+    pub concurrency: String,
 }
 
 impl AsRef<ServiceArgs> for Args {
@@ -102,6 +106,8 @@ pub enum SettingsError {
     },
     #[error("VERIFY_REVERIFY_EVERY: {0}")]
     ReverifyEvery(String),
+    #[error("VERIFY_CONCURRENCY must be a whole number from 1 to {MAX_CONCURRENCY}, not {0:?}")]
+    Concurrency(String),
     #[error(transparent)]
     Invalid(#[from] ConfigError),
 }
@@ -124,6 +130,22 @@ pub struct Settings {
     /// Stall interval and deadline of each verification (download,
     /// restore and checks), re-verifications included.
     pub limits: Limits,
+    /// Verifications at once (`VERIFY_CONCURRENCY`); re-verifications
+    /// take one of these slots too.
+    pub concurrency: usize,
+}
+
+/// Highest `VERIFY_CONCURRENCY`: each verification holds a scratch
+/// database, a psql and an SFTP session.
+pub const MAX_CONCURRENCY: usize = 32;
+
+/// `VERIFY_CONCURRENCY`: 1 to [`MAX_CONCURRENCY`].
+fn concurrency(text: &str) -> Result<usize, SettingsError> {
+    text.trim()
+        .parse::<usize>()
+        .ok()
+        .filter(|n| (1..=MAX_CONCURRENCY).contains(n))
+        .ok_or_else(|| SettingsError::Concurrency(text.to_owned()))
 }
 
 impl TryFrom<Args> for Settings {
@@ -165,6 +187,7 @@ impl TryFrom<Args> for Settings {
             reverify_every: reverify_every(&args.reverify_every)?,
             grace: args.service.shutdown_grace,
             limits,
+            concurrency: concurrency(&args.concurrency)?,
         })
     }
 }
@@ -237,6 +260,11 @@ mod tests {
         let off = self::settings(&["--reverify-every", "off", "--restore-jobs", "0"]).unwrap();
         assert_eq!(off.reverify_every, None);
         assert_eq!(off.restore.jobs, 1);
+        assert_eq!(settings.concurrency, 1);
+        assert_eq!(
+            self::settings(&["--concurrency", "4"]).unwrap().concurrency,
+            4
+        );
     }
 
     #[test]
@@ -257,5 +285,11 @@ mod tests {
             "{missing}"
         );
         assert!(refusal(&["--sftp-dir", ".."]).starts_with("SFTP settings: SFTP_DIR "));
+        for bad in ["0", "33", "two"] {
+            assert_eq!(
+                refusal(&["--concurrency", bad]),
+                format!("VERIFY_CONCURRENCY must be a whole number from 1 to 32, not {bad:?}")
+            );
+        }
     }
 }

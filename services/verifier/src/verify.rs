@@ -183,12 +183,26 @@ pub async fn verify_remote(
             ))
             .await
             .map_err(|e| settings.scratch.query_error(&e))?;
-        Ok::<_, VerifyError>(admin)
+        // Connected from its creation on: another verifier sharing this
+        // server sweeps the scratch databases nobody is connected to, and
+        // must not take this one, not yet restored into, for a leftover.
+        match settings
+            .scratch
+            .with_dbname(&scratch_name)
+            .connect("backup-verifier")
+            .await
+        {
+            Ok(holder) => Ok::<_, VerifyError>((admin, holder)),
+            Err(error) => {
+                drop_scratch(&admin, &scratch_name).await;
+                Err(error.into())
+            }
+        }
     };
-    let (remote, (manifest, extras, reader), admin) =
+    let (remote, (manifest, extras, reader), (admin, _holder)) =
         match tokio::join!(open_remote, create_scratch) {
             (Ok((remote, opened)), Ok(admin)) => (remote, opened, admin),
-            (Err(error), Ok(admin)) => {
+            (Err(error), Ok((admin, _holder))) => {
                 drop_scratch(&admin, &scratch_name).await;
                 return Err(error);
             }

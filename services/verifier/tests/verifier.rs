@@ -112,6 +112,7 @@ impl Rig {
             operator_checks: operator_checks.unwrap_or_default(),
             reverify_every: options.reverify_every,
             grace: Duration::from_secs(2),
+            concurrency: 1,
             limits: options.limits.unwrap_or(verifier::DEFAULT_LIMITS),
         };
         let url = rig.nats.url.clone();

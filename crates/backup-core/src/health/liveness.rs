@@ -2,7 +2,9 @@
 //! it, and the `/healthz` verdict drawn from that and the NATS connection
 //! state: a loop is stuck once it has gone longer than its consumer's
 //! `ack_wait` without setting up, completing a fetch or getting a progress
-//! ack through for the message it holds.
+//! ack through for one of the messages it holds. A loop may hold several
+//! messages at once (`SHIP_CONCURRENCY`, `VERIFY_CONCURRENCY`): each is
+//! tracked, reported and judged on its own.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -40,22 +42,27 @@ struct Inner {
 struct WorkerState {
     ack_wait: Duration,
     phase: Phase,
+    /// The messages held now, by stream sequence.
+    in_flight: BTreeMap<u64, Held>,
     /// When the worker registered, completed a fetch or finished a message.
     last_poll: Instant,
     last_error: Option<String>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     SettingUp,
-    Idle,
-    Busy {
-        since: Instant,
-        last_progress: Instant,
-        stream_sequence: u64,
-        subject: String,
-    },
+    /// Set up and fetching; idle or busy depending on what it holds.
+    Running,
     Stopped,
+}
+
+/// One message a worker holds.
+#[derive(Debug, Clone)]
+struct Held {
+    since: Instant,
+    last_progress: Instant,
+    subject: String,
 }
 
 impl HealthState {
@@ -86,6 +93,7 @@ impl HealthState {
             WorkerState {
                 ack_wait,
                 phase: Phase::SettingUp,
+                in_flight: BTreeMap::new(),
                 last_poll: Instant::now(),
                 last_error: None,
             },
@@ -156,7 +164,7 @@ impl HealthState {
                     .map(|e| format!(" (last error: {e})"))
                     .unwrap_or_default()
             };
-            let (state, in_flight) = match &worker.phase {
+            let state = match worker.phase {
                 Phase::SettingUp => {
                     if late(since_poll) {
                         reasons.push(format!(
@@ -165,9 +173,12 @@ impl HealthState {
                             error()
                         ));
                     }
-                    ("setting_up", None)
+                    "setting_up"
                 }
-                Phase::Idle => {
+                // With nothing held, the loop must keep completing fetches;
+                // with messages held it may be full and not fetching, and
+                // each message's progress acks are what count.
+                Phase::Running if worker.in_flight.is_empty() => {
                     if late(since_poll) {
                         reasons.push(format!(
                             "consumer {name} stuck: no fetch completed for {}{}",
@@ -175,34 +186,31 @@ impl HealthState {
                             error()
                         ));
                     }
-                    ("idle", None)
+                    "idle"
                 }
-                Phase::Busy {
-                    since,
-                    last_progress,
-                    stream_sequence,
-                    subject,
-                } => {
-                    let quiet = now.saturating_duration_since(*last_progress);
-                    if late(quiet) {
-                        reasons.push(format!(
-                            "consumer {name} stuck: message {stream_sequence} on {subject} has had no progress ack for {}; JetStream will redeliver it",
-                            seconds(quiet)
-                        ));
-                    }
-                    let in_flight = InFlight {
-                        stream_sequence: *stream_sequence,
-                        subject: subject.clone(),
-                        seconds: now.saturating_duration_since(*since).as_secs_f64(),
-                        since_progress_ack_seconds: quiet.as_secs_f64(),
-                    };
-                    ("busy", Some(in_flight))
-                }
+                Phase::Running => "busy",
                 Phase::Stopped => {
                     reasons.push(format!("consumer {name} stopped"));
-                    ("stopped", None)
+                    "stopped"
                 }
             };
+            let mut in_flight = Vec::with_capacity(worker.in_flight.len());
+            for (stream_sequence, held) in &worker.in_flight {
+                let quiet = now.saturating_duration_since(held.last_progress);
+                if late(quiet) {
+                    reasons.push(format!(
+                        "consumer {name} stuck: message {stream_sequence} on {} has had no progress ack for {}; JetStream will redeliver it",
+                        held.subject,
+                        seconds(quiet)
+                    ));
+                }
+                in_flight.push(InFlight {
+                    stream_sequence: *stream_sequence,
+                    subject: held.subject.clone(),
+                    seconds: now.saturating_duration_since(held.since).as_secs_f64(),
+                    since_progress_ack_seconds: quiet.as_secs_f64(),
+                });
+            }
             consumers.insert(
                 name.clone(),
                 ConsumerReport {
@@ -251,7 +259,7 @@ impl WorkerHealth {
     /// The consumer exists; the loop starts fetching.
     pub fn ready(&self) {
         self.state.update(&self.name, |w| {
-            w.phase = Phase::Idle;
+            w.phase = Phase::Running;
             w.last_poll = Instant::now();
             w.last_error = None;
         });
@@ -273,27 +281,25 @@ impl WorkerHealth {
     }
 
     /// The message stored at `stream_sequence` on `subject` is being
-    /// handled until the returned guard is dropped.
-    pub fn busy(&self, stream_sequence: u64, subject: &str) -> Busy<'_> {
+    /// handled until the returned guard is dropped. The guard owns what it
+    /// needs, so it can move into the message's own task.
+    pub fn busy(&self, stream_sequence: u64, subject: &str) -> Busy {
         let now = Instant::now();
         self.state.update(&self.name, |w| {
-            w.phase = Phase::Busy {
-                since: now,
-                last_progress: now,
+            w.in_flight.insert(
                 stream_sequence,
-                subject: subject.to_owned(),
-            };
+                Held {
+                    since: now,
+                    last_progress: now,
+                    subject: subject.to_owned(),
+                },
+            );
         });
-        Busy { worker: self }
-    }
-
-    /// A progress ack for the message in flight went through.
-    pub fn progressed(&self) {
-        self.state.update(&self.name, |w| {
-            if let Phase::Busy { last_progress, .. } = &mut w.phase {
-                *last_progress = Instant::now();
-            }
-        });
+        Busy {
+            state: self.state.clone(),
+            name: self.name.clone(),
+            stream_sequence,
+        }
     }
 }
 
@@ -303,16 +309,30 @@ impl Drop for WorkerHealth {
     }
 }
 
-/// Marks the worker idle again when the message is done with.
+/// One message held by a worker: progress acks are recorded on it, and
+/// dropping it (the message is done with) forgets it.
 #[derive(Debug)]
-pub struct Busy<'a> {
-    worker: &'a WorkerHealth,
+pub struct Busy {
+    state: HealthState,
+    name: String,
+    stream_sequence: u64,
 }
 
-impl Drop for Busy<'_> {
+impl Busy {
+    /// A progress ack for this message went through.
+    pub fn progressed(&self) {
+        self.state.update(&self.name, |w| {
+            if let Some(held) = w.in_flight.get_mut(&self.stream_sequence) {
+                held.last_progress = Instant::now();
+            }
+        });
+    }
+}
+
+impl Drop for Busy {
     fn drop(&mut self) {
-        self.worker.state.update(&self.worker.name, |w| {
-            w.phase = Phase::Idle;
+        self.state.update(&self.name, |w| {
+            w.in_flight.remove(&self.stream_sequence);
             w.last_poll = Instant::now();
         });
     }
@@ -346,8 +366,9 @@ pub struct ConsumerReport {
     pub state: &'static str,
     pub since_last_fetch_seconds: f64,
     pub ack_wait_seconds: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub in_flight: Option<InFlight>,
+    /// Every message held now, oldest stream sequence first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub in_flight: Vec<InFlight>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -415,17 +436,17 @@ mod tests {
 
         // Busy: a long handler is healthy while its progress acks go through.
         {
-            let _busy = worker.busy(42, "dump.created");
+            let busy = worker.busy(42, "dump.created");
             let start = Instant::now();
             let later = |s: u64| start + Duration::from_secs(s);
             // Long after the last fetch, but the message is what counts now.
             let report = state.report_at(&connected, later(45));
             assert!(report.is_healthy(), "{:?}", report.reasons);
             assert_eq!(report.consumers["shipper"].state, "busy");
-            let in_flight = report.consumers["shipper"].in_flight.clone().unwrap();
+            let in_flight = report.consumers["shipper"].in_flight[0].clone();
             assert_eq!(in_flight.stream_sequence, 42);
             assert_eq!(in_flight.subject, "dump.created");
-            worker.progressed();
+            busy.progressed();
             let start = Instant::now();
             let later = |s: u64| start + Duration::from_secs(s);
             assert!(state.report_at(&connected, later(59)).is_healthy());
@@ -457,5 +478,51 @@ mod tests {
         let json = serde_json::to_value(&report).unwrap();
         assert_eq!(json["status"], "unhealthy");
         assert_eq!(json["service"], "shipper");
+    }
+
+    #[test]
+    fn every_message_held_is_reported_and_judged_on_its_own() {
+        let ack_wait = Duration::from_secs(60);
+        let state = HealthState::new("verifier");
+        let connected = NatsState::Connected;
+        let worker = state.worker("verifier", ack_wait);
+        worker.ready();
+        let first = worker.busy(7, "dump.shipped");
+        let second = worker.busy(9, "dump.shipped");
+        let start = Instant::now();
+        let later = |s: u64| start + Duration::from_secs(s);
+        let report = state.report_at(&connected, later(1));
+        let held: Vec<u64> = report.consumers["verifier"]
+            .in_flight
+            .iter()
+            .map(|m| m.stream_sequence)
+            .collect();
+        assert_eq!(held, [7, 9]);
+        assert_eq!(report.consumers["verifier"].state, "busy");
+        assert!(
+            state
+                .metrics_text(&connected)
+                .contains("backup_messages_in_flight 2\n")
+        );
+        // Only the message whose progress acks stopped is stuck: the
+        // second one's last progress ack is 30 s younger.
+        second.progressed();
+        state.update("verifier", |w| {
+            w.in_flight.get_mut(&9).expect("held").last_progress += Duration::from_secs(30);
+        });
+        let report = state.report_at(&connected, Instant::now() + Duration::from_secs(61));
+        assert_eq!(report.reasons.len(), 1, "{:?}", report.reasons);
+        assert!(
+            report.reasons[0].contains("message 7 "),
+            "{:?}",
+            report.reasons
+        );
+        drop(first);
+        let report = state.report_at(&connected, Instant::now());
+        assert_eq!(report.consumers["verifier"].in_flight.len(), 1);
+        drop(second);
+        let report = state.report_at(&connected, Instant::now());
+        assert_eq!(report.consumers["verifier"].state, "idle");
+        assert!(report.consumers["verifier"].in_flight.is_empty());
     }
 }

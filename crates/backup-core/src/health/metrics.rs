@@ -171,11 +171,7 @@ impl HealthState {
             .nats_connected
             .set(i64::from(*nats == NatsState::Connected));
         metrics.healthy.set(i64::from(report.is_healthy()));
-        let in_flight = report
-            .consumers
-            .values()
-            .filter(|c| c.in_flight.is_some())
-            .count();
+        let in_flight: usize = report.consumers.values().map(|c| c.in_flight.len()).sum();
         metrics
             .in_flight
             .set(i64::try_from(in_flight).unwrap_or(i64::MAX));
