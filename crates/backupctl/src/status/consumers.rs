@@ -4,9 +4,34 @@
 //! times before its service is called not running.
 
 use async_nats::jetstream::consumer;
+use backup_core::events::subject;
+use futures::StreamExt;
 
 /// The services whose consumers `status` inspects.
 pub const SERVICES: [&str; 5] = ["dumper", "shipper", "verifier", "pruner", "notifier"];
+
+/// The consumers `status` reports on: every service's, where each dumper
+/// has its own (`DUMPER_NAME`, a consumer on `backup.trigger`); `dumper`
+/// stands for them when none exists yet, so a missing dumper shows.
+pub(super) async fn service_consumers(
+    stream: &async_nats::jetstream::stream::Stream,
+) -> Vec<String> {
+    let mut dumpers = Vec::new();
+    let mut consumers = stream.consumers();
+    while let Some(Ok(info)) = consumers.next().await {
+        if info.config.filter_subject == subject::TRIGGER && info.config.durable_name.is_some() {
+            dumpers.push(info.name);
+        }
+    }
+    dumpers.sort();
+    if dumpers.is_empty() {
+        dumpers.push(SERVICES[0].to_owned());
+    }
+    dumpers
+        .into_iter()
+        .chain(SERVICES[1..].iter().map(|name| (*name).to_owned()))
+        .collect()
+}
 
 /// Whether a worker is connected to a durable consumer: it has a pull
 /// request open (waiting for work) or a message in hand (working).

@@ -8,7 +8,7 @@ use backup_core::names::DatabaseName;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 
-use super::consumers::{SERVICES, looked_at, worker_connected};
+use super::consumers::{looked_at, service_consumers, worker_connected};
 use super::events::{StoredEvent, build};
 use super::model::{ServiceStatus, Status};
 
@@ -57,17 +57,17 @@ pub async fn collect(
     }
 
     let mut services = Vec::new();
-    for name in SERVICES {
-        let status = match looked_at(&stream, name).await {
+    for name in service_consumers(&stream).await {
+        let status = match looked_at(&stream, &name).await {
             Ok(info) => ServiceStatus {
-                service: name.into(),
+                service: name.clone(),
                 alive: worker_connected(&info),
                 pending: info.num_pending,
                 working_on: info.num_ack_pending,
                 redelivered: info.num_redelivered,
             },
             Err(_) => ServiceStatus {
-                service: name.into(),
+                service: name,
                 alive: false,
                 pending: 0,
                 working_on: 0,
