@@ -362,11 +362,11 @@ impl Bus {
     /// Every service calls this at start-up so none depends on another.
     ///
     /// Replicas: a new stream gets `NATS_STREAM_REPLICAS`; an existing one
-    /// with another count is changed to it, which a cluster allows (NATS
-    /// 2.9 moves the data and the consumers follow) and a single server
-    /// refuses above one. Either way one warning line says what was found
-    /// and what came of it, and the service keeps running: a stream with
-    /// the wrong count still carries the pipeline.
+    /// with another count is changed to it on a cluster (NATS 2.9 copies
+    /// the data to the new peers, and the consumers follow), never on a
+    /// single server, which holds one copy. Either way one warning line
+    /// says what was found and what came of it, and the service keeps
+    /// running: a stream with another count still carries the pipeline.
     pub async fn ensure_stream(&self) -> Result<stream::Stream, BusError> {
         let wanted = self.stream_replicas.unwrap_or(1);
         let (mut stream, settled) = match self.js.get_or_create_stream(stream_config(wanted)).await
@@ -387,13 +387,31 @@ impl Bus {
             }
             Err(error) => return Err(js_error(error)),
         };
-        let current = stream.info().await.map_err(js_error)?.config.clone();
-        let mut replicas = current.num_replicas.max(1);
+        let info = stream.info().await.map_err(js_error)?;
+        let current = info.config.clone();
+        // Only a clustered stream reports its cluster. A single server
+        // keeps one copy whatever the configuration says (2.9 accepts an
+        // update to more, and still keeps one).
+        let clustered = info.cluster.is_some();
+        let mut replicas = if clustered {
+            current.num_replicas.max(1)
+        } else {
+            1
+        };
         if let Some(wanted) = self.stream_replicas
             && wanted != replicas
             && !settled
         {
-            replicas = self.change_replicas(replicas, wanted).await;
+            replicas = if clustered {
+                self.change_replicas(replicas, wanted).await
+            } else {
+                tracing::warn!(
+                    stream_replicas = replicas,
+                    wanted,
+                    "the {STREAM} stream has 1 replica and NATS_STREAM_REPLICAS is {wanted}, but it stays at 1: a single NATS server, not a cluster, holds one copy only"
+                );
+                replicas
+            };
         }
         let config = stream_config(replicas);
         if current.subjects != config.subjects
@@ -419,15 +437,11 @@ impl Bus {
                 wanted
             }
             Err(error) => {
-                let why = if is_code(&error, ErrorCode::STREAM_REPLICAS_NOT_SUPPORTED) {
-                    "a single NATS server, not a cluster, holds one replica only".to_owned()
-                } else {
-                    format!("NATS refused: {}", crate::one_line(&error.to_string()))
-                };
                 tracing::warn!(
                     stream_replicas = have,
                     wanted,
-                    "the {STREAM} stream has {have} replica(s) and NATS_STREAM_REPLICAS is {wanted}, but it stays at {have}: {why}"
+                    "the {STREAM} stream has {have} replica(s) and NATS_STREAM_REPLICAS is {wanted}, but it stays at {have}: NATS refused the change ({})",
+                    crate::one_line(&error.to_string())
                 );
                 have
             }
