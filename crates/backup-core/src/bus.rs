@@ -266,6 +266,9 @@ pub struct Bus {
     health: crate::health::HealthState,
     /// See [`NatsOptions::stream_replicas`].
     stream_replicas: Option<usize>,
+    /// Set once [`Bus::ensure_stream`] has looked at the replicas: a
+    /// service checks them once, at start-up, and says so once.
+    replicas_looked_at: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Bus {
@@ -302,6 +305,7 @@ impl Bus {
                         refused,
                         health: crate::health::HealthState::new(name),
                         stream_replicas: options.stream_replicas,
+                        replicas_looked_at: Default::default(),
                     });
                 }
                 Err(e) => {
@@ -365,8 +369,9 @@ impl Bus {
     /// with another count is changed to it on a cluster (NATS 2.9 copies
     /// the data to the new peers, and the consumers follow), never on a
     /// single server, which holds one copy. Either way one warning line
-    /// says what was found and what came of it, and the service keeps
-    /// running: a stream with another count still carries the pipeline.
+    /// says what was found and what came of it (the first call only: the
+    /// worker's set-up calls this again), and the service keeps running: a
+    /// stream with another count still carries the pipeline.
     pub async fn ensure_stream(&self) -> Result<stream::Stream, BusError> {
         let wanted = self.stream_replicas.unwrap_or(1);
         let (mut stream, settled) = match self.js.get_or_create_stream(stream_config(wanted)).await
@@ -398,8 +403,12 @@ impl Bus {
         } else {
             1
         };
+        let first_look = !self
+            .replicas_looked_at
+            .swap(true, std::sync::atomic::Ordering::Relaxed);
         if let Some(wanted) = self.stream_replicas
             && wanted != replicas
+            && first_look
             && !settled
         {
             replicas = if clustered {
