@@ -125,7 +125,7 @@ pub async fn nats(options: &NatsOptions, services: &[&str]) -> Vec<Check> {
                         "{STREAM} holds {} messages on {}, {}",
                         info.state.messages,
                         subjects.join(", "),
-                        replicas(&info)
+                        replicas(info)
                     ),
                 )
             } else {
