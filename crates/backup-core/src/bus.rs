@@ -374,8 +374,7 @@ impl Bus {
     /// stream with another count still carries the pipeline.
     pub async fn ensure_stream(&self) -> Result<stream::Stream, BusError> {
         let wanted = self.stream_replicas.unwrap_or(1);
-        let (mut stream, settled) = match self.js.get_or_create_stream(stream_config(wanted)).await
-        {
+        let (mut stream, settled) = match self.stream_or_create(wanted).await {
             Ok(stream) => (stream, false),
             Err(error) if wanted > 1 && refuses_replicas(&error) => {
                 tracing::warn!(
@@ -383,11 +382,7 @@ impl Bus {
                     "NATS_STREAM_REPLICAS is {wanted} but NATS cannot place that many copies of a new {STREAM} stream ({}): creating it with 1",
                     crate::one_line(&error.to_string())
                 );
-                let stream = self
-                    .js
-                    .get_or_create_stream(stream_config(1))
-                    .await
-                    .map_err(js_error)?;
+                let stream = self.stream_or_create(1).await.map_err(js_error)?;
                 (stream, true)
             }
             Err(error) => return Err(js_error(error)),
@@ -431,6 +426,30 @@ impl Bus {
             self.js.update_stream(config).await.map_err(js_error)?;
         }
         Ok(stream)
+    }
+
+    /// The stream, created with `replicas` copies if it does not exist.
+    /// A request that times out is asked again for half a minute: on a
+    /// cluster that lost a node, JetStream answers nothing for the few
+    /// seconds of an election, and a service starting then should not stop.
+    async fn stream_or_create(
+        &self,
+        replicas: usize,
+    ) -> Result<stream::Stream, async_nats::jetstream::context::CreateStreamError> {
+        use async_nats::jetstream::context::CreateStreamErrorKind as Kind;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            match self.js.get_or_create_stream(stream_config(replicas)).await {
+                Err(error)
+                    if matches!(error.kind(), Kind::TimedOut | Kind::JetStreamUnavailable)
+                        && tokio::time::Instant::now() < deadline =>
+                {
+                    tracing::warn!(error = %crate::one_line(&error.to_string()), "JetStream did not answer about the {STREAM} stream; asking again");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                result => return result,
+            }
+        }
     }
 
     /// Asks NATS to keep `wanted` copies of the stream instead of `have`;

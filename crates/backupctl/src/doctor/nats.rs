@@ -283,7 +283,8 @@ fn seeds_check(seeds: &[Seed], answering: usize) -> Check {
 }
 
 /// The stream's copies as JetStream reports them: `1 replica` on a single
-/// server; on a cluster the leader and every follower that is not current.
+/// server; on a cluster the leader and every follower that is not current
+/// (a node down shows as such: NATS 2.9 marks it offline only much later).
 fn replicas(info: &async_nats::jetstream::stream::Info) -> String {
     let count = info.config.num_replicas.max(1);
     let Some(cluster) = info.cluster.as_ref().filter(|_| count > 1) else {
@@ -298,9 +299,13 @@ fn replicas(info: &async_nats::jetstream::stream::Info) -> String {
             let state = if peer.offline {
                 "offline"
             } else {
-                "catching up"
+                "not current"
             };
-            format!("{} {state}", peer.name)
+            format!(
+                "{} {state}, last seen {}s ago",
+                peer.name,
+                peer.active.as_secs()
+            )
         })
         .collect();
     if behind.is_empty() {

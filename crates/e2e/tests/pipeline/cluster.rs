@@ -269,6 +269,7 @@ fn the_leaders_of_the_stream_and_of_a_consumer_lost_mid_upload_lose_nothing() {
     stream.wait_verified("stream-leader-1");
     stream.wait_verified("stream-leader-2");
     rig.nats.restart(stream_leader);
+    let first_phase = began.elapsed();
 
     // The node leading the shipper's consumer dies while the shipper holds
     // a message of it (progress acks, then the ack, go to that leader).
@@ -280,6 +281,7 @@ fn the_leaders_of_the_stream_and_of_a_consumer_lost_mid_upload_lose_nothing() {
     stream.wait_verified("consumer-leader-1");
     stream.wait_verified("consumer-leader-2");
     rig.nats.restart(consumer_leader);
+    let second_phase = began.elapsed();
 
     stream.wait_drained();
     let all = stream.wait("the whole stream, readable", |_| true);
@@ -331,7 +333,7 @@ fn the_leaders_of_the_stream_and_of_a_consumer_lost_mid_upload_lose_nothing() {
     );
     drop(services);
     eprintln!(
-        "cluster figures: 4 backups verified once each, {} events, 2 leaders killed (stream on {}, shipper's consumer on {}); services up after {started:?}, all done in {:?}",
+        "cluster figures: 4 backups verified once each, {} events, 2 leaders killed (stream on {}, shipper's consumer on {}); services up after {started:?}, stream leader's loss over after {first_phase:?}, consumer leader's after {second_phase:?}, all done in {:?}",
         all.len(),
         rig.nats.nodes[stream_leader].name,
         rig.nats.nodes[consumer_leader].name,
@@ -359,6 +361,33 @@ fn the_services_start_and_back_up_while_the_first_seed_is_down() {
     let stream = Stream::connect(rig.nats.urls());
     stream.trigger(&database, "first-seed-down");
     stream.wait_verified("first-seed-down");
+    // The doctor names the seed that does not answer, and the replica on it.
+    let (status, out) = rig.backupctl(&["doctor"]);
+    assert_eq!(status.and_then(|s| s.code()), Some(1), "{out}");
+    let line = |name: &str| {
+        out.lines()
+            .find(|l| {
+                l.get(6..)
+                    .is_some_and(|rest| rest.starts_with(&format!("{name}: ")))
+            })
+            .unwrap_or_else(|| panic!("no {name} line:\n{out}"))
+            .to_owned()
+    };
+    assert!(line("nats").starts_with("PASS"), "{out}");
+    let seeds = line("nats.seeds");
+    assert!(
+        seeds.starts_with("FAIL")
+            && seeds.contains("2 of 3 servers of NATS_URL answer")
+            && seeds.contains(&format!("cannot reach {}", rig.nats.nodes[0].url)),
+        "{out}"
+    );
+    let stream_line = line("nats.stream");
+    assert!(
+        stream_line.starts_with("PASS")
+            && stream_line.contains("3 replicas")
+            && (stream_line.contains("n1 not current") || stream_line.contains("n1 offline")),
+        "{out}"
+    );
     eprintln!(
         "cluster figures: first seed down, 5 services started and 1 backup verified in {:?}",
         began.elapsed()
