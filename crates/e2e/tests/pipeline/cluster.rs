@@ -331,9 +331,13 @@ fn the_leaders_of_the_stream_and_of_a_consumer_lost_mid_upload_lose_nothing() {
         Some(2),
         "{group}"
     );
+    // What the failovers cost the shipper: acks that went unconfirmed
+    // (the message comes back after ack_wait, and is shipped once anyway).
+    let shipper_log = services[1].log();
+    let unconfirmed = shipper_log.matches("could not confirm the ack").count();
     drop(services);
     eprintln!(
-        "cluster figures: 4 backups verified once each, {} events, 2 leaders killed (stream on {}, shipper's consumer on {}); services up after {started:?}, stream leader's loss over after {first_phase:?}, consumer leader's after {second_phase:?}, all done in {:?}",
+        "cluster figures: 4 backups verified once each, {} events, 2 leaders killed (stream on {}, shipper's consumer on {}), {unconfirmed} shipper ack(s) unconfirmed; services up after {started:?}, stream leader's loss over after {first_phase:?}, consumer leader's after {second_phase:?}, all done in {:?}",
         all.len(),
         rig.nats.nodes[stream_leader].name,
         rig.nats.nodes[consumer_leader].name,
