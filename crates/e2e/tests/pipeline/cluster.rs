@@ -331,13 +331,21 @@ fn the_leaders_of_the_stream_and_of_a_consumer_lost_mid_upload_lose_nothing() {
         Some(2),
         "{group}"
     );
-    // What the failovers cost the shipper: acks that went unconfirmed
-    // (the message comes back after ack_wait, and is shipped once anyway).
-    let shipper_log = services[1].log();
-    let unconfirmed = shipper_log.matches("could not confirm the ack").count();
+    // What the failovers cost: acks that went unconfirmed (the message
+    // comes back after ack_wait, and is handled once anyway), by service.
+    let unconfirmed: Vec<String> = services
+        .iter()
+        .map(|s| (s.name.clone(), s.log()))
+        .map(|(name, log)| {
+            let acks = log.matches("could not confirm the ack").count();
+            let redelivered = log.matches("attempt=2").count();
+            format!("{name} {acks}/{redelivered}")
+        })
+        .collect();
+    let unconfirmed = unconfirmed.join(", ");
     drop(services);
     eprintln!(
-        "cluster figures: 4 backups verified once each, {} events, 2 leaders killed (stream on {}, shipper's consumer on {}), {unconfirmed} shipper ack(s) unconfirmed; services up after {started:?}, stream leader's loss over after {first_phase:?}, consumer leader's after {second_phase:?}, all done in {:?}",
+        "cluster figures: 4 backups verified once each, {} events, 2 leaders killed (stream on {}, shipper's consumer on {}), acks unconfirmed/second attempts by service: {unconfirmed}; services up after {started:?}, stream leader's loss over after {first_phase:?}, consumer leader's after {second_phase:?}, all done in {:?}",
         all.len(),
         rig.nats.nodes[stream_leader].name,
         rig.nats.nodes[consumer_leader].name,
