@@ -23,8 +23,9 @@ use crate::{PortReservation, free_port};
 /// Nodes of the cluster [`NatsCluster::start`] builds: the smallest that
 /// keeps a quorum (two) with one node down.
 pub const NODES: usize = 3;
-/// Generous: three servers elect a meta leader on a shared, busy machine.
-const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// Generous: three servers elect a meta leader on a shared, busy machine,
+/// and a restarted node catches up on every stream and consumer it holds.
+const START_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long an election (after a kill) may take to be reported.
 const LEADER_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -357,8 +358,16 @@ impl NatsCluster {
                 return Ok(());
             }
             if Instant::now() >= deadline {
+                let health: Vec<String> = running
+                    .iter()
+                    .map(|n| match http_get(n.monitor_port, "/healthz") {
+                        Ok((status, body)) => format!("{}: {status} {}", n.name, body.trim()),
+                        Err(e) => format!("{}: {e}", n.name),
+                    })
+                    .collect();
                 return Err(format!(
-                    "nats cluster not ready after {timeout:?} (meta leaders seen: {leaders:?})"
+                    "nats cluster not ready after {timeout:?} (meta leaders seen: {leaders:?}; health: {})",
+                    health.join("; ")
                 ));
             }
             thread::sleep(Duration::from_millis(100));
