@@ -14,7 +14,7 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, AckKind, consumer, stream};
+use async_nats::jetstream::{self, AckKind, ErrorCode, consumer, stream};
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use secrecy::{ExposeSecret, SecretString};
@@ -58,14 +58,22 @@ fn js_error(e: impl std::fmt::Display) -> BusError {
     BusError::JetStream(crate::one_line(&e.to_string()))
 }
 
-/// How to reach NATS. Secrets are redacted in `Debug`.
+/// How to reach NATS, and how many copies of the stream to keep. Secrets
+/// are redacted in `Debug`.
 #[derive(Debug, Clone)]
 pub struct NatsOptions {
+    /// `NATS_URL` as given: one URL, or a comma-separated seed list of the
+    /// servers of a cluster (see [`seed_servers`]). May carry credentials:
+    /// print [`NatsOptions::shown_url`] instead.
     pub url: String,
     pub creds_file: Option<PathBuf>,
     pub token: Option<SecretString>,
     pub user: Option<String>,
     pub password: Option<SecretString>,
+    /// `NATS_STREAM_REPLICAS`: the replicas [`Bus::ensure_stream`] gives
+    /// the stream and brings it back to. `None` (tools, tests): create it
+    /// with one and leave an existing stream's count alone.
+    pub stream_replicas: Option<usize>,
 }
 
 impl NatsOptions {
@@ -76,7 +84,18 @@ impl NatsOptions {
             token: None,
             user: None,
             password: None,
+            stream_replicas: None,
         }
+    }
+
+    /// The servers to try, in the order given (see [`seed_servers`]).
+    pub fn servers(&self) -> Result<Vec<async_nats::ServerAddr>, BusError> {
+        seed_servers(&self.url)
+    }
+
+    /// `NATS_URL` without any `user:password@`, safe to log.
+    pub fn shown_url(&self) -> String {
+        url_without_credentials(&self.url)
     }
 
     async fn connect_options(
@@ -145,6 +164,54 @@ impl NatsOptions {
     }
 }
 
+/// The servers of a `NATS_URL`: one URL or a comma-separated list of seeds,
+/// as every NATS client reads it. A client connects to whichever answers
+/// and learns the rest of a cluster from it, so a list of one is enough to
+/// reach a cluster, but the service can start only while that one is up.
+/// An entry without a scheme means `nats://`, one without a port 4222.
+pub fn seed_servers(url: &str) -> Result<Vec<async_nats::ServerAddr>, BusError> {
+    let entries: Vec<&str> = url
+        .split(',')
+        .map(str::trim)
+        .filter(|entry| !entry.is_empty())
+        .collect();
+    if entries.is_empty() {
+        return Err(BusError::Config("NATS_URL is empty".into()));
+    }
+    entries
+        .iter()
+        .map(|entry| {
+            entry.parse().map_err(|e: std::io::Error| {
+                BusError::Config(format!(
+                    "NATS_URL {}: {}",
+                    url_without_credentials(entry),
+                    crate::one_line(&e.to_string())
+                ))
+            })
+        })
+        .collect()
+}
+
+/// Every URL of a list with its `user:password@` removed.
+pub fn url_without_credentials(url: &str) -> String {
+    url.split(',')
+        .map(|entry| {
+            let entry = entry.trim();
+            let (scheme, rest) = entry.split_once("://").unwrap_or(("", entry));
+            let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+            let host = authority
+                .rsplit_once('@')
+                .map_or(authority, |(_, host)| host);
+            if scheme.is_empty() {
+                format!("{host}{path}")
+            } else {
+                format!("{scheme}://{host}{path}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// The subject of a server's `Permissions Violation for Publish to
 /// "SUBJECT"` (or `Subscription to`) error.
 pub fn permission_subject(text: &str) -> Option<String> {
@@ -197,31 +264,48 @@ pub struct Bus {
     refused: Refused,
     /// What `/healthz` and `/metrics` report (see [`crate::health`]).
     health: crate::health::HealthState,
+    /// See [`NatsOptions::stream_replicas`].
+    stream_replicas: Option<usize>,
+    /// Set once [`Bus::ensure_stream`] has looked at the replicas: a
+    /// service checks them once, at start-up, and says so once.
+    replicas_looked_at: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Bus {
-    /// Connects, retrying with backoff while NATS is unreachable; gives up
-    /// only on shutdown or on a refused authentication.
+    /// Connects to any server of the seed list, retrying with backoff while
+    /// none is reachable; gives up only on shutdown, on a refused
+    /// authentication or on a `NATS_URL` that does not parse.
     pub async fn connect(
         options: &NatsOptions,
         name: &str,
         shutdown: &CancellationToken,
     ) -> Result<Bus, BusError> {
+        let servers = options.servers()?;
+        let shown = options.shown_url();
         let backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
         let mut attempt = 0u32;
         loop {
             attempt += 1;
             let refused = Refused::default();
             let connect_options = options.connect_options(name, &refused).await?;
-            match connect_options.connect(options.url.as_str()).await {
+            // One attempt tries every seed once, each with its own timeout.
+            match connect_options.connect(servers.as_slice()).await {
                 Ok(client) => {
                     let js = jetstream::new(client.clone());
-                    tracing::info!(url = %options.url, "connected to NATS");
+                    let info = client.server_info();
+                    tracing::info!(
+                        url = %shown,
+                        server = %info.server_name,
+                        port = info.port,
+                        "connected to NATS"
+                    );
                     return Ok(Bus {
                         client,
                         js,
                         refused,
                         health: crate::health::HealthState::new(name),
+                        stream_replicas: options.stream_replicas,
+                        replicas_looked_at: Default::default(),
                     });
                 }
                 Err(e) => {
@@ -229,21 +313,15 @@ impl Bus {
                     let cause = crate::one_line(&e.to_string());
                     match e.kind() {
                         Kind::Authentication | Kind::AuthorizationViolation => {
-                            return Err(BusError::Auth {
-                                url: options.url.clone(),
-                                cause,
-                            });
+                            return Err(BusError::Auth { url: shown, cause });
                         }
                         Kind::ServerParse => {
-                            return Err(BusError::Config(format!(
-                                "NATS_URL {}: {cause}",
-                                options.url
-                            )));
+                            return Err(BusError::Config(format!("NATS_URL {shown}: {cause}")));
                         }
                         _ => {}
                     }
                     let delay = backoff.delay(attempt);
-                    tracing::warn!(url = %options.url, %cause, attempt, retry_in = ?delay, "NATS unreachable; retrying");
+                    tracing::warn!(url = %shown, %cause, attempt, retry_in = ?delay, "NATS unreachable; retrying");
                     tokio::select! {
                         _ = shutdown.cancelled() => return Err(BusError::Shutdown),
                         _ = tokio::time::sleep(delay) => {}
@@ -286,14 +364,60 @@ impl Bus {
 
     /// Creates the `BACKUPS` stream, or brings an existing one up to date.
     /// Every service calls this at start-up so none depends on another.
+    ///
+    /// Replicas: a new stream gets `NATS_STREAM_REPLICAS`; an existing one
+    /// with another count is changed to it on a cluster (NATS 2.9 copies
+    /// the data to the new peers, and the consumers follow), never on a
+    /// single server, which holds one copy. Either way one warning line
+    /// says what was found and what came of it (the first call only: the
+    /// worker's set-up calls this again), and the service keeps running: a
+    /// stream with another count still carries the pipeline.
     pub async fn ensure_stream(&self) -> Result<stream::Stream, BusError> {
-        let config = stream_config();
-        let mut stream = self
-            .js
-            .get_or_create_stream(config.clone())
-            .await
-            .map_err(js_error)?;
-        let current = stream.info().await.map_err(js_error)?.config.clone();
+        let wanted = self.stream_replicas.unwrap_or(1);
+        let (mut stream, settled) = match self.stream_or_create(wanted).await {
+            Ok(stream) => (stream, false),
+            Err(error) if wanted > 1 && refuses_replicas(&error) => {
+                tracing::warn!(
+                    wanted,
+                    "NATS_STREAM_REPLICAS is {wanted} but NATS cannot place that many copies of a new {STREAM} stream ({}): creating it with 1",
+                    crate::one_line(&error.to_string())
+                );
+                let stream = self.stream_or_create(1).await.map_err(js_error)?;
+                (stream, true)
+            }
+            Err(error) => return Err(js_error(error)),
+        };
+        let info = stream.info().await.map_err(js_error)?;
+        let current = info.config.clone();
+        // Only a clustered stream reports its cluster. A single server
+        // keeps one copy whatever the configuration says (2.9 accepts an
+        // update to more, and still keeps one).
+        let clustered = info.cluster.is_some();
+        let mut replicas = if clustered {
+            current.num_replicas.max(1)
+        } else {
+            1
+        };
+        let first_look = !self
+            .replicas_looked_at
+            .swap(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(wanted) = self.stream_replicas
+            && wanted != replicas
+            && first_look
+            && !settled
+        {
+            replicas = if clustered {
+                self.change_replicas(replicas, wanted).await
+            } else {
+                tracing::warn!(
+                    stream_replicas = replicas,
+                    wanted,
+                    "the {STREAM} stream has 1 replica and NATS_STREAM_REPLICAS is {wanted}, but it stays at 1: a single NATS server, not a cluster, holds one copy only"
+                );
+                replicas
+            };
+        }
+        let config = stream_config(replicas);
         if current.subjects != config.subjects
             || current.duplicate_window != config.duplicate_window
             || current.max_age != config.max_age
@@ -302,6 +426,54 @@ impl Bus {
             self.js.update_stream(config).await.map_err(js_error)?;
         }
         Ok(stream)
+    }
+
+    /// The stream, created with `replicas` copies if it does not exist.
+    /// A request that times out is asked again for half a minute: on a
+    /// cluster that lost a node, JetStream answers nothing for the few
+    /// seconds of an election, and a service starting then should not stop.
+    async fn stream_or_create(
+        &self,
+        replicas: usize,
+    ) -> Result<stream::Stream, async_nats::jetstream::context::CreateStreamError> {
+        use async_nats::jetstream::context::CreateStreamErrorKind as Kind;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            match self.js.get_or_create_stream(stream_config(replicas)).await {
+                Err(error)
+                    if matches!(error.kind(), Kind::TimedOut | Kind::JetStreamUnavailable)
+                        && tokio::time::Instant::now() < deadline =>
+                {
+                    tracing::warn!(error = %crate::one_line(&error.to_string()), "JetStream did not answer about the {STREAM} stream; asking again");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    /// Asks NATS to keep `wanted` copies of the stream instead of `have`;
+    /// returns the count the stream has afterwards.
+    async fn change_replicas(&self, have: usize, wanted: usize) -> usize {
+        match self.js.update_stream(stream_config(wanted)).await {
+            Ok(_) => {
+                tracing::warn!(
+                    stream_replicas = have,
+                    wanted,
+                    "the {STREAM} stream had {have} replica(s) and NATS_STREAM_REPLICAS is {wanted}: changed it to {wanted}"
+                );
+                wanted
+            }
+            Err(error) => {
+                tracing::warn!(
+                    stream_replicas = have,
+                    wanted,
+                    "the {STREAM} stream has {have} replica(s) and NATS_STREAM_REPLICAS is {wanted}, but it stays at {have}: NATS refused the change ({})",
+                    crate::one_line(&error.to_string())
+                );
+                have
+            }
+        }
     }
 
     /// Publishes a stage's `event` on its subject under the message id it
@@ -397,6 +569,10 @@ impl Bus {
             ack_wait: spec.ack_wait,
             max_deliver: spec.max_deliver,
             max_ack_pending: spec.max_ack_pending,
+            // As many copies as the stream, whatever NATS_STREAM_REPLICAS
+            // made of it: a consumer on fewer servers than its stream
+            // could be lost with a node the stream survives.
+            num_replicas: 0,
             // Applies only when the consumer is created: a first start (or
             // a consumer deleted by hand) picks up the last day, such as a
             // trigger published while the service was not yet running, but
@@ -456,7 +632,24 @@ fn time_days_ago(days: i64) -> time::OffsetDateTime {
     time::OffsetDateTime::now_utc() - time::Duration::days(days)
 }
 
-fn stream_config() -> stream::Config {
+/// Whether JetStream refused a stream for its replica count: a single
+/// server (replicas above one need a cluster), or a cluster with fewer
+/// servers up than copies wanted.
+fn refuses_replicas(error: &async_nats::jetstream::context::CreateStreamError) -> bool {
+    is_code(error, ErrorCode::STREAM_REPLICAS_NOT_SUPPORTED)
+        || is_code(error, ErrorCode::INSUFFICIENT_RESOURCES)
+}
+
+fn is_code(error: &async_nats::jetstream::context::CreateStreamError, code: ErrorCode) -> bool {
+    matches!(
+        error.kind(),
+        async_nats::jetstream::context::CreateStreamErrorKind::JetStream(ref e)
+            if e.error_code() == code
+    )
+}
+
+/// The stream as the pipeline wants it, with `replicas` copies.
+fn stream_config(replicas: usize) -> stream::Config {
     stream::Config {
         name: STREAM.to_owned(),
         description: Some("PostgreSQL backup pipeline: triggers and stage events".into()),
@@ -468,6 +661,7 @@ fn stream_config() -> stream::Config {
         // dead man's switch.
         max_age: Duration::from_secs(400 * 24 * 3600),
         discard: stream::DiscardPolicy::Old,
+        num_replicas: replicas,
         ..Default::default()
     }
 }

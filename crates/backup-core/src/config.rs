@@ -111,7 +111,8 @@ fn parse_listen(text: &str) -> Result<String, String> {
 /// to log.
 #[derive(Debug, Clone, clap::Args)]
 pub struct CommonArgs {
-    /// NATS server URL.
+    /// NATS server URL, or a comma-separated list of a cluster's servers
+    /// (the client connects to any that answers).
     #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
     pub nats_url: String,
     /// NATS credentials file (JWT + nkey).
@@ -143,9 +144,39 @@ pub struct ServiceArgs {
     /// running; print one line, exit 0 when healthy, 1 when not.
     #[arg(long)]
     pub health_probe: bool,
+    /// Copies of the BACKUPS stream JetStream keeps (1..=5): 1 on a single
+    /// NATS server, 3 on a three-node cluster. Set the same on every service.
+    #[arg(long, env = "NATS_STREAM_REPLICAS", default_value = "1", value_parser = parse_stream_replicas)]
+    pub nats_stream_replicas: usize,
+}
+
+/// The most replicas JetStream keeps of a stream.
+pub const MAX_STREAM_REPLICAS: usize = 5;
+
+/// Checks `NATS_STREAM_REPLICAS`: a count from 1 to 5, as JetStream allows.
+pub fn parse_stream_replicas(text: &str) -> Result<usize, String> {
+    let range = 1..=MAX_STREAM_REPLICAS;
+    text.trim()
+        .parse::<usize>()
+        .ok()
+        .filter(|count| range.contains(count))
+        .ok_or_else(|| {
+            format!(
+                "must be a number of replicas from 1 to {MAX_STREAM_REPLICAS} (3 on a three-node NATS cluster)"
+            )
+        })
 }
 
 impl ServiceArgs {
+    /// [`CommonArgs::nats_options`] with the stream's replicas, which only
+    /// the services look after.
+    pub fn nats_options(&self) -> Result<crate::bus::NatsOptions, ConfigError> {
+        Ok(crate::bus::NatsOptions {
+            stream_replicas: Some(self.nats_stream_replicas),
+            ..self.common.nats_options()?
+        })
+    }
+
     /// Where the health endpoint listens (`HEALTH_LISTEN`); `None`: nowhere.
     pub fn health_listen_address(
         &self,
@@ -177,13 +208,25 @@ impl CommonArgs {
                 "NATS_PASSWORD is set but NATS_USER is not".into(),
             ));
         }
+        crate::bus::seed_servers(&self.nats_url)
+            .map_err(|error| ConfigError::Invalid(seed_list_error(error)))?;
         Ok(crate::bus::NatsOptions {
             url: self.nats_url.clone(),
             creds_file: self.nats_creds.clone(),
             token: secret_from_env("NATS_TOKEN")?,
             user: self.nats_user.clone(),
             password,
+            stream_replicas: None,
         })
+    }
+}
+
+/// The line of a `NATS_URL` that does not parse, without the bus error's
+/// own prefix: it already names the variable.
+fn seed_list_error(error: crate::bus::BusError) -> String {
+    match error {
+        crate::bus::BusError::Config(line) => line,
+        other => other.to_string(),
     }
 }
 
@@ -284,6 +327,98 @@ mod tests {
                 .to_string();
             assert_eq!(error, "STALL and DEADLINE must be at least 1s");
         }
+    }
+
+    /// A service's flags, as a binary declares them.
+    #[derive(Debug, clap::Parser)]
+    struct Service {
+        #[command(flatten)]
+        service: ServiceArgs,
+    }
+
+    fn service(args: &[&str]) -> Result<Service, clap::Error> {
+        use clap::Parser;
+        Service::try_parse_from(std::iter::once("svc").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn stream_replicas_default_to_one_and_go_up_to_five() {
+        assert_eq!(
+            service(&[]).unwrap().service.nats_stream_replicas,
+            1,
+            "one NATS server holds one replica"
+        );
+        for count in ["1", "3", "5"] {
+            let parsed = service(&["--nats-stream-replicas", count]).unwrap();
+            assert_eq!(parsed.service.nats_stream_replicas.to_string(), count);
+            let options = parsed.service.nats_options().unwrap();
+            assert_eq!(
+                options.stream_replicas,
+                parsed.service.nats_stream_replicas.into()
+            );
+        }
+    }
+
+    #[test]
+    fn stream_replicas_out_of_range_are_one_line_naming_the_variable() {
+        use clap::CommandFactory;
+        for bad in ["0", "6", "three", "-1", ""] {
+            let flag = format!("--nats-stream-replicas={bad}");
+            let error = service(&[&flag]).unwrap_err();
+            // The operator set the variable, not the flag: the line names it.
+            let line = settings_error(&Service::command(), &error, &["svc".into()]);
+            assert!(
+                line.starts_with(&format!("NATS_STREAM_REPLICAS {bad:?}: ")),
+                "{line}"
+            );
+            assert!(line.contains("1 to 5") || bad.is_empty(), "{line}");
+            assert!(!line.contains('\n'), "{line}");
+        }
+    }
+
+    #[test]
+    fn nats_url_takes_a_seed_list() {
+        let seeds = "nats://127.0.0.1:14231, nats://127.0.0.1:14232,127.0.0.1:14233";
+        let parsed = service(&["--nats-url", seeds]).unwrap();
+        let options = parsed.service.nats_options().unwrap();
+        let servers = options.servers().unwrap();
+        let ports: Vec<u16> = servers.iter().map(async_nats::ServerAddr::port).collect();
+        assert_eq!(ports, [14231, 14232, 14233]);
+        // backupctl (common flags only) leaves the stream's replicas alone.
+        let common = parsed.service.common.nats_options().unwrap();
+        assert_eq!(common.stream_replicas, None);
+    }
+
+    #[test]
+    fn a_bad_seed_names_nats_url_and_never_its_credentials() {
+        for (url, shown) in [
+            (
+                "nats://a:4222,nats://bob:s3cret@b:x",
+                "NATS_URL nats://b:x: ",
+            ),
+            ("http://bob:s3cret@a:4222", "NATS_URL http://a:4222: "),
+            (" , ", "NATS_URL is empty"),
+        ] {
+            let parsed = service(&["--nats-url", url]).unwrap();
+            let error = parsed.service.nats_options().unwrap_err().to_string();
+            assert!(error.starts_with(shown), "{url}: {error}");
+            assert!(
+                !error.contains("s3cret") && !error.contains("bob"),
+                "{error}"
+            );
+        }
+    }
+
+    #[test]
+    fn shown_urls_lose_their_credentials() {
+        let options = crate::bus::NatsOptions::local(
+            "nats://bob:s3cret@h1:4222/, tls://h2:4223,nats://tok@[::1]:4224",
+        );
+        assert_eq!(
+            options.shown_url(),
+            "nats://h1:4222/,tls://h2:4223,nats://[::1]:4224"
+        );
+        assert_eq!(crate::bus::NatsOptions::local("h:1").shown_url(), "h:1");
     }
 
     #[test]

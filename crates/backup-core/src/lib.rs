@@ -12,6 +12,8 @@ pub mod age_recipients;
 pub mod app_state;
 pub mod bus;
 #[cfg(test)]
+mod bus_cluster_tests;
+#[cfg(test)]
 mod bus_health_tests;
 pub mod calendar;
 pub mod clock;

@@ -1,5 +1,6 @@
 //! The CLI's NATS connection: unlike the services, which wait for NATS
-//! forever, a command gives up after `--connect-timeout` (exit 2).
+//! forever, a command gives up after `--connect-timeout` (exit 2). Like
+//! them it takes any server of a `NATS_URL` seed list that answers.
 
 use std::time::Duration;
 
@@ -17,7 +18,7 @@ pub async fn connect(
         Ok(bus) => bus.context("NATS"),
         Err(_) => anyhow::bail!(
             "NATS is unreachable at {} (gave up after {within:?})",
-            nats.url
+            nats.shown_url()
         ),
     }
 }

@@ -2,12 +2,15 @@
 //! travels the whole way and a dead SFTP server ends in `dump.failed` and
 //! an alert email ([`journey`]), the binaries' help and refusals
 //! ([`binaries`]), the deployment files ([`deploy`]), the docs against the
-//! code ([`docs`]), the resilience and security suite ([`resilience`]), and
+//! code ([`docs`]), the resilience and security suite ([`resilience`]),
 //! scaling out: parallel workers and one dumper per PostgreSQL server
-//! ([`scale`], with the `#[ignore]`d scale benchmark).
+//! ([`scale`], with the `#[ignore]`d scale benchmark), and the pipeline
+//! on a three-node NATS cluster losing nodes ([`cluster`]).
 
 #[path = "pipeline/binaries.rs"]
 mod binaries;
+#[path = "pipeline/cluster.rs"]
+mod cluster;
 #[path = "pipeline/deploy.rs"]
 mod deploy;
 #[path = "pipeline/docs.rs"]
@@ -30,6 +33,7 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use test_support::nats::NatsServer;
+use test_support::nats_cluster::NatsCluster;
 use test_support::postgres::{
     TestDatabase, databases_with_prefix, ensure_postgres_running, pg_env,
 };
@@ -37,9 +41,32 @@ use test_support::process::{ServiceProcess, wait_until};
 use test_support::smtp::SmtpServer;
 use test_support::sshd::Sshd;
 
-/// The servers one pipeline runs against, and the environment each service gets.
-struct Rig {
-    nats: NatsServer,
+/// Where the services find NATS: what they get as `NATS_URL` (and, for a
+/// cluster, `NATS_STREAM_REPLICAS`).
+trait Nats {
+    fn service_env(&self) -> Vec<(&'static str, String)>;
+}
+
+impl Nats for NatsServer {
+    fn service_env(&self) -> Vec<(&'static str, String)> {
+        vec![("NATS_URL", self.url.clone())]
+    }
+}
+
+/// Every node as a seed, and a copy of the stream on each.
+impl Nats for NatsCluster {
+    fn service_env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("NATS_URL", self.url()),
+            ("NATS_STREAM_REPLICAS", self.nodes.len().to_string()),
+        ]
+    }
+}
+
+/// The servers one pipeline runs against, and the environment each service
+/// gets: one NATS server unless a test brings a cluster.
+struct Rig<N = NatsServer> {
+    nats: N,
     sshd: Sshd,
     smtp: SmtpServer,
     source: TestDatabase,
@@ -48,6 +75,12 @@ struct Rig {
 
 impl Rig {
     fn start() -> Rig {
+        Rig::start_on(NatsServer::start())
+    }
+}
+
+impl<N: Nats> Rig<N> {
+    fn start_on(nats: N) -> Rig<N> {
         ensure_postgres_running();
         let source = TestDatabase::create("e2e_src");
         source.execute(
@@ -61,7 +94,7 @@ impl Rig {
              INSERT INTO public.audit_log(detail) SELECT md5(i::text) FROM generate_series(1, 20000) i;",
         );
         Rig {
-            nats: NatsServer::start(),
+            nats,
             sshd: Sshd::start(),
             smtp: SmtpServer::start(),
             source,
@@ -83,25 +116,27 @@ impl Rig {
     }
 
     fn env(&self) -> Vec<(String, String)> {
-        let mut env: Vec<(String, String)> = vec![
-            ("NATS_URL", self.nats.url.clone()),
-            ("RUST_LOG", "info".into()),
-            ("BACKUP_DATABASES", self.source.name.clone()),
-            ("BACKUP_SPOOL_DIR", self.spool.path().display().to_string()),
-            (
-                "VERIFY_DATABASE_URL",
-                "postgresql://postgres@127.0.0.1:5432/postgres".into(),
-            ),
-            ("SMTP_URL", self.smtp.url.clone()),
-            ("ALERT_EMAIL_FROM", "backups@korrigo.example".into()),
-            ("ALERT_EMAIL_TO", "oncall@korrigo.example".into()),
-            ("SHUTDOWN_GRACE", "2s".into()),
-            ("VERIFY_SCRATCH_PREFIX", self.scratch_prefix()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .chain(self.sshd.sftp_env(&self.remote_dir()))
-        .collect();
+        let mut env: Vec<(String, String)> = self
+            .nats
+            .service_env()
+            .into_iter()
+            .chain([
+                ("RUST_LOG", "info".into()),
+                ("BACKUP_DATABASES", self.source.name.clone()),
+                ("BACKUP_SPOOL_DIR", self.spool.path().display().to_string()),
+                (
+                    "VERIFY_DATABASE_URL",
+                    "postgresql://postgres@127.0.0.1:5432/postgres".into(),
+                ),
+                ("SMTP_URL", self.smtp.url.clone()),
+                ("ALERT_EMAIL_FROM", "backups@korrigo.example".into()),
+                ("ALERT_EMAIL_TO", "oncall@korrigo.example".into()),
+                ("SHUTDOWN_GRACE", "2s".into()),
+                ("VERIFY_SCRATCH_PREFIX", self.scratch_prefix()),
+            ])
+            .map(|(k, v)| (k.to_owned(), v))
+            .chain(self.sshd.sftp_env(&self.remote_dir()))
+            .collect();
         env.extend(pg_env());
         env
     }

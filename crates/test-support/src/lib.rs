@@ -1,6 +1,7 @@
-//! Real servers for tests: `nats-server` with a temporary JetStream store,
-//! fresh PostgreSQL databases, OpenSSH `sshd` as an SFTP target, and an SMTP
-//! server whose mail the test can read. Everything is started on free
+//! Real servers for tests: `nats-server` with a temporary JetStream store
+//! (alone, or three as a cluster), fresh PostgreSQL databases, OpenSSH
+//! `sshd` as an SFTP target, and an SMTP server whose mail the test can
+//! read. Everything is started on free
 //! loopback ports and torn down on drop, so tests can run in parallel.
 //!
 //! The harness is synchronous on purpose: `Drop` cannot await, and tests of
@@ -11,6 +12,7 @@
 pub mod flags;
 pub mod http_stub;
 pub mod nats;
+pub mod nats_cluster;
 pub mod pg_cluster;
 pub mod pipeline;
 pub mod postgres;
@@ -37,6 +39,7 @@ pub fn free_port() -> u16 {
 }
 
 pub use nats::NatsServer;
+pub use nats_cluster::NatsCluster;
 pub use postgres::{TestDatabase, databases_with_prefix, ensure_postgres_running, pg_env};
 pub use process::{ServiceProcess, wait_until, workspace_bin};
 pub use smtp::{ReceivedMail, SmtpServer};

@@ -14,7 +14,7 @@ use crate::process::{LOG_TAIL_LINES, kill_and_reap, log_stdio, log_tail};
 
 /// Debian's package puts it here; `PATH` is the fallback for other hosts.
 const NATS_SERVER_PATHS: &[&str] = &["/usr/sbin/nats-server", "/usr/bin/nats-server"];
-const INSTALL_HINT: &str = "is nats-server installed? `apt-get install -y nats-server`";
+pub(crate) const INSTALL_HINT: &str = "is nats-server installed? `apt-get install -y nats-server`";
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// A running `nats-server -js` on free loopback ports. Killed on drop; the
@@ -222,7 +222,7 @@ impl Drop for NatsServer {
     }
 }
 
-fn nats_server_path() -> PathBuf {
+pub(crate) fn nats_server_path() -> PathBuf {
     NATS_SERVER_PATHS
         .iter()
         .map(PathBuf::from)

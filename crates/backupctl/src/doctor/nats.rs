@@ -1,10 +1,11 @@
-//! NATS: the server answers, the stream exists, and each service's
-//! consumer has a worker pulling from it.
+//! NATS: the servers of `NATS_URL` answer (each seed of a cluster's list
+//! is probed and reported), the stream exists with its replicas, and each
+//! service's consumer has a worker pulling from it.
 
 use std::time::Duration;
 
 use async_nats::jetstream::stream::Stream;
-use backup_core::bus::{Bus, NatsOptions, STREAM};
+use backup_core::bus::{Bus, NatsOptions, STREAM, url_without_credentials};
 use backup_core::preflight::Check;
 use chrono::{DateTime, Utc};
 
@@ -20,7 +21,7 @@ const CONSUMER_LOOKS: u32 = 3;
 /// NATS reachable with these credentials, the stream present, and each
 /// service's durable consumer present with a worker connected.
 pub async fn nats(options: &NatsOptions, services: &[&str]) -> Vec<Check> {
-    let shown = url_without_credentials(&options.url);
+    let shown = options.shown_url();
     let unreachable = |detail: String| {
         let mut checks = vec![Check::fail("nats", detail).with_fix(
             "start nats-server, or correct NATS_URL (host and port as the services see them)",
@@ -28,16 +29,23 @@ pub async fn nats(options: &NatsOptions, services: &[&str]) -> Vec<Check> {
         checks.push(Check::not_checked("nats.stream", "NATS is unreachable"));
         checks
     };
-    // A plain TCP probe first: the client retries forever on a refused
-    // connection, and "refused" is the clearest thing to report.
-    if let Some((host, port)) = nats_address(&options.url) {
-        let probe = tokio::net::TcpStream::connect((host.as_str(), port));
-        match tokio::time::timeout(Duration::from_secs(5), probe).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => return unreachable(format!("cannot reach {shown}: {e}")),
-            Err(_) => return unreachable(format!("no answer from {shown} within 5s")),
-        }
+    // A plain TCP probe of every seed first: the client retries forever on
+    // a refused connection, and "refused" is the clearest thing to report.
+    let seeds = match options.servers() {
+        Ok(servers) => probe_seeds(&servers).await,
+        Err(error) => return unreachable(error.to_string()),
+    };
+    let answering = seeds.iter().filter(|seed| seed.answer.is_ok()).count();
+    if answering == 0 {
+        return unreachable(match seeds.as_slice() {
+            [only] => only.failure(),
+            all => format!(
+                "no server of NATS_URL answers: {}",
+                all.iter().map(Seed::failure).collect::<Vec<_>>().join("; ")
+            ),
+        });
     }
+    let seeds_check = (seeds.len() > 1).then(|| seeds_check(&seeds, answering));
     let who = match (&options.user, &options.token, &options.creds_file) {
         (Some(user), _, _) => format!("as user {user}"),
         (None, Some(_), _) => "with a token".to_owned(),
@@ -69,7 +77,15 @@ pub async fn nats(options: &NatsOptions, services: &[&str]) -> Vec<Check> {
             ));
         }
     };
-    let mut checks = vec![Check::pass("nats", format!("connected to {shown} {who}"))];
+    let server = bus.client().server_info();
+    let mut checks = vec![Check::pass(
+        "nats",
+        format!(
+            "connected to {shown} {who} (server {} at port {})",
+            server.server_name, server.port
+        ),
+    )];
+    checks.extend(seeds_check);
     let user = options.user.as_deref();
     let refusal = |subject: &str| {
         bus.refused().contains(subject).then(|| {
@@ -106,9 +122,10 @@ pub async fn nats(options: &NatsOptions, services: &[&str]) -> Vec<Check> {
                 Check::pass(
                     "nats.stream",
                     format!(
-                        "{STREAM} holds {} messages on {}",
+                        "{STREAM} holds {} messages on {}, {}",
                         info.state.messages,
-                        subjects.join(", ")
+                        subjects.join(", "),
+                        replicas(info)
                     ),
                 )
             } else {
@@ -207,68 +224,131 @@ async fn consumer(bus: &Bus, stream: &Stream, service: &str, user: Option<&str>)
     }
 }
 
-/// `host` and `port` of the first server in a `NATS_URL`.
-fn nats_address(url: &str) -> Option<(String, u16)> {
-    let first = url.split(',').next()?.trim();
-    let rest = first.split_once("://").map_or(first, |(_, rest)| rest);
-    let authority = rest.split('/').next()?;
-    let authority = authority.rsplit_once('@').map_or(authority, |(_, a)| a);
-    if let Some(bracketed) = authority.strip_prefix('[') {
-        let (host, after) = bracketed.split_once(']')?;
-        let port = after
-            .strip_prefix(':')
-            .map_or(Some(4222), |p| p.parse().ok())?;
-        return Some((host.to_owned(), port));
-    }
-    match authority.rsplit_once(':') {
-        Some((host, port)) => Some((host.to_owned(), port.parse().ok()?)),
-        None if !authority.is_empty() => Some((authority.to_owned(), 4222)),
-        None => None,
+/// One server of `NATS_URL` and whether it accepted a TCP connection.
+struct Seed {
+    shown: String,
+    answer: Result<(), String>,
+}
+
+impl Seed {
+    fn failure(&self) -> String {
+        match &self.answer {
+            Ok(()) => format!("{} answers", self.shown),
+            Err(why) => why.clone(),
+        }
     }
 }
 
-/// A URL with any `user:password@` removed, safe to print.
-fn url_without_credentials(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
+/// Probes every seed at once, each for up to five seconds.
+async fn probe_seeds(servers: &[async_nats::ServerAddr]) -> Vec<Seed> {
+    let probes = servers.iter().map(|server| async move {
+        let shown = url_without_credentials(server.clone().into_inner().as_str());
+        let shown = shown.trim_end_matches('/').to_owned();
+        let probe = tokio::net::TcpStream::connect((server.host(), server.port()));
+        let answer = match tokio::time::timeout(Duration::from_secs(5), probe).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(format!("cannot reach {shown}: {e}")),
+            Err(_) => Err(format!("no answer from {shown} within 5s")),
+        };
+        Seed { shown, answer }
+    });
+    futures::future::join_all(probes).await
+}
+
+/// `nats.seeds`, for a list of several servers: the services start while
+/// any of them answers, but a silent one is a cluster node down (one fewer
+/// to lose) or a stale entry.
+fn seeds_check(seeds: &[Seed], answering: usize) -> Check {
+    let total = seeds.len();
+    if answering == total {
+        let all: Vec<&str> = seeds.iter().map(|s| s.shown.as_str()).collect();
+        return Check::pass(
+            "nats.seeds",
+            format!("all {total} servers of NATS_URL answer: {}", all.join(", ")),
+        );
+    }
+    let silent: Vec<String> = seeds
+        .iter()
+        .filter(|s| s.answer.is_err())
+        .map(Seed::failure)
+        .collect();
+    Check::fail(
+        "nats.seeds",
+        format!(
+            "{answering} of {total} servers of NATS_URL answer; {}",
+            silent.join("; ")
+        ),
+    )
+    .with_fix("start the NATS servers that do not answer (the services carry on with the others meanwhile), or remove them from NATS_URL")
+}
+
+/// The stream's copies as JetStream reports them: `1 replica` on a single
+/// server; on a cluster the leader and every follower that is not current
+/// (a node down shows as such: NATS 2.9 marks it offline only much later).
+fn replicas(info: &async_nats::jetstream::stream::Info) -> String {
+    let count = info.config.num_replicas.max(1);
+    let Some(cluster) = info.cluster.as_ref().filter(|_| count > 1) else {
+        return format!("{count} replica");
     };
-    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    let host = authority
-        .rsplit_once('@')
-        .map_or(authority, |(_, host)| host);
-    format!("{scheme}://{host}{path}")
+    let leader = cluster.leader.as_deref().unwrap_or("none");
+    let behind: Vec<String> = cluster
+        .replicas
+        .iter()
+        .filter(|peer| !peer.current || peer.offline)
+        .map(|peer| {
+            let state = if peer.offline {
+                "offline"
+            } else {
+                "not current"
+            };
+            format!(
+                "{} {state}, last seen {}s ago",
+                peer.name,
+                peer.active.as_secs()
+            )
+        })
+        .collect();
+    if behind.is_empty() {
+        format!("{count} replicas (leader {leader}, all current)")
+    } else {
+        format!("{count} replicas (leader {leader}; {})", behind.join(", "))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn nats_addresses() {
-        assert_eq!(
-            nats_address("nats://127.0.0.1:4333"),
-            Some(("127.0.0.1".into(), 4333))
-        );
-        assert_eq!(
-            nats_address("nats://u:p@nats.example/"),
-            Some(("nats.example".into(), 4222))
-        );
-        assert_eq!(
-            nats_address("tls://[::1]:4222,nats://other:1"),
-            Some(("::1".into(), 4222))
-        );
-        assert_eq!(nats_address("nats://"), None);
+    fn seed(shown: &str, answer: Result<(), &str>) -> Seed {
+        Seed {
+            shown: shown.to_owned(),
+            answer: answer.map_err(str::to_owned),
+        }
     }
 
     #[test]
-    fn urls_lose_their_credentials() {
+    fn the_seeds_check_names_every_silent_server() {
+        let seeds = [
+            seed(
+                "nats://127.0.0.1:14231",
+                Err("cannot reach nats://127.0.0.1:14231: Connection refused"),
+            ),
+            seed("nats://127.0.0.1:14232", Ok(())),
+            seed("nats://127.0.0.1:14233", Ok(())),
+        ];
+        let check = seeds_check(&seeds, 2);
+        assert!(!check.ok);
         assert_eq!(
-            url_without_credentials("nats://bob:s3cret@host:4222"),
-            "nats://host:4222"
+            check.detail,
+            "2 of 3 servers of NATS_URL answer; cannot reach nats://127.0.0.1:14231: Connection refused"
         );
-        assert_eq!(
-            url_without_credentials("nats://host:4222"),
-            "nats://host:4222"
+        assert!(check.fix.is_some());
+        let check = seeds_check(&seeds[1..], 2);
+        assert!(check.ok, "{check:?}");
+        assert!(
+            check
+                .detail
+                .contains("nats://127.0.0.1:14232, nats://127.0.0.1:14233")
         );
     }
 }
