@@ -12,8 +12,8 @@
 //!   database nobody serves ends in a single `dump.failed` (stage
 //!   `trigger`).
 //!
-//! Both run on one `nats-server`. A three-node cluster variant would take
-//! the cluster's seed list for `NATS_URL` in [`Bench::env`] and nothing else.
+//! Both run on one `nats-server`; the scale benchmark also runs on a
+//! three-node cluster (`NATS_URL` its seed list, `NATS_STREAM_REPLICAS=3`).
 //!
 //! Killed messages come back when the consumer's `ack_wait` (60 s)
 //! expires: the first test waits for JetStream's own redelivery.
@@ -37,9 +37,40 @@ fn fill(sql: &mut dyn FnMut(&str), rows: u32) {
     ));
 }
 
+/// The bus of a bench: one server, or a three-node cluster.
+enum BenchNats {
+    Single(NatsServer),
+    Cluster(test_support::NatsCluster),
+}
+
+impl BenchNats {
+    /// `NATS_URL` for the services: the server, or the cluster's seeds.
+    fn url(&self) -> String {
+        match self {
+            BenchNats::Single(server) => server.url.clone(),
+            BenchNats::Cluster(cluster) => cluster.url(),
+        }
+    }
+
+    /// One server the test's own client connects to.
+    fn first_url(&self) -> String {
+        match self {
+            BenchNats::Single(server) => server.url.clone(),
+            BenchNats::Cluster(cluster) => cluster.urls()[0].clone(),
+        }
+    }
+
+    fn replicas(&self) -> &'static str {
+        match self {
+            BenchNats::Single(_) => "1",
+            BenchNats::Cluster(_) => "3",
+        }
+    }
+}
+
 /// NATS, SFTP and a spool shared by the services of one test.
 struct Bench {
-    nats: NatsServer,
+    nats: BenchNats,
     sshd: Sshd,
     spool: tempfile::TempDir,
     scratch_prefix: String,
@@ -49,11 +80,14 @@ struct Bench {
 
 impl Bench {
     fn start(scratch_prefix: &str) -> Bench {
+        Bench::start_on(scratch_prefix, BenchNats::Single(NatsServer::start()))
+    }
+
+    fn start_on(scratch_prefix: &str, nats: BenchNats) -> Bench {
         ensure_postgres_running();
-        let nats = NatsServer::start();
         let runtime = tokio::runtime::Runtime::new().expect("runtime");
         let js = runtime.block_on(async {
-            let client = async_nats::connect(nats.url.as_str())
+            let client = async_nats::connect(nats.first_url())
                 .await
                 .expect("connect to NATS");
             async_nats::jetstream::new(client)
@@ -69,8 +103,10 @@ impl Bench {
     }
 
     fn env(&self, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+        let url = self.nats.url();
         let mut env: Vec<(String, String)> = [
-            ("NATS_URL", self.nats.url.as_str()),
+            ("NATS_URL", url.as_str()),
+            ("NATS_STREAM_REPLICAS", self.nats.replicas()),
             ("RUST_LOG", "info"),
             (
                 "BACKUP_SPOOL_DIR",
@@ -442,8 +478,14 @@ fn peak_rss_mib(pid: u32) -> f64 {
 fn bench_run(
     databases: &[String],
     concurrency: usize,
+    cluster: bool,
 ) -> (Duration, Vec<(&'static str, f64)>, Vec<Value>) {
-    let bench = Bench::start("vfybench");
+    let nats = if cluster {
+        BenchNats::Cluster(test_support::NatsCluster::start())
+    } else {
+        BenchNats::Single(NatsServer::start())
+    };
+    let bench = Bench::start_on("vfybench", nats);
     let c = concurrency.to_string();
     let dumper = bench.spawn(
         "dumper",
@@ -492,8 +534,9 @@ fn bench_run(
 }
 
 /// The scale benchmark (docs/benchmarks.md, "Scale"): prints a table.
-/// `SCALE_BENCH_SIZES` (default `10,40`) and `SCALE_BENCH_CONCURRENCY`
-/// (default `1,4`) choose the runs.
+/// `SCALE_BENCH_SIZES` (default `10,40`), `SCALE_BENCH_CONCURRENCY`
+/// (default `1,4`) and `SCALE_BENCH_CLUSTER` (`no`, `only`; both by
+/// default) choose the runs.
 #[test]
 #[ignore = "a benchmark: minutes of work; run it on purpose"]
 fn scale_benchmark() {
@@ -518,24 +561,33 @@ fn scale_benchmark() {
     // Freshly created databases make the server busy for a while (WAL,
     // autovacuum's first analyze): the first run would measure that. One
     // unreported run over the whole pool takes it.
-    let (warm_up, _, _) = bench_run(&names, 4);
+    let (warm_up, _, _) = bench_run(&names, 4, false);
     eprintln!("warm-up run over {largest} databases: {warm_up:.1?}");
 
     let mut table = String::from(
-        "| databases | concurrency | trigger → last verified | dumper peak RSS | shipper peak RSS | verifier peak RSS |\n\
-         | --- | --- | --- | --- | --- | --- |\n",
+        "| NATS | databases | concurrency | trigger → last verified | dumper peak RSS | shipper peak RSS | verifier peak RSS |\n\
+         | --- | --- | --- | --- | --- | --- | --- |\n",
     );
-    for &size in &sizes {
-        for &concurrency in &levels {
-            let (wall, rss, _) = bench_run(&names[..size], concurrency);
-            table.push_str(&format!(
-                "| {size} | {concurrency} | {:.1} s | {:.0} MiB | {:.0} MiB | {:.0} MiB |\n",
-                wall.as_secs_f64(),
-                rss[0].1,
-                rss[1].1,
-                rss[2].1
-            ));
-            eprintln!("{table}");
+    let clusters =
+        std::env::var("SCALE_BENCH_CLUSTER").map_or(vec![false, true], |v| match v.as_str() {
+            "only" => vec![true],
+            "no" => vec![false],
+            _ => vec![false, true],
+        });
+    for &cluster in &clusters {
+        for &size in &sizes {
+            for &concurrency in &levels {
+                let (wall, rss, _) = bench_run(&names[..size], concurrency, cluster);
+                table.push_str(&format!(
+                    "| {} | {size} | {concurrency} | {:.1} s | {:.0} MiB | {:.0} MiB | {:.0} MiB |\n",
+                    if cluster { "3-node cluster, R3" } else { "one server" },
+                    wall.as_secs_f64(),
+                    rss[0].1,
+                    rss[1].1,
+                    rss[2].1
+                ));
+                eprintln!("{table}");
+            }
         }
     }
 
@@ -545,7 +597,7 @@ fn scale_benchmark() {
     fill(&mut |sql| big.execute(sql), 14_000);
     let mut overheads = Vec::new();
     for _ in 0..3 {
-        let (wall, _, verified) = bench_run(std::slice::from_ref(&big.name), 1);
+        let (wall, _, verified) = bench_run(std::slice::from_ref(&big.name), 1, false);
         let v = &verified[0];
         let stages = v["dump_ms"].as_u64().unwrap_or(0)
             + v["ship_ms"].as_u64().unwrap_or(0)
@@ -560,5 +612,5 @@ fn scale_benchmark() {
             overheads.last().expect("pushed")
         ));
     }
-    eprintln!("scale benchmark on one nats-server:\n{table}");
+    eprintln!("scale benchmark:\n{table}");
 }
