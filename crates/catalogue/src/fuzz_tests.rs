@@ -13,7 +13,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, SystemTime};
 
 use backup_core::events::Origin;
@@ -24,7 +23,7 @@ use backup_core::names::{
 use chrono::{DateTime, TimeDelta, TimeZone, Utc};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
-use remote_sftp::{SftpRemote, SftpSettings};
+use remote_sftp::SftpRemote;
 use test_support::sshd::Sshd;
 
 use crate::listing::{Catalog, PARTIAL_MAX_AGE, read_catalog};
@@ -39,30 +38,6 @@ fn db() -> DatabaseName {
 
 fn at_minute(minute: i64) -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2025, 3, 1, 0, 0, 0).unwrap() + TimeDelta::minutes(minute)
-}
-
-fn sftp_settings(sshd: &Sshd) -> SftpSettings {
-    SftpSettings {
-        host: "127.0.0.1".into(),
-        port: sshd.port,
-        user: sshd.user.clone(),
-        key_file: sshd.client_key.clone(),
-        key_passphrase: None,
-        known_hosts: Some(sshd.known_hosts.clone()),
-        host_key_fingerprint: None,
-        connect_timeout: Duration::from_secs(20),
-        io_timeout: Duration::from_secs(30),
-    }
-}
-
-fn chown_to(sshd: &Sshd, path: &Path) {
-    let status = Command::new("chown")
-        .arg("-R")
-        .arg(format!("{0}:{0}", sshd.user))
-        .arg(path)
-        .status()
-        .expect("run chown");
-    assert!(status.success(), "chown {}", path.display());
 }
 
 /// How one seeded backup looks on the remote.
@@ -375,7 +350,7 @@ fn sorted(mut catalog: Catalog) -> Catalog {
 #[test]
 fn remote_listings_with_hostile_names_are_classified_and_only_our_files_can_go() {
     let sshd = Sshd::start();
-    let settings = sftp_settings(&sshd);
+    let settings = test_support::pipeline::sftp_settings(&sshd);
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let remote = runtime
         .block_on(SftpRemote::connect(&settings))
@@ -395,7 +370,7 @@ fn remote_listings_with_hostile_names_are_classified_and_only_our_files_can_go()
         let base = sshd.remote_root.join(format!("case{n}"));
         let dir = base.join(DB);
         let expected = materialize(&dir, &listing);
-        chown_to(&sshd, &base);
+        sshd.hand_over(&base);
         let found = runtime
             .block_on(read_catalog(
                 &remote,

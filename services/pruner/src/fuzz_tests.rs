@@ -7,7 +7,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use backup_core::events::Origin;
@@ -17,7 +16,6 @@ use backup_core::sftp::SftpTarget;
 use catalogue::Policy;
 use chrono::{TimeDelta, TimeZone, Utc};
 use proptest::prelude::*;
-use remote_sftp::SftpSettings;
 use test_support::sshd::Sshd;
 
 use crate::{Schedule, Settings, prune_database};
@@ -26,30 +24,6 @@ const DB: &str = "viatique";
 
 fn db() -> DatabaseName {
     DB.parse().expect("valid name")
-}
-
-fn sftp_settings(sshd: &Sshd) -> SftpSettings {
-    SftpSettings {
-        host: "127.0.0.1".into(),
-        port: sshd.port,
-        user: sshd.user.clone(),
-        key_file: sshd.client_key.clone(),
-        key_passphrase: None,
-        known_hosts: Some(sshd.known_hosts.clone()),
-        host_key_fingerprint: None,
-        connect_timeout: Duration::from_secs(20),
-        io_timeout: Duration::from_secs(30),
-    }
-}
-
-fn chown_to(sshd: &Sshd, path: &Path) {
-    let status = Command::new("chown")
-        .arg("-R")
-        .arg(format!("{0}:{0}", sshd.user))
-        .arg(path)
-        .status()
-        .expect("run chown");
-    assert!(status.success(), "chown {}", path.display());
 }
 
 fn write(path: &Path, bytes: &[u8]) {
@@ -162,12 +136,12 @@ fn a_clock_jumped_forty_days_deletes_no_verified_backup_and_no_upload_in_flight(
     seed(&dir, &awaiting, false);
     let uploading = ArtifactName::new(&db(), now - TimeDelta::minutes(1), ArtifactKind::PLAIN_GZIP);
     write(&dir.join(uploading.partial_name()), b"the first megabytes");
-    chown_to(&sshd, &base);
+    sshd.hand_over(&base);
 
     let spool = tempfile::tempdir().expect("spool");
     let settings = Settings {
         sftp: SftpTarget {
-            settings: sftp_settings(&sshd),
+            settings: test_support::pipeline::sftp_settings(&sshd),
             dir: base.display().to_string(),
         },
         // Two weeks of nightly backups all stay: anything deleted later is
