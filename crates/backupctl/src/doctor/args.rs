@@ -124,6 +124,9 @@ pub struct DoctorArgs {
     /// The dumper's schedule: five cron fields, or `off`.
     #[arg(long, env = "BACKUP_SCHEDULE", default_value = "0 2 * * *")]
     pub schedule: String,
+    /// The dumper's name: its durable consumer on backup.trigger.
+    #[arg(long, env = "DUMPER_NAME", default_value = "dumper")]
+    pub dumper_name: String,
     /// Time zone of the schedule.
     #[arg(long, env = "BACKUP_TZ", default_value = "UTC")]
     pub tz: String,

@@ -78,6 +78,10 @@ pub async fn check_all(common: &CommonArgs, args: &DoctorArgs) -> Report {
     let limit = args.timeout;
     let databases = args.database_names();
 
+    // The dumper's consumer carries its DUMPER_NAME.
+    let services: Vec<&str> = std::iter::once(args.dumper_name.as_str())
+        .chain(SERVICES[1..].iter().copied())
+        .collect();
     let nats_checks = async {
         match common.nats_options() {
             Ok(options) => {
@@ -85,7 +89,7 @@ pub async fn check_all(common: &CommonArgs, args: &DoctorArgs) -> Report {
                     "nats",
                     limit,
                     "check that NATS_URL is reachable from here",
-                    nats(&options, &SERVICES),
+                    nats(&options, &services),
                 )
                 .await
             }
