@@ -28,6 +28,10 @@
 # of starting one (its images are reused; the test's projects are removed
 # at the end, the engine is left running).
 set -euo pipefail
+
+# `producer | grep -q` fails under pipefail when grep stops reading at the
+# first match and the producer dies of SIGPIPE: read the whole input.
+contains() { grep "$@" >/dev/null; }
 root=$(cd "$(dirname "$0")/.." && pwd)
 profile=${COMPOSE_TEST_PROFILE:-debug}
 scale=${COMPOSE_TEST_SCALE:-1}
@@ -304,7 +308,7 @@ wait_until() {
 }
 verified_count() { sftp_ls | grep -c '\.verified\.json$' || true; }
 at_least_verified() { (($(verified_count) >= $1)); }
-no_partials() { ! sftp_ls | grep -q '\.partial$'; }
+no_partials() { ! sftp_ls | contains '\.partial$'; }
 backupctl() { (cd "$deploy" && docker compose run --rm backupctl "$@"); }
 stack() { # stack COMMAND...: docker compose in deploy/, quiet unless it fails
   (cd "$deploy" && docker compose "$@") >"$work/compose.log" 2>&1 ||
@@ -337,8 +341,8 @@ check_verified_once() {
 wait_healthy
 guide_step first-backup
 per_trigger=$(verified_count)
-sftp_ls | grep -q '^viatique/.*\.sql\.gz\.verified\.json$' || fail "no verified viatique dump: $(sftp_ls)"
-sftp_ls | grep -q '\.tar\.gz\.verified\.json$' || fail "no verified media archive: $(sftp_ls)"
+sftp_ls | contains '^viatique/.*\.sql\.gz\.verified\.json$' || fail "no verified viatique dump: $(sftp_ls)"
+sftp_ls | contains '\.tar\.gz\.verified\.json$' || fail "no verified media archive: $(sftp_ls)"
 check_remote_is_complete
 log "first backup verified from the SFTP stand-in: $per_trigger artifacts"
 
@@ -363,7 +367,7 @@ log "restored into viatique_restore with equal row counts ($source_counts); korr
 
 log "restarting the shipper in the middle of an upload"
 backupctl trigger --reason "restart mid-upload" >/dev/null
-partial_on_remote() { sftp_ls | grep -q '\.partial$'; }
+partial_on_remote() { sftp_ls | contains '\.partial$'; }
 wait_until "upload in progress" 300 partial_on_remote
 stack restart shipper
 wait_until "verification after the restart" 600 at_least_verified $((2 * per_trigger))
@@ -393,8 +397,8 @@ stack restart shipper
 backupctl trigger --reason "wrong host key" >/dev/null
 more_mail() { (($(mail_count) > mails_before)); }
 wait_until "alert email" 300 more_mail
-mail_text | grep -qi 'ship' || fail "the alert email does not name the ship stage: $(mail_text | tail -n 20)"
-(cd "$deploy" && docker compose logs --no-color shipper 2>/dev/null) | grep -qi 'host key' ||
+mail_text | contains -i 'ship' || fail "the alert email does not name the ship stage: $(mail_text | tail -n 20)"
+(cd "$deploy" && docker compose logs --no-color shipper 2>/dev/null) | contains -i 'host key' ||
   fail "the shipper did not log the host key mismatch"
 # A changed host key is not retried (it may be an attack): that backup
 # failed for good and said so. Once the pin is right again, the next backup
@@ -404,7 +408,7 @@ stack restart shipper
 mails_before=$(mail_count)
 backupctl trigger --wait --reason "host key pinned again" >"$work/trigger-after-pin.log" 2>&1 ||
   fail "no verified backup once the pin was put back: $(tail -n 5 "$work/trigger-after-pin.log")"
-resolved_mail() { (($(mail_count) > mails_before)) && mail_text | grep -q 'RESOLVED'; }
+resolved_mail() { (($(mail_count) > mails_before)) && mail_text | contains 'RESOLVED'; }
 wait_until "RESOLVED email" 300 resolved_mail
 wait_until "remote without .partial" 120 no_partials
 check_remote_is_complete
