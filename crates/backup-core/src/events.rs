@@ -264,6 +264,15 @@ pub struct DumpPruned {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kept_bytes: Option<u64>,
     pub dry_run: bool,
+    /// The destination this run pruned, as `dump.shipped` describes
+    /// destinations; one `dump.pruned` per database and destination.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination: Option<String>,
+    /// The label of the destination when it is not the first one; not on
+    /// the wire, it keeps the runs of one backup on several destinations
+    /// apart in [`DumpPruned::message_id`](StageEvent::message_id).
+    #[serde(skip)]
+    pub dedup_label: Option<String>,
 }
 
 /// `dump.failed`: a stage failed.
@@ -564,16 +573,19 @@ impl StageEvent for DumpVerified {
 impl StageEvent for DumpPruned {
     const SUBJECT: &'static str = subject::PRUNED;
 
-    /// A dry run and a real run for the same backup are different news.
+    /// A dry run and a real run for the same backup are different news,
+    /// and so are the runs on each destination: the first destination's
+    /// is `<backup_id>:pruned`, another's `<backup_id>:pruned:<label>`.
     fn message_id(&self) -> String {
-        once_per_backup(
-            &self.header,
-            if self.dry_run {
-                "pruned-dry-run"
-            } else {
-                "pruned"
-            },
-        )
+        let what = if self.dry_run {
+            "pruned-dry-run"
+        } else {
+            "pruned"
+        };
+        match &self.dedup_label {
+            None => once_per_backup(&self.header, what),
+            Some(label) => once_per_backup(&self.header, &format!("{what}:{label}")),
+        }
     }
 }
 
@@ -785,11 +797,15 @@ mod tests {
             kept_reasons: Default::default(),
             kept_bytes: None,
             dry_run: false,
+            destination: None,
+            dedup_label: None,
         };
         assert_eq!(DumpPruned::SUBJECT, "dump.pruned");
         assert_eq!(pruned.message_id(), "viatique-t42:pruned");
         pruned.dry_run = true;
         assert_eq!(pruned.message_id(), "viatique-t42:pruned-dry-run");
+        pruned.dedup_label = Some("s3".into());
+        assert_eq!(pruned.message_id(), "viatique-t42:pruned-dry-run:s3");
         let skipped = DumpSkipped {
             header: header(),
             origin: Origin::default(),

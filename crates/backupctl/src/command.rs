@@ -18,9 +18,10 @@ pub enum Command {
     /// space on the remote; the next scheduled run; recently rejected triggers; per service,
     /// whether it is alive. Exits 1 when a service is down or a stage is failing.
     Status(status::StatusArgs),
-    /// List the backups on the SFTP server.
+    /// List the backups on a destination (--from LABEL; default the first, the SFTP server).
     List(list::ListArgs),
-    /// Restore a backup from the SFTP server into a database, then compare row counts.
+    /// Restore a backup from a destination (--from LABEL; default the first, the SFTP server)
+    /// into a database, then compare row counts.
     ///
     /// The target is RESTORE_TARGET_URL (or RESTORE_TARGET_URL_FILE), which is preferred
     /// because it may hold a password; --target-url is accepted when it holds none.

@@ -5,12 +5,14 @@
 //!
 //! Each command is a module with its arguments and a `run` that does the
 //! work and prints the result; [`Command`] picks one. The CLI talks to the
-//! same NATS stream and SFTP server as the services and keeps no state of
-//! its own.
+//! same NATS stream and destinations as the services (read through
+//! `remote_store`, one chosen with `--from`, see [`destinations`]) and
+//! keeps no state of its own.
 
 pub mod command;
 pub mod configured;
 pub mod connect;
+pub mod destinations;
 pub mod doctor;
 pub mod list;
 pub mod prune;

@@ -8,6 +8,8 @@
 
 #[path = "backupctl/django.rs"]
 mod django;
+#[path = "backupctl/from.rs"]
+mod from;
 #[path = "backupctl/interrupts.rs"]
 mod interrupts;
 #[path = "backupctl/prune.rs"]

@@ -24,6 +24,7 @@ use chrono::{DateTime, TimeDelta, TimeZone, Utc};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use remote_sftp::SftpRemote;
+use remote_store::Store;
 use test_support::sshd::Sshd;
 
 use crate::listing::{Catalog, PARTIAL_MAX_AGE, read_catalog};
@@ -285,6 +286,7 @@ fn materialize(dir: &Path, listing: &Listing) -> Catalog {
             tag: (how == Seeded::PreDeploy).then(|| "pre-deploy".parse().expect("valid tag")),
             held: matches!(how, Seeded::BadManifest | Seeded::ManifestOfAnother)
                 .then(|| "manifest unreadable, so its tag is unknown".to_owned()),
+            locked_until: None,
             artifact,
         });
     }
@@ -355,6 +357,8 @@ fn remote_listings_with_hostile_names_are_classified_and_only_our_files_can_go()
     let remote = runtime
         .block_on(SftpRemote::connect(&settings))
         .expect("connect to sshd");
+    // One session for every case, each with its own base directory.
+    let remote = std::sync::Mutex::new(Some(remote));
     let cases = std::env::var("PROPTEST_CASES")
         .ok()
         .and_then(|n| n.parse().ok())
@@ -371,14 +375,16 @@ fn remote_listings_with_hostile_names_are_classified_and_only_our_files_can_go()
         let dir = base.join(DB);
         let expected = materialize(&dir, &listing);
         sshd.hand_over(&base);
-        let found = runtime
-            .block_on(read_catalog(
-                &remote,
-                &dir.display().to_string(),
-                &db(),
-                Utc::now(),
-            ))
-            .map_err(|e| TestCaseError::fail(format!("the listing failed: {e}")))?;
+        let store = Store::Sftp {
+            remote: remote.lock().unwrap().take().expect("the session"),
+            dir: base.display().to_string(),
+        };
+        let found = runtime.block_on(read_catalog(&store, &db(), Utc::now()));
+        let Store::Sftp {
+            remote: session, ..
+        } = store;
+        *remote.lock().unwrap() = Some(session);
+        let found = found.map_err(|e| TestCaseError::fail(format!("the listing failed: {e}")))?;
         let found = sorted(found);
         // Non-UTF-8 names may be shown lossily; what matters is that they
         // are foreign, so compare by count and by the valid ones.
@@ -404,7 +410,9 @@ fn remote_listings_with_hostile_names_are_classified_and_only_our_files_can_go()
         std::fs::remove_dir_all(&base).expect("clean the case up");
         Ok(())
     });
-    runtime.block_on(async { drop(remote.close().await) });
+    if let Some(remote) = remote.into_inner().unwrap() {
+        runtime.block_on(async { drop(remote.close().await) });
+    }
     if let Err(failure) = result {
         panic!("{failure}");
     }
@@ -427,6 +435,7 @@ prop_compose! {
                 verified,
                 tag: pre_deploy.then(|| "pre-deploy".parse().expect("valid tag")),
                 held: None,
+                locked_until: None,
             })
             .collect()
     }

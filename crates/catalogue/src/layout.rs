@@ -1,5 +1,5 @@
-//! How the remote is laid out: one directory per database under the base
-//! directory (`SFTP_DIR`), holding each backup's artifact and sidecars.
+//! How a destination is laid out: one directory per database under the
+//! base directory (`SFTP_DIR`), holding each backup's artifact and sidecars.
 //! Every file name found there is classified ([`classify`]); only names the
 //! pipeline writes are ever candidates for deletion:
 //!
@@ -11,12 +11,16 @@
 //! | any of the above + `.partial` | [`RemoteFile::Partial`]: an upload in progress or abandoned |
 //! | anything else, another database's files included | [`RemoteFile::Stray`]: not ours, never touched |
 //!
-//! Retries: none here; a transient SFTP error is returned to the caller.
+//! The directories themselves are the store's business ([`remote_store`]);
+//! here only names are judged.
+//!
+//! Retries: none here; a transient error of the store is returned to the
+//! caller.
 
 use backup_core::names::{
     ArtifactName, DatabaseName, MANIFEST_SUFFIX, PARTIAL_SUFFIX, VERIFIED_SUFFIX,
 };
-use remote_sftp::{RemoteError, SftpRemote};
+use remote_store::{Store, StoreError};
 
 /// The remote directory of `database` under the base directory `base_dir`,
 /// as every writer and reader of the remote spells it.
@@ -67,24 +71,10 @@ fn sidecar_owner(name: &str) -> Option<&str> {
         .or_else(|| name.strip_suffix(VERIFIED_SUFFIX))
 }
 
-/// The databases that have a directory under `base_dir`, sorted; none
-/// when `base_dir` does not exist yet (nothing shipped).
-pub async fn list_databases(
-    remote: &SftpRemote,
-    base_dir: &str,
-) -> Result<Vec<DatabaseName>, RemoteError> {
-    let entries = match remote.list_dir(base_dir).await {
-        Ok(entries) => entries,
-        Err(RemoteError::NotFound { .. }) => return Ok(Vec::new()),
-        Err(e) => return Err(e),
-    };
-    let mut databases: Vec<DatabaseName> = entries
-        .into_iter()
-        .filter(|e| e.is_dir)
-        .filter_map(|e| e.name.parse().ok())
-        .collect();
-    databases.sort();
-    Ok(databases)
+/// The databases `store` holds files of, sorted; none when nothing was
+/// shipped there yet.
+pub async fn list_databases(store: &Store) -> Result<Vec<DatabaseName>, StoreError> {
+    store.list_databases().await
 }
 
 #[cfg(test)]

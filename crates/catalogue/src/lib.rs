@@ -1,6 +1,8 @@
-//! The remote catalogue: what the SFTP remote holds and what may go.
+//! The remote catalogue: what a destination holds and what may go. Every
+//! destination is read through a [`remote_store::Store`], by database and
+//! file name, so the same catalogue and plan serve each of them.
 //!
-//! - [`layout`]: one directory per database under `SFTP_DIR`; every file
+//! - [`layout`]: one directory per database under the base; every file
 //!   name classified (artifact, manifest, verification record, partial
 //!   upload, stray); the databases present.
 //! - [`listing`]: one database's directory read and judged
@@ -12,9 +14,9 @@
 //! - [`plan`]: one database's plan with its listing, and the brake.
 //!
 //! Nothing here deletes or writes: the pruner service deletes what a plan
-//! says, the verifier writes records. Retries: none; SFTP errors are
-//! returned (see [`remote_sftp::RemoteError::is_transient`]) and the caller
-//! decides.
+//! says, the verifier writes records. Retries: none; the store's errors
+//! are returned (see [`remote_store::StoreError::is_transient`]) and the
+//! caller decides.
 
 pub mod layout;
 pub mod listing;

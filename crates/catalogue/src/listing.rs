@@ -6,15 +6,21 @@
 //! read or decoded (its tag is unknown, so it is kept until an operator
 //! looks).
 //!
-//! Retries: none here; a transient SFTP error aborts the listing and the
-//! caller retries the whole run.
+//! Storage that locks objects (S3 Object Lock) gives each file a
+//! `retain_until`: a backup is locked until the latest date among its
+//! artifact and sidecars (deleting part of it would leave a backup that
+//! can neither be used nor removed), and a locked leftover is not offered
+//! for deletion.
+//!
+//! Retries: none here; a transient error of the store aborts the listing
+//! and the caller retries the whole run.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use backup_core::manifest::{MAX_SIDECAR_BYTES, Manifest};
 use backup_core::names::{ArtifactName, DatabaseName};
 use chrono::{DateTime, TimeDelta, Utc};
-use remote_sftp::{RemoteError, SftpRemote};
+use remote_store::{Entry, Store, StoreError};
 
 use crate::layout::{RemoteFile, classify};
 use crate::policy::Backup;
@@ -43,25 +49,16 @@ pub struct Catalog {
     pub foreign: Vec<String>,
 }
 
-/// Lists `dir`, the directory of `database`, and judges every artifact in
-/// it; an empty catalog when the directory does not exist yet. `now` is
-/// the caller's clock, for telling abandoned uploads.
+/// Lists the files of `database` in `store` and judges every artifact
+/// among them; an empty catalog when nothing was stored yet. `now` is the
+/// caller's clock, for telling abandoned uploads and object locks.
 pub async fn read_catalog(
-    remote: &SftpRemote,
-    dir: &str,
+    store: &Store,
     database: &DatabaseName,
     now: DateTime<Utc>,
-) -> Result<Catalog, RemoteError> {
-    let entries = match remote.list_dir(dir).await {
-        Ok(entries) => entries,
-        Err(RemoteError::NotFound { .. }) => return Ok(Catalog::default()),
-        Err(e) => return Err(e),
-    };
-    let files: BTreeMap<&str, &remote_sftp::RemoteEntry> = entries
-        .iter()
-        .filter(|e| !e.is_dir)
-        .map(|e| (e.name.as_str(), e))
-        .collect();
+) -> Result<Catalog, StoreError> {
+    let entries = store.list(database).await?;
+    let files: BTreeMap<&str, &Entry> = entries.iter().map(|e| (e.name.as_str(), e)).collect();
     let mut catalog = Catalog::default();
     let mut artifacts = BTreeSet::new();
     // The server's own clock: an upload is abandoned only if it is also
@@ -75,19 +72,18 @@ pub async fn read_catalog(
                 artifacts.insert(artifact);
             }
             RemoteFile::Partial(_) => {
-                let since = |at: DateTime<Utc>| {
-                    entry
-                        .modified
-                        .map(|m| at - DateTime::<Utc>::from(m))
-                        .unwrap_or(TimeDelta::zero())
-                };
-                let behind_newest = newest_write.map_or(TimeDelta::zero(), |n| since(n.into()));
-                if since(now) > PARTIAL_MAX_AGE && behind_newest > PARTIAL_MAX_AGE {
+                let since =
+                    |at: DateTime<Utc>| entry.modified.map(|m| at - m).unwrap_or(TimeDelta::zero());
+                let behind_newest = newest_write.map_or(TimeDelta::zero(), since);
+                if since(now) > PARTIAL_MAX_AGE
+                    && behind_newest > PARTIAL_MAX_AGE
+                    && !entry.locked_at(now)
+                {
                     catalog.stale_partials.push(name.to_owned());
                 }
             }
             RemoteFile::Manifest(owner) | RemoteFile::Record(owner) => {
-                if !files.contains_key(owner.as_str()) {
+                if !files.contains_key(owner.as_str()) && !entry.locked_at(now) {
                     catalog.orphans.push(name.to_owned());
                 }
             }
@@ -95,7 +91,8 @@ pub async fn read_catalog(
         }
     }
     for artifact in artifacts {
-        let (backup, manifest) = judge(remote, dir, &files, artifact).await?;
+        let (mut backup, manifest) = judge(store, database, &files, artifact).await?;
+        backup.locked_until = locked_until(&files, &backup.artifact, now);
         if let Some(manifest) = manifest {
             catalog.manifests.insert(backup.artifact.clone(), manifest);
         }
@@ -107,15 +104,16 @@ pub async fn read_catalog(
 /// Reads the sidecars of one artifact and decides what it is. Also
 /// returns its manifest, if it has one (`Some(None)`: unreadable).
 async fn judge(
-    remote: &SftpRemote,
-    dir: &str,
-    files: &BTreeMap<&str, &remote_sftp::RemoteEntry>,
+    store: &Store,
+    database: &DatabaseName,
+    files: &BTreeMap<&str, &Entry>,
     artifact: ArtifactName,
-) -> Result<(Backup, Option<Option<Manifest>>), RemoteError> {
+) -> Result<(Backup, Option<Option<Manifest>>), StoreError> {
     let mut backup = Backup {
         verified: false,
         tag: None,
         held: None,
+        locked_until: None,
         artifact,
     };
     let manifest_name = backup.artifact.manifest_name();
@@ -124,7 +122,7 @@ async fn judge(
         // aged out like any other unverified backup.
         return Ok((backup, None));
     }
-    let manifest = match read_sidecar(remote, &format!("{dir}/{manifest_name}")).await? {
+    let manifest = match read_sidecar(store, database, &manifest_name).await? {
         Some(bytes) => Manifest::decode(&bytes).ok(),
         None => None,
     };
@@ -136,21 +134,82 @@ async fn judge(
     let record_name = backup.artifact.verified_name();
     if files.contains_key(record_name.as_str()) {
         let stored_size = files.get(backup.artifact.as_str()).map_or(0, |e| e.size);
-        if let Some(record) = read_sidecar(remote, &format!("{dir}/{record_name}")).await? {
+        if let Some(record) = read_sidecar(store, database, &record_name).await? {
             backup.verified = is_verified(&backup.artifact, stored_size, &manifest, &record);
         }
     }
     Ok((backup, Some(Some(manifest))))
 }
 
+/// The latest `retain_until` still ahead of `now` among the artifact and
+/// its sidecars: until then the destination refuses to delete some of it.
+fn locked_until(
+    files: &BTreeMap<&str, &Entry>,
+    artifact: &ArtifactName,
+    now: DateTime<Utc>,
+) -> Option<DateTime<Utc>> {
+    [
+        artifact.to_string(),
+        artifact.manifest_name(),
+        artifact.verified_name(),
+    ]
+    .iter()
+    .filter_map(|name| files.get(name.as_str()))
+    .filter_map(|e| e.retain_until)
+    .filter(|until| *until > now)
+    .max()
+}
+
 /// `None` when the file vanished or cannot be read for a lasting reason.
-async fn read_sidecar(remote: &SftpRemote, path: &str) -> Result<Option<Vec<u8>>, RemoteError> {
-    match remote.read_file(path, MAX_SIDECAR_BYTES).await {
+async fn read_sidecar(
+    store: &Store,
+    database: &DatabaseName,
+    name: &str,
+) -> Result<Option<Vec<u8>>, StoreError> {
+    match store.read_small(database, name, MAX_SIDECAR_BYTES).await {
         Ok(bytes) => Ok(Some(bytes)),
         Err(e) if e.is_transient() => Err(e),
         Err(e) => {
+            let path = format!("{}/{name}", store.location(database));
             tracing::warn!(path, error = %e, "cannot read a sidecar");
             Ok(None)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(name: &str, retain_until: Option<DateTime<Utc>>) -> Entry {
+        Entry {
+            name: name.to_owned(),
+            size: 1,
+            modified: None,
+            retain_until,
+        }
+    }
+
+    #[test]
+    fn a_backup_is_locked_until_the_last_lock_of_its_files() {
+        let artifact: ArtifactName = "viatique_20250301_013000.sql.gz".parse().unwrap();
+        let now = "2025-03-10T00:00:00Z".parse::<DateTime<Utc>>().unwrap();
+        let day = |d: u32| {
+            format!("2025-03-{d:02}T00:00:00Z")
+                .parse::<DateTime<Utc>>()
+                .unwrap()
+        };
+        let entries = [
+            file(artifact.as_str(), Some(day(20))),
+            file(&artifact.manifest_name(), Some(day(21))),
+            file(&artifact.verified_name(), Some(day(5))),
+            file("viatique_20250302_013000.sql.gz", Some(day(30))),
+        ];
+        let files: BTreeMap<&str, &Entry> = entries.iter().map(|e| (e.name.as_str(), e)).collect();
+        assert_eq!(locked_until(&files, &artifact, now), Some(day(21)));
+        assert_eq!(locked_until(&files, &artifact, day(21)), None);
+        let unlocked = [file(artifact.as_str(), None)];
+        let files: BTreeMap<&str, &Entry> = unlocked.iter().map(|e| (e.name.as_str(), e)).collect();
+        assert_eq!(locked_until(&files, &artifact, now), None);
     }
 }

@@ -6,9 +6,8 @@
 
 use backup_core::names::DatabaseName;
 use chrono::{DateTime, Utc};
-use remote_sftp::{RemoteError, SftpRemote};
+use remote_store::{Store, StoreError};
 
-use crate::layout::database_dir;
 use crate::listing::{Catalog, read_catalog};
 use crate::policy::{self, Plan, Policy};
 
@@ -81,16 +80,16 @@ impl DatabasePlan {
     }
 }
 
-/// Reads one database's directory under `base_dir` and computes its plan,
-/// deleting nothing: what `RETENTION_DRY_RUN` and `backupctl prune` show.
+/// Reads one database's files in `store` and computes its plan from that
+/// listing alone, deleting nothing: what `RETENTION_DRY_RUN` and
+/// `backupctl prune` show. Each destination gets its own plan.
 pub async fn plan_database(
-    remote: &SftpRemote,
-    base_dir: &str,
+    store: &Store,
     policy: &Policy,
     database: &DatabaseName,
     now: DateTime<Utc>,
-) -> Result<DatabasePlan, RemoteError> {
-    let catalog = read_catalog(remote, &database_dir(base_dir, database), database, now).await?;
+) -> Result<DatabasePlan, StoreError> {
+    let catalog = read_catalog(store, database, now).await?;
     let plan = policy::plan(&catalog.backups, policy, now);
     Ok(DatabasePlan {
         database: database.clone(),

@@ -28,7 +28,10 @@
 //!   other rules may still keep it;
 //! - if fewer than `min_keep` verified backups are kept, the newest others
 //!   are added until there are `min_keep` (or none are left);
-//! - a backup the listing could not judge (unreadable manifest) is kept.
+//! - a backup the listing could not judge (unreadable manifest) is kept;
+//! - a backup the destination still locks (S3 Object Lock: a
+//!   `retain_until` ahead of `now` on its artifact or a sidecar) is kept,
+//!   "locked until" that date: deleting it would fail, or half succeed.
 //!
 //! An **unverified** backup (no record, an invalid one, or no manifest) never
 //! takes a bucket and never counts toward the floor, so it cannot displace
@@ -139,6 +142,9 @@ pub struct Backup {
     /// Why the listing cannot judge it (e.g. its manifest is unreadable, so
     /// its tag is unknown): kept whatever the policy says.
     pub held: Option<String>,
+    /// Until when the destination refuses to delete it (the latest
+    /// `retain_until` of its files); kept until then whatever the policy says.
+    pub locked_until: Option<DateTime<Utc>>,
 }
 
 /// Why a backup is kept. A backup may have several.
@@ -155,6 +161,7 @@ pub enum Reason {
     MinKeep,
     AwaitingVerification,
     Held(String),
+    LockedUntil(DateTime<Utc>),
 }
 
 impl fmt::Display for Reason {
@@ -174,6 +181,11 @@ impl fmt::Display for Reason {
             Reason::MinKeep => f.write_str("minimum to keep"),
             Reason::AwaitingVerification => f.write_str("awaiting verification"),
             Reason::Held(why) => write!(f, "held: {why}"),
+            Reason::LockedUntil(until) => write!(
+                f,
+                "locked until {}",
+                until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            ),
         }
     }
 }
@@ -221,7 +233,8 @@ impl Plan {
 }
 
 /// Computes what to keep and what to delete. `now` only serves the grace
-/// of unverified backups; everything else is relative to the backups.
+/// of unverified backups and the end of object locks; everything else is
+/// relative to the backups.
 pub fn plan(backups: &[Backup], policy: &Policy, now: DateTime<Utc>) -> Plan {
     let mut sorted: Vec<&Backup> = backups.iter().collect();
     sorted.sort_by(|a, b| b.artifact.cmp(&a.artifact));
@@ -287,6 +300,9 @@ pub fn plan(backups: &[Backup], policy: &Policy, now: DateTime<Utc>) -> Plan {
         }
         if let Some(why) = &backup.held {
             reason(&backup.artifact, Reason::Held(why.clone()));
+        }
+        if let Some(until) = backup.locked_until.filter(|until| *until > now) {
+            reason(&backup.artifact, Reason::LockedUntil(until));
         }
     }
     let mut kept_verified = verified

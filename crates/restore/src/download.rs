@@ -17,7 +17,7 @@ use backup_core::manifest::Manifest;
 use backup_core::names::Sha256Hex;
 use backup_core::watchdog::Counted;
 use bytes::Bytes;
-use remote_sftp::RemoteError;
+use remote_store::StoreError;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::mpsc;
 
@@ -68,7 +68,7 @@ impl Download {
         let pumped = (&mut self.task.0)
             .await
             .map_err(|e| VerifyError::Staging(e.to_string()))?;
-        let (digest, took) = pumped.map_err(|e| VerifyError::Remote(RemoteError::from_io(e)))?;
+        let (digest, took) = pumped.map_err(|e| VerifyError::Remote(StoreError::from_io(e)))?;
         let (sha256, bytes) = digest.finish();
         if sha256 != manifest.sha256 || bytes != manifest.size_bytes {
             return Err(VerifyError::Checksum {

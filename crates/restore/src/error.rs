@@ -8,14 +8,15 @@ use std::collections::BTreeSet;
 use backup_core::events::AbortedStep;
 use backup_core::pg::PgError;
 use backup_core::watchdog::{Aborted, Limits};
-use remote_sftp::RemoteError;
+use remote_store::StoreError;
 
 /// Why a verification or restore failed. The message starts with the name
 /// of the check that failed, and that is what `dump.failed` carries.
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
+    /// The destination the artifact is read from.
     #[error(transparent)]
-    Remote(#[from] RemoteError),
+    Remote(#[from] StoreError),
     #[error(transparent)]
     Scratch(#[from] PgError),
     #[error("manifest: {artifact}: {detail}")]

@@ -1,29 +1,35 @@
-//! The pruner: retention on the SFTP remote and in the local spool, run
-//! after each `dump.verified` and on its own schedule ([`schedule`]).
+//! The pruner: retention on every destination ([`destinations`], read
+//! through `remote_store`) and in the local spool, run after each
+//! `dump.verified` and on its own schedule ([`schedule`]).
 //!
-//! One run for one database: read the remote directory and compute the
-//! plan (the `catalogue` crate: what stays, by which rule, and what goes,
-//! and why), check the brake, delete (artifact first, then its manifest and
-//! verification record), remove orphaned sidecars and `.partial` uploads
-//! older than a day, trim the spool ([`spool`]), and emit `dump.pruned`
-//! with `kept`, `kept_reasons` and `deleted`.
+//! One run for one database, on each destination in turn: read that
+//! destination's listing and compute its own plan (the `catalogue` crate:
+//! what stays, by which rule, and what goes, and why), check the brake,
+//! delete (artifact first, then its manifest and verification record),
+//! remove orphaned sidecars and `.partial` uploads older than a day, and
+//! emit one `dump.pruned` for the database and destination, with
+//! `destination`, `kept`, `kept_reasons` and `deleted`. When every
+//! destination was pruned, trim the spool ([`spool`]).
 //!
-//! Safety: the plan comes from the remote listing alone; a name the
-//! pipeline does not write is never touched; the newest verified backup,
-//! `RETENTION_MIN_KEEP` verified backups and tagged backups always stay; a
-//! run that would delete more than half of a database's backups deletes
-//! nothing and emits `dump.failed` (stage `prune`) unless `RETENTION_FORCE`
-//! is set. With `RETENTION_DRY_RUN` nothing is deleted and `dump.pruned`
+//! Safety: each plan comes from its destination's listing alone; a name
+//! the pipeline does not write is never touched; the newest verified
+//! backup, `RETENTION_MIN_KEEP` verified backups, tagged backups and
+//! backups the destination still locks (S3 Object Lock, kept "locked until"
+//! their date) always stay; a run that would delete more than half of a
+//! database's backups on a destination deletes nothing there and emits
+//! `dump.failed` (stage `prune`) unless `RETENTION_FORCE` is set. With `RETENTION_DRY_RUN` nothing is deleted and `dump.pruned`
 //! (with `dry_run: true`) lists what would go. Running again right after
 //! changes nothing: the plan of a pruned directory deletes nothing.
 //!
 //! `backupctl prune` computes the same plan with the same catalogue and
 //! retention settings, and deletes nothing.
 //!
-//! Retries: a remote that cannot be reached naks the `dump.verified` with
-//! backoff (and reports `dump.failed` with `will_retry`); a scheduled run
-//! that fails reports and waits for the next one. The brake is final for
-//! that run: it is reported and acked, never retried.
+//! Retries: a destination that cannot be reached naks the `dump.verified`
+//! with backoff (and reports `dump.failed` with `will_retry` and its
+//! `destination`); the redelivery prunes every destination again, which
+//! changes nothing where the first attempt succeeded. A scheduled run that
+//! fails reports and waits for the next one. The brake is final for that
+//! run: it is reported and acked, never retried.
 
 #[cfg(test)]
 mod fuzz_tests;
@@ -37,16 +43,19 @@ use std::time::Duration;
 
 use backup_core::Stage;
 use backup_core::bus::{self, Bus, BusError, ConsumerSpec, Delivery, Handler, Outcome};
+use std::collections::BTreeMap;
+
 use backup_core::events::{
-    self, DumpFailed, DumpPruned, DumpVerified, Event, EventHeader, Origin, subject,
+    self, DumpFailed, DumpPruned, DumpVerified, Event, EventHeader, FailureDedup, Origin, subject,
 };
 use backup_core::names::{ArtifactName, BackupId, DatabaseName};
 use backup_core::retry::Backoff;
 use catalogue::{Brake, DatabasePlan};
 use chrono::{DateTime, Utc};
-use remote_sftp::{RemoteError, SftpRemote};
+use remote_store::{Store, StoreError, StoreTarget};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 pub use schedule::Schedule;
 pub use settings::{Args, RetentionArgs, Settings, SettingsError};
@@ -56,7 +65,7 @@ pub const CONSUMER: ConsumerSpec = ConsumerSpec::new("pruner", subject::VERIFIED
 #[derive(Debug, thiserror::Error)]
 pub enum PruneError {
     #[error(transparent)]
-    Remote(#[from] RemoteError),
+    Store(#[from] StoreError),
     #[error(transparent)]
     Brake(#[from] Brake),
 }
@@ -64,20 +73,52 @@ pub enum PruneError {
 impl PruneError {
     pub fn is_transient(&self) -> bool {
         match self {
-            PruneError::Remote(e) => e.is_transient(),
+            PruneError::Store(e) => e.is_transient(),
             PruneError::Brake(_) => false,
         }
     }
 }
 
-/// What one run did (or, in a dry run, would do).
+/// The destinations this pruner prunes, in order: the ones
+/// `remote_store::targets` builds from the settings.
+pub fn destinations(settings: &Settings) -> Vec<StoreTarget> {
+    remote_store::targets(Some(settings.sftp.clone()))
+}
+
+/// Which destination a run was about, as events name it.
+#[derive(Debug, Clone)]
+pub struct Place {
+    pub label: String,
+    /// As `dump.shipped` describes destinations.
+    pub destination: String,
+    /// The first destination keeps the message ids of a single one.
+    pub first: bool,
+}
+
+/// What one run on one destination did (or, in a dry run, would do).
 #[derive(Debug, Clone)]
 pub struct Report {
+    pub place: Place,
     pub plan: DatabasePlan,
     pub dry_run: bool,
     /// Orphaned sidecars and abandoned uploads removed.
     pub cleaned: Vec<String>,
+}
+
+/// One run for one database on every destination.
+#[derive(Debug)]
+pub struct Run {
+    /// Each destination's outcome, in the order of [`destinations`].
+    pub outcomes: Vec<(Place, Result<Report, PruneError>)>,
+    /// Removed from the spool: only when every destination was pruned.
     pub spool_removed: Vec<ArtifactName>,
+}
+
+impl Run {
+    /// Every report, or the first destination's error.
+    pub fn into_reports(self) -> Result<Vec<Report>, PruneError> {
+        self.outcomes.into_iter().map(|(_, r)| r).collect()
+    }
 }
 
 impl Report {
@@ -98,40 +139,91 @@ impl Report {
                     .sum(),
             ),
             dry_run: self.dry_run,
+            destination: Some(self.place.destination.clone()),
+            dedup_label: (!self.place.first).then(|| self.place.label.clone()),
         }
     }
 }
 
-/// One full run for one database (see the crate docs).
+/// One full run for one database (see the crate docs): each destination,
+/// then the spool.
 pub async fn prune_database(
     settings: &Settings,
     database: &DatabaseName,
     now: DateTime<Utc>,
-) -> Result<Report, PruneError> {
-    let remote = SftpRemote::connect(&settings.sftp.settings).await?;
-    let result = prune_with(&remote, settings, database, now).await;
-    let _ = remote.close().await;
-    let mut report = result?;
-    if !settings.dry_run {
-        report.spool_removed = spool::trim(
+) -> Run {
+    let mut outcomes = Vec::new();
+    for (index, target) in destinations(settings).iter().enumerate() {
+        let place = Place {
+            label: target.label.clone(),
+            destination: target.describe(),
+            first: index == 0,
+        };
+        let span = tracing::info_span!("destination", label = %target.label);
+        let result = prune_on(target, place.clone(), settings, database, now)
+            .instrument(span)
+            .await;
+        outcomes.push((place, result));
+    }
+    let mut spool_removed = Vec::new();
+    let reports: Option<Vec<&Report>> = outcomes.iter().map(|(_, r)| r.as_ref().ok()).collect();
+    if let Some(reports) = reports
+        && !settings.dry_run
+    {
+        spool_removed = spool::trim(
             &settings.spool_dir,
             database,
             settings.spool_keep_last,
-            &report.plan.catalog.remote_sizes,
+            &shipped_everywhere(&reports),
         );
     }
-    Ok(report)
+    Run {
+        outcomes,
+        spool_removed,
+    }
 }
 
-async fn prune_with(
-    remote: &SftpRemote,
+/// The artifacts every destination holds with the same size: the spool's
+/// "shipped".
+fn shipped_everywhere(reports: &[&Report]) -> BTreeMap<ArtifactName, u64> {
+    let Some((first, others)) = reports.split_first() else {
+        return BTreeMap::new();
+    };
+    first
+        .plan
+        .catalog
+        .remote_sizes
+        .iter()
+        .filter(|(artifact, size)| {
+            others
+                .iter()
+                .all(|r| r.plan.catalog.remote_sizes.get(*artifact) == Some(*size))
+        })
+        .map(|(artifact, size)| (artifact.clone(), *size))
+        .collect()
+}
+
+async fn prune_on(
+    target: &StoreTarget,
+    place: Place,
     settings: &Settings,
     database: &DatabaseName,
     now: DateTime<Utc>,
 ) -> Result<Report, PruneError> {
-    let plan =
-        catalogue::plan_database(remote, &settings.sftp.dir, &settings.policy, database, now)
-            .await?;
+    let store = target.connect().await?;
+    let result = prune_with(&store, place, settings, database, now).await;
+    store.close().await;
+    result
+}
+
+async fn prune_with(
+    store: &Store,
+    place: Place,
+    settings: &Settings,
+    database: &DatabaseName,
+    now: DateTime<Utc>,
+) -> Result<Report, PruneError> {
+    let plan = catalogue::plan_database(store, &settings.policy, database, now).await?;
     plan.log(settings.dry_run);
     if let Some(brake) = plan.brake() {
         if settings.dry_run {
@@ -143,15 +235,14 @@ async fn prune_with(
         }
     }
     let mut report = Report {
+        place,
         plan,
         dry_run: settings.dry_run,
         cleaned: Vec::new(),
-        spool_removed: Vec::new(),
     };
     if settings.dry_run {
         return Ok(report);
     }
-    let dir = settings.sftp.database_dir(database);
     for artifact in report.plan.plan.delete.keys() {
         // Artifact first: a crash in between leaves sidecars without an
         // artifact, which the next run recognises as orphans.
@@ -160,22 +251,23 @@ async fn prune_with(
             artifact.manifest_name(),
             artifact.verified_name(),
         ] {
-            remove(remote, &dir, &name).await?;
+            remove(store, database, &name).await?;
         }
         tracing::info!(%artifact, "deleted from the remote");
     }
     let leftovers: Vec<String> = report.plan.leftovers().cloned().collect();
     for name in leftovers {
-        remove(remote, &dir, &name).await?;
+        remove(store, database, &name).await?;
         tracing::info!(file = %name, "removed an orphaned sidecar or abandoned upload");
         report.cleaned.push(name);
     }
     Ok(report)
 }
 
-async fn remove(remote: &SftpRemote, dir: &str, name: &str) -> Result<(), RemoteError> {
-    match remote.remove_file(&format!("{dir}/{name}")).await {
-        Ok(()) | Err(RemoteError::NotFound { .. }) => Ok(()),
+async fn remove(store: &Store, database: &DatabaseName, name: &str) -> Result<(), StoreError> {
+    match store.remove(database, name).await {
+        Ok(()) => Ok(()),
+        Err(e) if e.is_not_found() => Ok(()),
         Err(e) => Err(e),
     }
 }
@@ -224,7 +316,7 @@ struct PruneHandler {
 const RETRY: Backoff = Backoff::new(Duration::from_secs(10), Duration::from_secs(600));
 
 impl PruneHandler {
-    async fn prune(&self, database: &DatabaseName) -> Result<Report, PruneError> {
+    async fn prune(&self, database: &DatabaseName) -> Run {
         let _running = self.running.lock().await;
         prune_database(&self.settings, database, Utc::now()).await
     }
@@ -233,49 +325,67 @@ impl PruneHandler {
         &self,
         backup_id: BackupId,
         database: DatabaseName,
+        place: &Place,
         error: &PruneError,
         attempt: u32,
         will_retry: bool,
     ) {
-        let failed = DumpFailed::new(
+        let mut failed = DumpFailed::new(
             EventHeader::now(backup_id, database),
             Origin::default(),
             Stage::Prune,
             backup_core::error_chain(error),
         )
-        .with_attempt(attempt, will_retry);
+        .with_attempt(attempt, will_retry)
+        .with_destination(Some(place.destination.clone()));
+        if !place.first {
+            // One per attempt would merge it with the first destination's.
+            failed = failed.with_dedup(FailureDedup::PerPlace(place.label.clone()));
+        }
         self.bus.publish_failure(&failed).await;
     }
 
-    /// Every database on the remote, one after the other.
+    /// Every database on any destination, one after the other.
     async fn run_scheduled(&self) {
-        let databases = match SftpRemote::connect(&self.settings.sftp.settings).await {
-            Ok(remote) => {
-                let listed = catalogue::list_databases(&remote, &self.settings.sftp.dir).await;
-                let _ = remote.close().await;
-                listed
+        let mut databases = std::collections::BTreeSet::new();
+        for target in destinations(&self.settings) {
+            let listed = match target.connect().await {
+                Ok(store) => {
+                    let listed = catalogue::list_databases(&store).await;
+                    store.close().await;
+                    listed
+                }
+                Err(error) => Err(error),
+            };
+            match listed {
+                Ok(listed) => databases.extend(listed),
+                Err(error) => {
+                    tracing::warn!(destination = %target.label, %error, "scheduled prune: cannot list the destination; trying at the next run");
+                }
             }
-            Err(error) => Err(error),
-        };
-        let databases = match databases {
-            Ok(databases) => databases,
-            Err(error) => {
-                tracing::warn!(%error, "scheduled prune: cannot list the remote; trying at the next run");
-                return;
-            }
-        };
+        }
         for database in databases {
             let run_id = scheduled_id(&database, Utc::now());
-            match self.prune(&database).await {
-                Ok(report) => {
-                    let pruned = report.event(EventHeader::now(run_id, database));
-                    if let Err(error) = self.bus.publish(&pruned).await {
-                        tracing::warn!(%error, "pruned, but dump.pruned could not be published");
+            for (place, outcome) in self.prune(&database).await.outcomes {
+                match outcome {
+                    Ok(report) => {
+                        let pruned =
+                            report.event(EventHeader::now(run_id.clone(), database.clone()));
+                        if let Err(error) = self.bus.publish(&pruned).await {
+                            tracing::warn!(%error, "pruned, but dump.pruned could not be published");
+                        }
                     }
-                }
-                Err(error) => {
-                    self.report_failure(run_id, database, &error, 1, false)
+                    Err(error) => {
+                        self.report_failure(
+                            run_id.clone(),
+                            database.clone(),
+                            &place,
+                            &error,
+                            1,
+                            false,
+                        )
                         .await
+                    }
                 }
             }
         }
@@ -320,36 +430,38 @@ impl Handler for PruneHandler {
     ) -> Outcome {
         let database = verified.header.database.clone();
         let backup_id = verified.header.backup_id.clone();
-        match self.prune(&database).await {
-            Ok(report) => {
-                match self
-                    .bus
-                    .publish(&report.event(verified.header.next()))
-                    .await
-                {
-                    Ok(_) => Outcome::Ack,
-                    Err(error) => {
-                        tracing::warn!(%error, "pruned, but dump.pruned could not be published; retrying");
-                        Outcome::Retry(RETRY.delay(delivery.attempt))
+        let mut retry = false;
+        for (place, outcome) in self.prune(&database).await.outcomes {
+            match outcome {
+                Ok(report) => {
+                    if let Err(error) = self
+                        .bus
+                        .publish(&report.event(verified.header.next()))
+                        .await
+                    {
+                        tracing::warn!(%error, destination = %place.label, "pruned, but dump.pruned could not be published; retrying");
+                        retry = true;
                     }
                 }
-            }
-            Err(error) => {
-                let will_retry = error.is_transient() && delivery.can_retry();
-                self.report_failure(
-                    prune_id(&backup_id),
-                    database,
-                    &error,
-                    delivery.attempt,
-                    will_retry,
-                )
-                .await;
-                if will_retry {
-                    Outcome::Retry(RETRY.delay(delivery.attempt))
-                } else {
-                    Outcome::Ack
+                Err(error) => {
+                    let will_retry = error.is_transient() && delivery.can_retry();
+                    self.report_failure(
+                        prune_id(&backup_id),
+                        database.clone(),
+                        &place,
+                        &error,
+                        delivery.attempt,
+                        will_retry,
+                    )
+                    .await;
+                    retry |= will_retry;
                 }
             }
+        }
+        if retry {
+            Outcome::Retry(RETRY.delay(delivery.attempt))
+        } else {
+            Outcome::Ack
         }
     }
 }

@@ -1,37 +1,46 @@
-//! The pruner's start-up checks: the SFTP server takes its login (pinned
-//! host key, key auth) and its base directory can be listed, as pruning
-//! does. `backup_core::preflight` retries them while they fail.
+//! The pruner's start-up checks, for each destination it prunes: it takes
+//! the pruner's login (SFTP: pinned host key, key auth) and its base can
+//! be listed, as pruning does. `backup_core::preflight` retries them while
+//! they fail.
 
 use backup_core::preflight::{self, Check};
+use backup_core::sftp::SftpTarget;
 use remote_sftp::RemoteError;
+use remote_store::{StoreTarget, TargetKind};
 
 use crate::Settings;
 
-/// Runs the pruner's start-up checks once, bounded in time.
+/// Runs the pruner's start-up checks once, each destination bounded in time.
 pub async fn preflight_checks(settings: std::sync::Arc<Settings>) -> Vec<Check> {
-    let settings: &Settings = &settings;
-    preflight::bounded("sftp", sftp(settings)).await
+    let mut checks = Vec::new();
+    for target in crate::destinations(&settings) {
+        checks.extend(preflight::bounded(&target.label, destination(&target)).await);
+    }
+    checks
 }
 
-async fn sftp(settings: &Settings) -> Vec<Check> {
-    let remote = match preflight::sftp_login("sftp", &settings.sftp.settings).await {
+async fn destination(target: &StoreTarget) -> Vec<Check> {
+    match &target.kind {
+        TargetKind::Sftp(sftp) => sftp_checks(&target.label, sftp).await,
+    }
+}
+
+async fn sftp_checks(label: &str, target: &SftpTarget) -> Vec<Check> {
+    let remote = match preflight::sftp_login(label, &target.settings).await {
         Ok(remote) => remote,
         Err(check) => return vec![check],
     };
-    let dir = &settings.sftp.dir;
+    let dir = &target.dir;
     backup_core::sftp::note_resolved_dir("SFTP_DIR", dir, &remote);
     let listed = remote.list_dir(dir).await;
     let _ = remote.close().await;
+    let name = format!("{label}.list");
     vec![match listed {
-        Ok(entries) => Check::pass(
-            "sftp.list",
-            format!("listed {dir} ({} entries)", entries.len()),
-        ),
+        Ok(entries) => Check::pass(name, format!("listed {dir} ({} entries)", entries.len())),
         // Pruning treats it the same: nothing shipped yet, nothing to prune.
-        Err(RemoteError::NotFound { .. }) => Check::pass(
-            "sftp.list",
-            format!("{dir} does not exist yet (nothing shipped)"),
-        ),
-        Err(e) => Check::fail("sftp.list", format!("cannot list {dir}: {e}")),
+        Err(RemoteError::NotFound { .. }) => {
+            Check::pass(name, format!("{dir} does not exist yet (nothing shipped)"))
+        }
+        Err(e) => Check::fail(name, format!("cannot list {dir}: {e}")),
     }]
 }

@@ -1,8 +1,7 @@
 //! Local spool retention: the newest `SPOOL_KEEP_LAST` artifacts of each
 //! database stay for fast restores; an older one goes only once it has been
-//! shipped to every required destination. Today there is one, the SFTP
-//! remote, and "shipped" means the remote listing shows the artifact with
-//! exactly the local size. Files whose names are not artifacts (or their
+//! shipped to every destination the pruner reads: "shipped" means every
+//! destination's listing shows the artifact with exactly the local size. Files whose names are not artifacts (or their
 //! manifests) of this database are never touched; `.partial` files belong
 //! to the dumper.
 //!

@@ -431,6 +431,17 @@ async fn a_month_of_backups_is_pruned_to_exactly_the_expected_set() {
     events.verified("month-3", newest).await;
     let pruned = events.wait("dump.pruned", |id| id == "month-3").await;
     assert_eq!(pruned["dry_run"], false);
+    // One event per database and destination, naming the destination as
+    // dump.shipped does.
+    assert_eq!(
+        pruned["destination"],
+        format!(
+            "sftp://{}@127.0.0.1:{}{}",
+            rig.sshd.user,
+            rig.sshd.port,
+            rig.base().display()
+        )
+    );
     assert_eq!(names(&pruned, "deleted"), strings(&deleted));
     assert_eq!(names(&pruned, "kept"), strings(&kept));
     pruner.terminate(Duration::from_secs(10));

@@ -10,8 +10,12 @@
 //! older backup per database, oldest-verified first ([`reverify`]); a
 //! backup found corrupt loses its verification record.
 //!
-//! Retries: only failures of the path to the data (SFTP or the scratch
-//! server unreachable, local staging) are retried, with backoff through
+//! Where from: the first of the destinations ([`destinations`], read
+//! through `remote_store`), the SFTP server today; the record is written
+//! beside the copy it proves.
+//!
+//! Retries: only failures of the path to the data (the destination or the
+//! scratch server unreachable, local staging) are retried, with backoff through
 //! JetStream redelivery. A checksum, decryption, decompression, restore,
 //! row-count or operator-check failure is a finding about the backup itself
 //! and is reported once, not retried.
@@ -46,6 +50,7 @@ use backup_core::manifest::VerificationRecord;
 use backup_core::retry::Backoff;
 use backup_core::watchdog::{DEFAULT_STALL_AFTER, Limits};
 use chrono::Utc;
+use remote_store::StoreTarget;
 use tokio_util::sync::CancellationToken;
 
 // The restore engine's types in this crate's [`Settings`] and results.
@@ -94,6 +99,21 @@ impl Restores {
             .await
             .expect("never closed")
     }
+}
+
+/// The destinations this verifier reads, in order: the ones
+/// `remote_store::targets` builds from the settings.
+pub fn destinations(settings: &Settings) -> Vec<StoreTarget> {
+    remote_store::targets(Some(settings.sftp.clone()))
+}
+
+/// The destination verified: the first one (settings always configure
+/// one).
+pub fn source(settings: &Settings) -> StoreTarget {
+    destinations(settings)
+        .into_iter()
+        .next()
+        .expect("the settings require a destination")
 }
 
 /// The binary's default limits: 5 minutes without progress, 6 hours in all.
@@ -204,22 +224,24 @@ impl Handler for VerifyHandler {
         let started = Instant::now();
         let database = &shipped.header.database;
         let mut cleanup = verify::ScratchCleanup::default();
-        let outcome = match verify::verify_remote(&self.settings, database, &shipped.artifact).await
-        {
-            Ok(mut verification) => {
-                cleanup = std::mem::take(&mut verification.cleanup);
-                let record = record_of(
-                    &shipped.header.backup_id,
-                    &shipped.artifact,
-                    &verification,
-                    started,
-                );
-                verify::write_record(&self.settings, database, &record)
-                    .await
-                    .map(|()| (verification, record.duration_ms))
-            }
-            Err(error) => Err(error),
-        };
+        let source = source(&self.settings);
+        let outcome =
+            match verify::verify_remote(&self.settings, &source, database, &shipped.artifact).await
+            {
+                Ok(mut verification) => {
+                    cleanup = std::mem::take(&mut verification.cleanup);
+                    let record = record_of(
+                        &shipped.header.backup_id,
+                        &shipped.artifact,
+                        &verification,
+                        started,
+                    );
+                    verify::write_record(&source, database, &record)
+                        .await
+                        .map(|()| (verification, record.duration_ms))
+                }
+                Err(error) => Err(error),
+            };
         let outcome = self.report(&shipped, delivery, outcome).await;
         // Acked only once the scratch database is gone.
         cleanup.finish().await;
@@ -272,9 +294,12 @@ impl VerifyHandler {
                 let will_retry = error.is_transient() && delivery.can_retry();
                 tracing::warn!(artifact = %shipped.artifact.artifact, error = %backup_core::error_chain(&error), will_retry, "verification failed");
                 if error.condemns_backup()
-                    && let Err(e) =
-                        verify::remove_record(&self.settings, database, &shipped.artifact.artifact)
-                            .await
+                    && let Err(e) = verify::remove_record(
+                        &source(&self.settings),
+                        database,
+                        &shipped.artifact.artifact,
+                    )
+                    .await
                 {
                     tracing::warn!(error = %e, "could not withdraw a verification record");
                 }

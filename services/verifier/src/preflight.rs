@@ -1,11 +1,13 @@
 //! The verifier's start-up checks: the scratch server lets it create and
 //! drop a database (named like its scratch databases, so a probe left by a
 //! crash is swept at the next start; the probe is the restore engine's,
-//! shared with `backupctl doctor`), and the SFTP server takes its login
-//! (pinned host key, key auth). `backup_core::preflight` retries them
-//! while they fail.
+//! shared with `backupctl doctor`), and each destination it reads takes
+//! its login (SFTP: pinned host key, key auth). `backup_core::preflight`
+//! retries them while they fail.
 
 use backup_core::preflight::{self, Check};
+use backup_core::sftp::SftpTarget;
+use remote_store::{StoreTarget, TargetKind};
 
 use crate::Settings;
 
@@ -16,18 +18,26 @@ pub async fn preflight_checks(settings: std::sync::Arc<Settings>) -> Vec<Check> 
         vec![restore::scratch::preflight_check(&settings.scratch, &settings.scratch_prefix).await]
     };
     let mut checks = preflight::bounded(restore::scratch::CHECK_NAME, scratch).await;
-    checks.extend(preflight::bounded("sftp", sftp(settings)).await);
+    for target in crate::destinations(settings) {
+        checks.extend(preflight::bounded(&target.label, destination(&target)).await);
+    }
     checks
 }
 
-async fn sftp(settings: &Settings) -> Vec<Check> {
-    let sftp = &settings.sftp.settings;
-    match preflight::sftp_login("sftp", sftp).await {
+async fn destination(target: &StoreTarget) -> Vec<Check> {
+    match &target.kind {
+        TargetKind::Sftp(sftp) => sftp_login(&target.label, sftp).await,
+    }
+}
+
+async fn sftp_login(label: &str, target: &SftpTarget) -> Vec<Check> {
+    let sftp = &target.settings;
+    match preflight::sftp_login(label, sftp).await {
         Ok(remote) => {
-            backup_core::sftp::note_resolved_dir("SFTP_DIR", &settings.sftp.dir, &remote);
+            backup_core::sftp::note_resolved_dir("SFTP_DIR", &target.dir, &remote);
             let _ = remote.close().await;
             vec![Check::pass(
-                "sftp",
+                label,
                 format!("{}@{}:{} logged in", sftp.user, sftp.host, sftp.port),
             )]
         }

@@ -1,5 +1,6 @@
 //! Periodic re-verification, to catch rot on the remote: every interval,
-//! for each database directory on the remote, the verified backup whose
+//! for each database on the destination verified ([`crate::source`]), the
+//! verified backup whose
 //! verification is the oldest is verified again from scratch. Success
 //! refreshes its record (so the next round picks another) and emits
 //! `dump.verified` with `reverification: true`; a finding about the backup
@@ -17,7 +18,7 @@ use backup_core::bus::Bus;
 use backup_core::events::{ArtifactInfo, DumpFailed, DumpVerified, EventHeader, FailureDedup};
 use backup_core::manifest::{MAX_SIDECAR_BYTES, VerificationRecord};
 use backup_core::names::{ArtifactName, DatabaseName, VERIFIED_SUFFIX};
-use remote_sftp::SftpRemote;
+use remote_store::{Store, StoreTarget};
 use restore::VerifyError;
 use tokio_util::sync::CancellationToken;
 
@@ -50,40 +51,36 @@ pub async fn run_schedule(
 /// One round: re-verifies the oldest-verified backup of each database.
 /// Returns how many were re-verified (successfully or not).
 pub async fn reverify_round(bus: &Bus, settings: &Settings) -> Result<usize, VerifyError> {
+    let source = crate::source(settings);
     let candidates = {
-        let remote = SftpRemote::connect(&settings.sftp.settings).await?;
-        let result = oldest_verified(&remote, settings).await;
-        let _ = remote.close().await;
+        let remote = source.connect().await?;
+        let result = oldest_verified(&remote).await;
+        remote.close().await;
         result?
     };
     let mut done = 0;
     for (database, record) in candidates {
-        reverify_one(bus, settings, &database, &record).await;
+        reverify_one(bus, settings, &source, &database, &record).await;
         done += 1;
     }
     Ok(done)
 }
 
 async fn oldest_verified(
-    remote: &SftpRemote,
-    settings: &Settings,
+    remote: &Store,
 ) -> Result<Vec<(DatabaseName, VerificationRecord)>, VerifyError> {
     let mut picked = Vec::new();
-    let entries = match remote.list_dir(&settings.sftp.dir).await {
-        Ok(entries) => entries,
+    let databases = match remote.list_databases().await {
+        Ok(databases) => databases,
         Err(error) if !error.is_transient() => {
             tracing::debug!(%error, "nothing to re-verify yet");
             return Ok(picked);
         }
         Err(error) => return Err(error.into()),
     };
-    for entry in entries.into_iter().filter(|e| e.is_dir) {
-        let Ok(database) = entry.name.parse::<DatabaseName>() else {
-            continue;
-        };
-        let dir = settings.sftp.database_dir(&database);
+    for database in databases {
         let names: Vec<String> = remote
-            .list_dir(&dir)
+            .list(&database)
             .await?
             .into_iter()
             .map(|e| e.name)
@@ -101,7 +98,7 @@ async fn oldest_verified(
                 continue;
             }
             let bytes = remote
-                .read_file(&format!("{dir}/{name}"), MAX_SIDECAR_BYTES)
+                .read_small(&database, name, MAX_SIDECAR_BYTES)
                 .await?;
             let Ok(record) = VerificationRecord::decode(&bytes) else {
                 tracing::warn!(file = %name, "unreadable verification record; skipped");
@@ -127,6 +124,7 @@ async fn oldest_verified(
 async fn reverify_one(
     bus: &Bus,
     settings: &Settings,
+    source: &StoreTarget,
     database: &DatabaseName,
     record: &VerificationRecord,
 ) {
@@ -135,18 +133,18 @@ async fn reverify_one(
     tracing::info!(artifact = %artifact_name, last_verified = %record.verified_at, "re-verifying");
     // The manifest, not the old record, is the reference.
     let outcome = async {
-        let remote = SftpRemote::connect(&settings.sftp.settings).await?;
-        let manifest = verify::read_manifest(&remote, settings, database, artifact_name).await;
-        let _ = remote.close().await;
+        let remote = source.connect().await?;
+        let manifest = verify::read_manifest(&remote, database, artifact_name).await;
+        remote.close().await;
         let (manifest, _) = manifest?;
         let artifact = ArtifactInfo {
             artifact: artifact_name.clone(),
             size_bytes: manifest.size_bytes,
             sha256: manifest.sha256.clone(),
         };
-        let verification = verify::verify_remote(settings, database, &artifact).await?;
+        let verification = verify::verify_remote(settings, source, database, &artifact).await?;
         let new_record = crate::record_of(&record.backup_id, &artifact, &verification, started);
-        verify::write_record(settings, database, &new_record).await?;
+        verify::write_record(source, database, &new_record).await?;
         Ok::<_, VerifyError>((manifest, artifact, verification, new_record))
     }
     .await;
@@ -180,7 +178,7 @@ async fn reverify_one(
             let condemned = error.condemns_backup();
             tracing::error!(artifact = %artifact_name, error = %backup_core::error_chain(&error), condemned, "re-verification failed");
             if condemned
-                && let Err(e) = verify::remove_record(settings, database, artifact_name).await
+                && let Err(e) = verify::remove_record(source, database, artifact_name).await
             {
                 tracing::warn!(error = %e, "could not withdraw the verification record");
             }

@@ -1,5 +1,6 @@
-//! One verification of a remote copy: read its manifest from the SFTP
-//! server, restore the artifact as stored there into a fresh scratch
+//! One verification of a remote copy: read its manifest from the
+//! destination (a [`remote_store::Store`]), restore the artifact as stored
+//! there into a fresh scratch
 //! database (`<prefix>_<12 hex digits>`, a name we generate, so it can
 //! neither collide nor inject), run the checks, and drop the scratch
 //! database whatever happened. Also the verification record beside the
@@ -16,7 +17,7 @@
 //! backend left waiting on the lock.
 //!
 //! Fixed costs overlap with work: the scratch database is created while the
-//! SFTP session opens and the manifest is read, and after a successful
+//! connection to the destination opens and the manifest is read, and after a successful
 //! verification it is dropped while the caller writes the record and
 //! publishes the verdict ([`ScratchCleanup`]); the caller waits for the drop
 //! before acking, so a verifier never takes new work with a scratch
@@ -31,7 +32,7 @@ use backup_core::manifest::{MAX_SIDECAR_BYTES, Manifest, VerificationRecord};
 use backup_core::names::{ArtifactName, DatabaseName, DumpFormat};
 use backup_core::pg::quote_ident;
 use backup_core::watchdog::{self, Limits};
-use remote_sftp::SftpRemote;
+use remote_store::{Store, StoreTarget};
 use restore::{
     ManifestExtras, Meter, Phase, RestoreSource, VerifyError, millis, restore_stream_metered,
     run_checks,
@@ -39,8 +40,8 @@ use restore::{
 
 use crate::Settings;
 
-/// How long the scratch database may take to drop, and the SFTP session to
-/// close, after the work is done or aborted: neither may hold the worker
+/// How long the scratch database may take to drop, and the connection to
+/// the destination to close, after the work is done or aborted: neither may hold the worker
 /// forever. A database that could not be dropped is swept at start-up.
 const CLEANUP_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -88,19 +89,14 @@ async fn drop_scratch(admin: &tokio_postgres::Client, scratch_name: &str) {
     }
 }
 
-/// Reads a manifest from the remote.
+/// Reads a manifest from the destination.
 pub async fn read_manifest(
-    remote: &SftpRemote,
-    settings: &Settings,
+    store: &Store,
     database: &DatabaseName,
     name: &ArtifactName,
 ) -> Result<(Manifest, ManifestExtras), VerifyError> {
-    let dir = settings.sftp.database_dir(database);
-    let bytes = remote
-        .read_file(
-            &format!("{dir}/{}", name.manifest_name()),
-            MAX_SIDECAR_BYTES,
-        )
+    let bytes = store
+        .read_small(database, &name.manifest_name(), MAX_SIDECAR_BYTES)
         .await?;
     let manifest = Manifest::decode(&bytes).map_err(|e| VerifyError::Manifest {
         artifact: name.to_string(),
@@ -115,8 +111,10 @@ pub async fn read_manifest(
     Ok((manifest, ManifestExtras::from_manifest_json(&bytes)))
 }
 
+/// Verifies the copy of `artifact` stored on `target`.
 pub async fn verify_remote(
     settings: &Settings,
+    target: &StoreTarget,
     database: &DatabaseName,
     artifact: &ArtifactInfo,
 ) -> Result<Verification, VerifyError> {
@@ -124,9 +122,9 @@ pub async fn verify_remote(
     let mut steps = BTreeMap::new();
     let started = Instant::now();
     let open_remote = async {
-        let remote = SftpRemote::connect(&settings.sftp.settings).await?;
+        let remote = target.connect().await?;
         let opened = async {
-            let (manifest, extras) = read_manifest(&remote, settings, database, name).await?;
+            let (manifest, extras) = read_manifest(&remote, database, name).await?;
             if manifest.sha256 != artifact.sha256 || manifest.size_bytes != artifact.size_bytes {
                 return Err(VerifyError::Manifest {
                     artifact: name.to_string(),
@@ -136,9 +134,7 @@ pub async fn verify_remote(
                     ),
                 });
             }
-            let reader = remote
-                .open_read(&format!("{}/{name}", settings.sftp.database_dir(database)))
-                .await?;
+            let reader = remote.open_read(database, name.as_str()).await?;
             Ok((manifest, extras, reader))
         }
         .await;
@@ -322,51 +318,46 @@ async fn watch_scratch_server(
     }
 }
 
-/// Closes an SFTP session politely, but without waiting on a server that
-/// stopped answering.
-async fn close_remote(remote: SftpRemote) {
+/// Closes the connection to a destination politely, but without waiting
+/// on a server that stopped answering.
+async fn close_remote(remote: Store) {
     if tokio::time::timeout(CLEANUP_TIMEOUT, remote.close())
         .await
         .is_err()
     {
-        tracing::debug!("closing the SFTP session timed out");
+        tracing::debug!("closing the connection to the destination timed out");
     }
 }
 
+/// Writes the verification record beside the copy on `target` it proves.
 pub async fn write_record(
-    settings: &Settings,
+    target: &StoreTarget,
     database: &DatabaseName,
     record: &VerificationRecord,
 ) -> Result<(), VerifyError> {
-    let remote = SftpRemote::connect(&settings.sftp.settings).await?;
-    let path = format!(
-        "{}/{}",
-        settings.sftp.database_dir(database),
-        record.artifact.verified_name()
-    );
-    let result = remote.write_file_atomic(&path, &record.encode()).await;
-    let _ = remote.close().await;
+    let remote = target.connect().await?;
+    let result = remote
+        .write_small(database, &record.artifact.verified_name(), &record.encode())
+        .await;
+    remote.close().await;
     Ok(result?)
 }
 
-/// Withdraws the verification record of a backup found corrupt, so that
-/// the pruner and `backupctl list` stop counting it as verified.
+/// Withdraws the verification record of a backup found corrupt on
+/// `target`, so that the pruner and `backupctl list` stop counting it as
+/// verified.
 pub async fn remove_record(
-    settings: &Settings,
+    target: &StoreTarget,
     database: &DatabaseName,
     artifact: &ArtifactName,
 ) -> Result<(), VerifyError> {
-    let remote = SftpRemote::connect(&settings.sftp.settings).await?;
-    let path = format!(
-        "{}/{}",
-        settings.sftp.database_dir(database),
-        artifact.verified_name()
-    );
-    let result = match remote.stat(&path).await {
-        Ok(Some(_)) => remote.remove_file(&path).await,
+    let remote = target.connect().await?;
+    let name = artifact.verified_name();
+    let result = match remote.stat(database, &name).await {
+        Ok(Some(_)) => remote.remove(database, &name).await,
         Ok(None) => Ok(()),
         Err(e) => Err(e),
     };
-    let _ = remote.close().await;
+    remote.close().await;
     Ok(result?)
 }

@@ -1,5 +1,5 @@
-//! `backupctl list`: the remote catalog, read from SFTP alone through the
-//! same catalogue the pruner reads, so "verified" means the same thing
+//! `backupctl list`: the remote catalog, read from one destination alone
+//! through the same catalogue the pruner reads, so "verified" means the same thing
 //! everywhere: a verification record that matches the artifact and its
 //! manifest (see `catalogue::verified`), not merely one that is present.
 //! The text shows when each backup was taken in BACKUP_TZ; `--json` keeps
@@ -7,8 +7,7 @@
 
 use backup_core::app_state::AppState;
 use backup_core::names::DatabaseName;
-use backup_core::sftp::SftpArgs;
-use remote_sftp::{RemoteError, SftpRemote};
+use remote_store::{Store, StoreError};
 use serde::Serialize;
 
 #[derive(Debug, Clone, Serialize)]
@@ -26,15 +25,13 @@ pub struct CatalogEntry {
 
 /// Every backup of `databases` that has its manifest on the remote.
 pub async fn catalog(
-    remote: &SftpRemote,
-    sftp: &SftpArgs,
+    remote: &Store,
     databases: &[DatabaseName],
-) -> Result<Vec<CatalogEntry>, RemoteError> {
+) -> Result<Vec<CatalogEntry>, StoreError> {
     let now = chrono::Utc::now();
     let mut entries = Vec::new();
     for database in databases {
-        let dir = catalogue::database_dir(&sftp.dir, database);
-        let catalog = catalogue::read_catalog(remote, &dir, database, now).await?;
+        let catalog = catalogue::read_catalog(remote, database, now).await?;
         for backup in &catalog.backups {
             let Some(manifest) = catalog.manifests.get(&backup.artifact) else {
                 continue;
@@ -106,12 +103,10 @@ pub fn to_text(entries: &[CatalogEntry], zone: chrono_tz::Tz) -> String {
     out
 }
 
-/// Databases present under SFTP_DIR (each is a directory named after one).
-pub async fn remote_databases(
-    remote: &SftpRemote,
-    sftp: &SftpArgs,
-) -> Result<Vec<DatabaseName>, RemoteError> {
-    catalogue::list_databases(remote, &sftp.dir).await
+/// Databases present on the destination (under SFTP_DIR, a directory
+/// named after each).
+pub async fn remote_databases(remote: &Store) -> Result<Vec<DatabaseName>, StoreError> {
+    catalogue::list_databases(remote).await
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
-//! `backupctl list`: the backups on the SFTP server, as text in BACKUP_TZ
-//! or one JSON document. Reading the catalogue is in [`catalog`].
+//! `backupctl list`: the backups on one destination (`--from`, default the
+//! first, the SFTP server), as text in BACKUP_TZ or one JSON document.
+//! Reading the catalogue is in [`catalog`].
 
 pub mod catalog;
 
@@ -11,12 +12,15 @@ use backup_core::names::{DatabaseName, Tag};
 use backup_core::sftp::SftpArgs;
 
 use crate::configured::ZoneArgs;
+use crate::destinations::FromArgs;
 
 #[derive(Debug, clap::Args)]
 pub struct ListArgs {
     #[command(flatten)]
     pub sftp: SftpArgs,
-    /// List only this database's backups (default: every database under SFTP_DIR).
+    #[command(flatten)]
+    pub from: FromArgs,
+    /// List only this database's backups (default: every database on the destination).
     #[arg(long)]
     pub database: Option<DatabaseName>,
     /// List only backups with this tag (e.g. pre-deploy).
@@ -31,23 +35,24 @@ pub struct ListArgs {
 
 pub async fn run(args: ListArgs) -> anyhow::Result<ExitCode> {
     let zone = args.zone.zone().map_err(anyhow::Error::msg)?;
-    let settings = args.sftp.settings().context("SFTP settings")?;
-    let remote = remote_sftp::SftpRemote::connect(&settings)
+    let target = args.from.target(&args.sftp)?;
+    let remote = target
+        .connect()
         .await
-        .context("SFTP")?;
+        .with_context(|| target.label.to_uppercase())?;
     let databases = match args.database {
         Some(db) => vec![db],
-        None => catalog::remote_databases(&remote, &args.sftp)
+        None => catalog::remote_databases(&remote)
             .await
-            .context("listing SFTP_DIR")?,
+            .with_context(|| format!("listing {}", target.describe()))?,
     };
-    let mut entries = catalog::catalog(&remote, &args.sftp, &databases)
+    let mut entries = catalog::catalog(&remote, &databases)
         .await
         .context("listing backups")?;
     if let Some(tag) = &args.tag {
         entries.retain(|e| e.tag.as_deref() == Some(tag.as_str()));
     }
-    let _ = remote.close().await;
+    remote.close().await;
     let mut out = std::io::stdout().lock();
     if args.json {
         serde_json::to_writer_pretty(&mut out, &entries)?;

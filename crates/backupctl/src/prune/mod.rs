@@ -1,5 +1,6 @@
-//! `backupctl prune`: what retention would delete and why, as text or one
-//! JSON document. Always a dry run: the pruner service does the deleting.
+//! `backupctl prune`: what retention would delete and why on one
+//! destination (`--from`, default the first; each destination has its own
+//! plan, from its own listing), as text or one JSON document. Always a dry run: the pruner service does the deleting.
 //! Turning the pruner's plan into lines is in [`plan`].
 
 pub mod plan;
@@ -11,13 +12,17 @@ use anyhow::Context;
 use backup_core::names::DatabaseName;
 use backup_core::sftp::SftpArgs;
 
+use crate::destinations::FromArgs;
+
 #[derive(Debug, clap::Args)]
 pub struct PruneArgs {
     #[command(flatten)]
     pub sftp: SftpArgs,
     #[command(flatten)]
+    pub from: FromArgs,
+    #[command(flatten)]
     pub retention: catalogue::RetentionArgs,
-    /// Plan only this database (default: every database under SFTP_DIR).
+    /// Plan only this database (default: every database on the destination).
     #[arg(long)]
     pub database: Option<DatabaseName>,
     /// Accepted and ignored: `backupctl prune` is always a dry run (it
@@ -35,21 +40,22 @@ pub async fn run(args: PruneArgs) -> anyhow::Result<ExitCode> {
         .policy()
         .map_err(anyhow::Error::msg)
         .context("retention policy")?;
-    let settings = args.sftp.settings().context("SFTP settings")?;
-    let remote = remote_sftp::SftpRemote::connect(&settings)
+    let target = args.from.target(&args.sftp)?;
+    let remote = target
+        .connect()
         .await
-        .context("SFTP")?;
+        .with_context(|| target.label.to_uppercase())?;
     let databases = match args.database {
         Some(db) => vec![db],
-        None => catalogue::list_databases(&remote, &args.sftp.dir)
+        None => catalogue::list_databases(&remote)
             .await
-            .context("listing SFTP_DIR")?,
+            .with_context(|| format!("listing {}", target.describe()))?,
     };
     let now = chrono::Utc::now();
     let mut decisions = Vec::new();
     let mut brakes = Vec::new();
     for db in &databases {
-        let plan = catalogue::plan_database(&remote, &args.sftp.dir, &policy, db, now)
+        let plan = catalogue::plan_database(&remote, &policy, db, now)
             .await
             .with_context(|| format!("reading the backups of {db}"))?;
         plan.log(true);
@@ -58,7 +64,7 @@ pub async fn run(args: PruneArgs) -> anyhow::Result<ExitCode> {
             brakes.push(brake);
         }
     }
-    let _ = remote.close().await;
+    remote.close().await;
     let mut out = std::io::stdout().lock();
     if args.json {
         serde_json::to_writer_pretty(

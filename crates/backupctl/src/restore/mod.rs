@@ -1,5 +1,5 @@
-//! `backupctl restore`: restore a backup from the SFTP server into a
-//! database, then compare row counts with the manifest. Exit 0 restored and
+//! `backupctl restore`: restore a backup from a destination (`--from`,
+//! default the first, the SFTP server) into a database, then compare row counts with the manifest. Exit 0 restored and
 //! the counts match, 1 the restore or a check failed, 2 bad usage,
 //! configuration or a refusal (non-empty target, no confirmation, missing
 //! roles), 130 interrupted (the target holds a partial restore). The steps
@@ -22,11 +22,15 @@ use backup_core::sftp::SftpArgs;
 
 use steps::{Choice, RestoreError};
 
+use crate::destinations::FromArgs;
+
 // The command's help is the doc of `Command::Restore`.
 #[derive(Debug, clap::Args)]
 pub struct RestoreArgs {
     #[command(flatten)]
     pub sftp: SftpArgs,
+    #[command(flatten)]
+    pub from: FromArgs,
     /// The newest verified backup of --database.
     #[arg(
         long,
@@ -36,7 +40,7 @@ pub struct RestoreArgs {
     pub latest: bool,
     /// The artifact to restore (a name from `backupctl list`).
     pub artifact: Option<ArtifactName>,
-    /// The database whose backup is restored (its directory under SFTP_DIR).
+    /// The database whose backup is restored (its directory on the destination).
     #[arg(long)]
     pub database: DatabaseName,
     /// postgresql:// URL of the database to restore into (RESTORE_TARGET_URL wins).
@@ -71,6 +75,7 @@ pub async fn run(cmd: RestoreArgs) -> anyhow::Result<ExitCode> {
         None => Choice::Latest,
     };
 
+    let source = cmd.from.target(&cmd.sftp)?;
     let target = target(&cmd)?;
     if !cmd.yes && !std::io::stdin().is_terminal() {
         eprintln!(
@@ -80,11 +85,11 @@ pub async fn run(cmd: RestoreArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(2));
     }
 
-    let settings = cmd.sftp.settings().context("SFTP settings")?;
-    let remote = remote_sftp::SftpRemote::connect(&settings)
+    let remote = source
+        .connect()
         .await
-        .context("SFTP")?;
-    let artifact = match steps::choose(&remote, &cmd.sftp, &cmd.database, &choice).await {
+        .with_context(|| source.label.to_uppercase())?;
+    let artifact = match steps::choose(&remote, &cmd.database, &choice).await {
         Ok(artifact) => artifact,
         Err(RestoreError::NotFound(why)) => {
             eprintln!("backupctl: {why}");
@@ -92,7 +97,7 @@ pub async fn run(cmd: RestoreArgs) -> anyhow::Result<ExitCode> {
         }
         Err(e) => return Err(e).context("choosing the backup"),
     };
-    let (manifest, extras) = steps::read_manifest(&remote, &cmd.sftp, &artifact)
+    let (manifest, extras) = steps::read_manifest(&remote, &artifact)
         .await
         .context("reading the manifest")?;
 
@@ -142,7 +147,6 @@ pub async fn run(cmd: RestoreArgs) -> anyhow::Result<ExitCode> {
     let interrupted = backup_core::shutdown::on_signals();
     let restoring = steps::restore(
         &remote,
-        &cmd.sftp,
         manifest.clone(),
         &extras,
         &target,
@@ -165,7 +169,7 @@ pub async fn run(cmd: RestoreArgs) -> anyhow::Result<ExitCode> {
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
-    let _ = remote.close().await;
+    remote.close().await;
     let Some(outcome) = outcome else {
         // Killing psql does not end its server session while it waits on
         // a lock (the server notices the closed socket only when it next

@@ -1,4 +1,4 @@
-//! `backupctl restore`: one artifact from the SFTP server into a database,
+//! `backupctl restore`: one artifact from a destination into a database,
 //! through the restore engine the verifier uses (sha256 checked against the
 //! manifest, age decryption, decompression, psql or `pg_restore -j`), then
 //! its checks (exact row counts against the manifest).
@@ -17,14 +17,13 @@ use backup_core::config::ExposeSecret;
 use backup_core::manifest::{MAX_SIDECAR_BYTES, Manifest};
 use backup_core::names::{ArtifactName, DatabaseName};
 use backup_core::pg::{PgError, PgTarget, quote_ident};
-use backup_core::sftp::SftpArgs;
-use remote_sftp::{RemoteError, SftpRemote};
+use remote_store::{Store, StoreError};
 
 /// Why a restore could not start or did not succeed.
 #[derive(Debug, thiserror::Error)]
 pub enum RestoreError {
     #[error(transparent)]
-    Remote(#[from] RemoteError),
+    Remote(#[from] StoreError),
     #[error("target database: {0}")]
     Target(#[from] PgError),
     #[error("{0}")]
@@ -56,13 +55,11 @@ pub enum Choice {
 
 /// Resolves `choice` against the remote listing of `database`.
 pub async fn choose(
-    remote: &SftpRemote,
-    sftp: &SftpArgs,
+    remote: &Store,
     database: &DatabaseName,
     choice: &Choice,
 ) -> Result<ArtifactName, RestoreError> {
-    let entries =
-        crate::list::catalog::catalog(remote, sftp, std::slice::from_ref(database)).await?;
+    let entries = crate::list::catalog::catalog(remote, std::slice::from_ref(database)).await?;
     match choice {
         Choice::Named(name) => {
             if name.database() != database {
@@ -76,7 +73,7 @@ pub async fn choose(
             } else {
                 Err(RestoreError::NotFound(format!(
                     "{name} (with its manifest) is not in {}",
-                    sftp.database_dir(database)
+                    remote.location(database)
                 )))
             }
         }
@@ -101,14 +98,13 @@ pub async fn choose(
 }
 
 pub async fn read_manifest(
-    remote: &SftpRemote,
-    sftp: &SftpArgs,
+    remote: &Store,
     artifact: &ArtifactName,
 ) -> Result<(Manifest, ManifestExtras), RestoreError> {
-    let dir = sftp.database_dir(artifact.database());
     let bytes = remote
-        .read_file(
-            &format!("{dir}/{}", artifact.manifest_name()),
+        .read_small(
+            artifact.database(),
+            &artifact.manifest_name(),
             MAX_SIDECAR_BYTES,
         )
         .await?;
@@ -219,17 +215,15 @@ pub struct Restored {
 /// Streams `artifact` from the remote into `target`, then runs the checks.
 /// Row-count mismatches come back as [`VerifyError::RowCounts`].
 pub async fn restore(
-    remote: &SftpRemote,
-    sftp: &SftpArgs,
+    remote: &Store,
     manifest: Manifest,
     extras: &ManifestExtras,
     target: &PgTarget,
     options: &RestoreOptions,
     progress: Option<ProgressFn>,
 ) -> Result<Restored, RestoreError> {
-    let dir = sftp.database_dir(&manifest.database);
     let reader = remote
-        .open_read(&format!("{dir}/{}", manifest.artifact))
+        .open_read(&manifest.database, manifest.artifact.as_str())
         .await?;
     let report = ::restore::restore_stream(
         RestoreSource {

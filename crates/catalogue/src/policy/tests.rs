@@ -22,6 +22,7 @@ fn backup(taken_at: DateTime<Utc>, verified: bool) -> Backup {
         verified,
         tag: None,
         held: None,
+        locked_until: None,
     }
 }
 
@@ -284,6 +285,62 @@ fn tagged_and_held_backups_are_kept_whatever_their_state() {
 }
 
 #[test]
+fn locked_backups_are_kept_until_their_lock_ends() {
+    let mut backups: Vec<Backup> = (1..=10)
+        .map(|d| backup(at(2025, 3, d, 1, 30), true))
+        .collect();
+    let until = at(2025, 3, 20, 0, 0);
+    // Superseded by the policy, but the destination still refuses to
+    // delete it.
+    backups[2].locked_until = Some(until);
+    // Its lock is over: an ordinary backup again.
+    backups[3].locked_until = Some(at(2025, 3, 9, 0, 0));
+    // Never verified and past the grace, but locked.
+    let mut unverified = backup(at(2025, 3, 4, 13, 0), false);
+    unverified.locked_until = Some(until);
+    backups.push(unverified.clone());
+    let policy = Policy {
+        keep_daily: 1,
+        keep_weekly: 0,
+        keep_monthly: 0,
+        min_keep: 1,
+        ..Policy::default()
+    };
+
+    let now = plan(&backups, &policy, at(2025, 3, 10, 12, 0));
+    let reasons = now.kept_reasons();
+    assert_eq!(
+        reasons[backups[2].artifact.as_str()],
+        ["locked until 2025-03-20T00:00:00Z"]
+    );
+    assert_eq!(
+        reasons[unverified.artifact.as_str()],
+        ["locked until 2025-03-20T00:00:00Z"]
+    );
+    assert_eq!(
+        now.delete.get(&backups[3].artifact),
+        Some(&Discard::Superseded)
+    );
+    assert_eq!(
+        reasons[backups[9].artifact.as_str()],
+        ["newest verified", "daily 2025-03-10"]
+    );
+    assert_eq!(now.keep.len(), 3);
+
+    // Once the lock has ended they go like the others.
+    let later = plan(&backups, &policy, until);
+    assert_eq!(
+        later.delete.get(&backups[2].artifact),
+        Some(&Discard::Superseded)
+    );
+    assert_eq!(
+        later.delete.get(&unverified.artifact),
+        Some(&Discard::UnverifiedExpired)
+    );
+    assert_eq!(later.keep.len(), 1);
+}
+
+#[test]
 fn tagged_backups_expire_after_keep_tagged_for_but_the_newest_stays() {
     let pre_deploy: Tag = PRE_DEPLOY_TAG.parse().unwrap();
     let tagged = |day: u32, verified: bool| {
@@ -374,6 +431,7 @@ prop_compose! {
                 verified,
                 tag: TAGS[tag].map(|t| t.parse().unwrap()),
                 held: held.then(|| "manifest unreadable".to_owned()),
+                locked_until: None,
             })
             .collect()
     }

@@ -1,0 +1,41 @@
+//! A file being read from a destination as a stream: the kinds' readers
+//! behind one `AsyncRead`. Errors come out as `io::Error`;
+//! [`StoreError::from_io`](crate::StoreError::from_io) recovers the
+//! classified error. Dropping the reader stops the download.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use remote_sftp::RemoteReader;
+use tokio::io::{AsyncRead, ReadBuf};
+
+/// A streaming read of one stored file (see [`Store::open_read`](crate::Store::open_read)).
+#[derive(Debug)]
+pub struct StoreReader(pub(crate) Inner);
+
+#[derive(Debug)]
+pub(crate) enum Inner {
+    Sftp(RemoteReader),
+}
+
+impl StoreReader {
+    /// Size of the file when it was opened, if the destination said.
+    pub fn size(&self) -> Option<u64> {
+        match &self.0 {
+            Inner::Sftp(reader) => reader.size(),
+        }
+    }
+}
+
+impl AsyncRead for StoreReader {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match &mut self.get_mut().0 {
+            Inner::Sftp(reader) => Pin::new(reader).poll_read(cx, buf),
+        }
+    }
+}

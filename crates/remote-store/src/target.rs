@@ -1,0 +1,156 @@
+//! The configured destinations: each a [`StoreTarget`] with a label and
+//! the settings of its kind, and [`targets`], which builds the list a
+//! service or `backupctl` reads from what is configured. The first target
+//! is the default one (`backupctl list` and `restore` without `--from`).
+
+use backup_core::sftp::{SftpTarget, note_resolved_dir};
+use remote_sftp::SftpRemote;
+
+use crate::{Store, StoreError};
+
+/// The label of the SFTP destination of `SFTP_*`, as the shipper names it.
+pub const SFTP_LABEL: &str = "sftp";
+
+/// One configured destination.
+#[derive(Debug, Clone)]
+pub struct StoreTarget {
+    /// Short name used in logs, events and `--from` (`sftp`).
+    pub label: String,
+    pub kind: TargetKind,
+}
+
+/// The settings of each kind of destination.
+#[derive(Debug, Clone)]
+pub enum TargetKind {
+    Sftp(SftpTarget),
+}
+
+impl StoreTarget {
+    pub fn sftp(label: impl Into<String>, target: SftpTarget) -> StoreTarget {
+        StoreTarget {
+            label: label.into(),
+            kind: TargetKind::Sftp(target),
+        }
+    }
+
+    /// Opens the destination (for SFTP: connect, verify the pinned host
+    /// key, authenticate), within the kind's connect timeout.
+    pub async fn connect(&self) -> Result<Store, StoreError> {
+        match &self.kind {
+            TargetKind::Sftp(target) => {
+                let remote = SftpRemote::connect(&target.settings).await?;
+                note_resolved_dir("SFTP_DIR", &target.dir, &remote);
+                Ok(Store::Sftp {
+                    remote,
+                    dir: target.dir.clone(),
+                })
+            }
+        }
+    }
+
+    /// Where it is, without secrets, as the shipper writes it in
+    /// `dump.shipped` (`destination`, `destinations`):
+    /// `sftp://user@host:port/dir`.
+    pub fn describe(&self) -> String {
+        match &self.kind {
+            TargetKind::Sftp(target) => {
+                let s = &target.settings;
+                format!("sftp://{}@{}:{}{}", s.user, s.host, s.port, target.dir)
+            }
+        }
+    }
+}
+
+/// The destinations to read, in order (the first is the default): the
+/// SFTP server of `SFTP_*` when configured. The one place a new kind of
+/// destination joins every reader.
+pub fn targets(sftp: Option<SftpTarget>) -> Vec<StoreTarget> {
+    sftp.into_iter()
+        .map(|target| StoreTarget::sftp(SFTP_LABEL, target))
+        .collect()
+}
+
+/// A `--from` label that names no configured destination.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("no destination is labelled {label:?}; configured: {}", labels(.configured))]
+pub struct UnknownTarget {
+    pub label: String,
+    pub configured: Vec<String>,
+}
+
+fn labels(configured: &[String]) -> String {
+    if configured.is_empty() {
+        "none".to_owned()
+    } else {
+        configured.join(", ")
+    }
+}
+
+/// The target labelled `label`, or the first when `label` is `None`.
+pub fn find<'a>(
+    targets: &'a [StoreTarget],
+    label: Option<&str>,
+) -> Result<&'a StoreTarget, UnknownTarget> {
+    let found = match label {
+        Some(label) => targets.iter().find(|t| t.label == label),
+        None => targets.first(),
+    };
+    found.ok_or_else(|| UnknownTarget {
+        label: label.unwrap_or_default().to_owned(),
+        configured: targets.iter().map(|t| t.label.clone()).collect(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use remote_sftp::SftpSettings;
+
+    use super::*;
+
+    fn sftp(dir: &str) -> SftpTarget {
+        SftpTarget {
+            settings: SftpSettings {
+                host: "sftp.example".into(),
+                port: 2222,
+                user: "backup".into(),
+                key_file: "/k".into(),
+                key_passphrase: None,
+                known_hosts: Some("/kh".into()),
+                host_key_fingerprint: None,
+                connect_timeout: Duration::from_secs(1),
+                io_timeout: Duration::from_secs(1),
+            },
+            dir: dir.into(),
+        }
+    }
+
+    #[test]
+    fn the_sftp_target_is_described_as_the_shipper_does() {
+        let all = targets(Some(sftp("/srv/backups")));
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0].label, "sftp");
+        assert_eq!(
+            all[0].describe(),
+            "sftp://backup@sftp.example:2222/srv/backups"
+        );
+        assert!(targets(None).is_empty());
+    }
+
+    #[test]
+    fn labels_pick_a_target_and_an_unknown_one_lists_the_others() {
+        let all = targets(Some(sftp("/b")));
+        assert_eq!(find(&all, None).unwrap().label, "sftp");
+        assert_eq!(find(&all, Some("sftp")).unwrap().label, "sftp");
+        let error = find(&all, Some("nope")).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "no destination is labelled \"nope\"; configured: sftp"
+        );
+        assert_eq!(
+            find(&[], None).unwrap_err().to_string(),
+            "no destination is labelled \"\"; configured: none"
+        );
+    }
+}
