@@ -38,7 +38,10 @@ async fn files_are_addressed_by_database_and_name() {
     let store = target.connect().await.expect("connect");
     let viatique = db("viatique");
 
-    assert_eq!(store.list_databases().await.unwrap(), [viatique.clone()]);
+    assert_eq!(
+        store.list_databases().await.unwrap(),
+        std::slice::from_ref(&viatique)
+    );
     assert_eq!(
         store.location(&viatique),
         format!("{}/viatique", base.display())
