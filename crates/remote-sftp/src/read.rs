@@ -70,7 +70,12 @@ impl SftpRemote {
 
     /// Reads up to `len` bytes (a few chunks at most, one request at a
     /// time) from `offset`; fewer if the file ends first.
-    pub async fn read_range(&self, path: &str, offset: u64, len: u32) -> Result<Vec<u8>, RemoteError> {
+    pub async fn read_range(
+        &self,
+        path: &str,
+        offset: u64,
+        len: u32,
+    ) -> Result<Vec<u8>, RemoteError> {
         let path = &self.resolve(path);
         let path = path.as_str();
         self.check_alive()?;
@@ -84,7 +89,11 @@ impl SftpRemote {
                 break Ok(());
             }
             let at = offset + contents.len() as u64;
-            match self.sftp.read(handle.as_str(), at, left.min(self.read_chunk)).await {
+            match self
+                .sftp
+                .read(handle.as_str(), at, left.min(self.read_chunk))
+                .await
+            {
                 Ok(data) if data.data.is_empty() => break Ok(()),
                 Ok(data) => {
                     let take = data.data.len().min(left as usize);

@@ -226,7 +226,12 @@ impl SftpRemote {
     /// Cuts the `.partial` to `offset` bytes (SETSTAT size, an ftruncate
     /// on OpenSSH) and checks that it is now exactly that long: shorter
     /// means the acknowledged prefix is not all there.
-    async fn truncate_to(&self, handle: &str, partial: &str, offset: u64) -> Result<(), RemoteError> {
+    async fn truncate_to(
+        &self,
+        handle: &str,
+        partial: &str,
+        offset: u64,
+    ) -> Result<(), RemoteError> {
         let attrs = FileAttributes {
             size: Some(offset),
             ..FileAttributes::empty()

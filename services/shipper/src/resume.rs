@@ -67,9 +67,7 @@ impl ResumePoints {
         self.lock().remove(&key(destination, artifact));
     }
 
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<(String, String, String), Arc<AtomicU64>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String, String), Arc<AtomicU64>>> {
         // A panic while holding the lock cannot leave a half-made entry.
         self.slots.lock().unwrap_or_else(|e| e.into_inner())
     }

@@ -36,10 +36,14 @@ async fn upload_cut_at_80_percent_resumes_from_the_acknowledged_offset() {
     rig.wait_for(subject::SHIPPED, |_| true).await;
 
     assert_eq!(proxy.cuts(), 1, "the proxy never cut the upload");
-    assert!(proxy.connections() >= 2, "no second connection after the cut");
+    assert!(
+        proxy.connections() >= 2,
+        "no second connection after the cut"
+    );
     let final_path = remote_db_dir(&sshd).join(created.artifact.artifact.as_str());
     let resumed = test_support::pipeline::logs::wait_for_line("the resume", |line| {
-        line.contains("resuming an interrupted upload") && line.contains(&*final_path.to_string_lossy())
+        line.contains("resuming an interrupted upload")
+            && line.contains(&*final_path.to_string_lossy())
     })
     .await;
     let sent_again = proxy.bytes_up() - cut_at;

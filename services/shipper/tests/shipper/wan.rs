@@ -50,7 +50,11 @@ async fn measure(
     std::fs::create_dir_all(&dir).unwrap();
     let name = created.artifact.artifact.as_str();
     std::fs::hard_link(spool_file, dir.join(name)).unwrap();
-    std::fs::copy(manifest, dir.join(created.artifact.artifact.manifest_name())).unwrap();
+    std::fs::copy(
+        manifest,
+        dir.join(created.artifact.artifact.manifest_name()),
+    )
+    .unwrap();
     rig.run_shipper(settings(rig.spool(), vec![destination]))
         .await;
     rig.publish(created, "bench").await;
@@ -75,12 +79,19 @@ async fn measure(
 #[ignore = "benchmark: slow, run by hand"]
 async fn benchmark_wan() {
     let mb: u64 = std::env::var("SHIP_BENCH_WAN_MB")
-        .map(|v| v.trim().parse().expect("SHIP_BENCH_WAN_MB is a number of MB"))
+        .map(|v| {
+            v.trim()
+                .parse()
+                .expect("SHIP_BENCH_WAN_MB is a number of MB")
+        })
         .unwrap_or(250);
     let size = mb * 1_000_000;
     let source = tempfile::tempdir().unwrap();
     let created = prepare_artifact(source.path(), size as usize, 250, 0);
-    let file = source.path().join(DB).join(created.artifact.artifact.as_str());
+    let file = source
+        .path()
+        .join(DB)
+        .join(created.artifact.artifact.as_str());
     let manifest = source
         .path()
         .join(DB)
@@ -128,7 +139,11 @@ async fn benchmark_wan() {
         wan.spec.rate_mbit,
         wan.spec.round_trip,
         wan.spec.loss_per_mille,
-        if wan.loss_emulated { "emulated" } else { "NOT emulated" },
+        if wan.loss_emulated {
+            "emulated"
+        } else {
+            "NOT emulated"
+        },
         row("loopback", loopback, None),
         row("emulated WAN", over_wan, Some(link)),
     );
