@@ -68,6 +68,12 @@ need docker-compose command -v docker-compose
 need systemd command -v systemd-analyze
 need shellcheck command -v shellcheck
 need sudo command -v sudo
+# The emulated WAN of the shipper's tests and benchmarks
+# (crates/test-support/src/wan.rs): namespaces, veth and tc from iproute2,
+# packet loss from nftables; rclone is a yardstick of the benchmark.
+need iproute2 command -v tc
+need nftables command -v nft
+need rclone command -v rclone
 
 if ((${#missing_servers[@]})) && ((!throwaway)); then
   log "missing server packages: ${missing_servers[*]}. Installing them starts network services;" \

@@ -19,8 +19,9 @@
 //! (unknown or changed host key, rejected key, permission denied, no
 //! space). Callers own the retry policy because only they know the
 //! deadlines. An upload that failed half-way leaves at most a `.partial`
-//! file, which the next attempt overwrites; the final name only ever
-//! appears complete.
+//! file, which the next attempt overwrites, or continues from an offset
+//! the caller knows was acknowledged (`SftpRemote::resume_reader`); the
+//! final name only ever appears complete.
 //!
 //! Host key verification is mandatory: without a known_hosts file or a
 //! fingerprint pin, [`SftpRemote::connect`] refuses to connect.

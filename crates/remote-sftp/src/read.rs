@@ -1,5 +1,6 @@
-//! Reading remote files: a small one whole (bounded by a maximum size), or
-//! any size as a stream with several READ requests in flight.
+//! Reading remote files: a small one whole (bounded by a maximum size), a
+//! small range of any file, or any size as a stream with several READ
+//! requests in flight.
 
 use std::sync::Arc;
 
@@ -65,6 +66,47 @@ impl SftpRemote {
             }
         }
         Ok(contents)
+    }
+
+    /// Reads up to `len` bytes (a few chunks at most, one request at a
+    /// time) from `offset`; fewer if the file ends first.
+    pub async fn read_range(
+        &self,
+        path: &str,
+        offset: u64,
+        len: u32,
+    ) -> Result<Vec<u8>, RemoteError> {
+        let path = &self.resolve(path);
+        let path = path.as_str();
+        self.check_alive()?;
+        let handle = self
+            .open(path, OpenFlags::READ, FileAttributes::empty())
+            .await?;
+        let mut contents = Vec::with_capacity(len as usize);
+        let result = loop {
+            let left = len - contents.len() as u32;
+            if left == 0 {
+                break Ok(());
+            }
+            let at = offset + contents.len() as u64;
+            match self
+                .sftp
+                .read(handle.as_str(), at, left.min(self.read_chunk))
+                .await
+            {
+                Ok(data) if data.data.is_empty() => break Ok(()),
+                Ok(data) => {
+                    let take = data.data.len().min(left as usize);
+                    contents.extend_from_slice(&data.data[..take]);
+                }
+                Err(SftpError::Status(status)) if status.status_code == StatusCode::Eof => {
+                    break Ok(());
+                }
+                Err(error) => break Err(self.error("read", path, error)),
+            }
+        };
+        self.close_quietly(handle).await;
+        result.map(|()| contents)
     }
 
     /// Opens a remote file for a streaming, pipelined download (several

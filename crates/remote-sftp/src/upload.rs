@@ -3,6 +3,13 @@
 //! the announced length, fsync, remote size) and only then renamed to the
 //! final name. A full disk is told apart from other write failures by
 //! asking the server for its free space.
+//!
+//! An upload cut by a lost connection can be continued
+//! ([`SftpRemote::resume_reader`]): the `.partial` is truncated to the
+//! offset the caller knows was acknowledged (writes in flight when the
+//! connection dropped may or may not have landed) and the rest is written
+//! from there. Deciding whether the kept prefix can be trusted is the
+//! caller's job; nothing here retries.
 
 use std::path::{Path, PathBuf};
 
@@ -44,6 +51,7 @@ impl SftpRemote {
         let source = Source {
             reader: &mut file,
             local: Some(local),
+            start: 0,
             len: expected,
             progress,
         };
@@ -65,10 +73,44 @@ impl SftpRemote {
         let source = Source {
             reader,
             local: Some(source),
+            start: 0,
             len,
             progress,
         };
         self.write_atomic(final_path, source).await
+    }
+
+    /// [`SftpRemote::upload_reader`] continuing an interrupted upload of
+    /// the same data: `<final_path>.partial` must exist; it is truncated to
+    /// `offset` (what was written past the last acknowledged WRITE is
+    /// dropped), checked to be exactly that long, and `reader`, positioned
+    /// at `offset` of the data, must yield the remaining `len - offset`
+    /// bytes. Then the same fsync, size check and rename as a fresh upload.
+    /// `progress` gets the bytes acknowledged by this call. Returns the
+    /// number of bytes written by this call.
+    ///
+    /// The caller vouches that the first `offset` bytes of the `.partial`
+    /// are the first `offset` bytes of the data.
+    pub async fn resume_reader<R: AsyncRead + Unpin + Send>(
+        &self,
+        reader: &mut R,
+        source: &Path,
+        len: u64,
+        offset: u64,
+        final_path: &str,
+        progress: &(dyn Fn(u64) + Send + Sync),
+    ) -> Result<u64, RemoteError> {
+        let source = Source {
+            reader,
+            local: Some(source),
+            start: offset.min(len),
+            len,
+            progress,
+        };
+        let start = source.start;
+        self.write_atomic(final_path, source)
+            .await
+            .map(|end| end - start)
     }
 
     /// [`SftpRemote::upload_file`] for a small in-memory file (manifests,
@@ -82,6 +124,7 @@ impl SftpRemote {
         let source = Source {
             reader: &mut reader,
             local: None,
+            start: 0,
             len: contents.len() as u64,
             progress: &|_| {},
         };
@@ -100,13 +143,14 @@ impl SftpRemote {
         let final_path = &self.resolve(final_path);
         let final_path = final_path.as_str();
         let partial = format!("{final_path}.partial");
-        let handle = self
-            .open(
-                &partial,
-                OpenFlags::WRITE | OpenFlags::CREATE | OpenFlags::TRUNCATE,
-                private_file(),
-            )
-            .await?;
+        // A resumed upload keeps the .partial's content (and needs it to
+        // exist); a fresh one starts from an empty file.
+        let flags = if source.start > 0 {
+            OpenFlags::WRITE
+        } else {
+            OpenFlags::WRITE | OpenFlags::CREATE | OpenFlags::TRUNCATE
+        };
+        let handle = self.open(&partial, flags, private_file()).await?;
         let result = match self.fill_partial(&handle, &partial, source).await {
             Ok(sent) => match self.sftp.close(handle.as_str()).await {
                 Ok(_) => self.rename_over(&partial, final_path).await.map(|()| sent),
@@ -137,6 +181,9 @@ impl SftpRemote {
             .fsetstat(handle, private_file())
             .await
             .map_err(|e| self.error("chmod", partial, e))?;
+        if source.start > 0 {
+            self.truncate_to(handle, partial, source.start).await?;
+        }
 
         let expected = source.len;
         let local = source.local;
@@ -176,8 +223,43 @@ impl SftpRemote {
         }
     }
 
-    /// Sends `source` in chunks with up to [`pipeline_depth`] writes
-    /// unacknowledged; returns the number of bytes written.
+    /// Cuts the `.partial` to `offset` bytes (SETSTAT size, an ftruncate
+    /// on OpenSSH) and checks that it is now exactly that long: shorter
+    /// means the acknowledged prefix is not all there.
+    async fn truncate_to(
+        &self,
+        handle: &str,
+        partial: &str,
+        offset: u64,
+    ) -> Result<(), RemoteError> {
+        let attrs = FileAttributes {
+            size: Some(offset),
+            ..FileAttributes::empty()
+        };
+        self.sftp
+            .fsetstat(handle, attrs)
+            .await
+            .map_err(|e| self.error("truncate", partial, e))?;
+        let size = self
+            .sftp
+            .fstat(handle)
+            .await
+            .map_err(|e| self.error("stat", partial, e))?
+            .attrs
+            .size;
+        match size {
+            Some(actual) if actual == offset => Ok(()),
+            actual => Err(RemoteError::SizeMismatch {
+                path: partial.to_owned(),
+                expected: offset,
+                actual: actual.unwrap_or(0),
+            }),
+        }
+    }
+
+    /// Sends `source` from its start offset in chunks with up to
+    /// [`pipeline_depth`] writes unacknowledged; returns the offset after
+    /// the last byte written.
     async fn write_pipelined<R: AsyncRead + Unpin + Send>(
         &self,
         handle: &str,
@@ -187,13 +269,14 @@ impl SftpRemote {
         let Source {
             reader,
             local,
+            start,
             progress,
             ..
         } = source;
         let chunk = self.write_chunk as usize;
         let depth = pipeline_depth(self.write_chunk);
         let mut in_flight = FuturesOrdered::new();
-        let mut offset = 0u64;
+        let mut offset = start;
         let mut acknowledged = 0u64;
         let mut at_end = false;
         loop {
@@ -273,9 +356,12 @@ struct Source<'a, R> {
     reader: &'a mut R,
     /// The local file, `None` for in-memory data.
     local: Option<&'a Path>,
+    /// Offset of the reader's first byte in the data: 0, or where a
+    /// resumed upload continues.
+    start: u64,
     /// Bytes the reader must yield; anything else means the file changed.
     len: u64,
-    /// Called with the bytes acknowledged so far.
+    /// Called with the bytes acknowledged so far (by this call).
     progress: &'a (dyn Fn(u64) + Send + Sync),
 }
 

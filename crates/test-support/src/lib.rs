@@ -3,12 +3,16 @@
 //! `sshd` as an SFTP target, and an SMTP server whose mail the test can
 //! read. Everything is started on free
 //! loopback ports and torn down on drop, so tests can run in parallel.
+//! [`wan`] puts an sshd behind an emulated WAN (network namespace, rate
+//! limit, latency, loss); [`delay_proxy`] also cuts connections at a
+//! chosen byte; [`sftp_peers`] times OpenSSH `sftp` and rclone.
 //!
 //! The harness is synchronous on purpose: `Drop` cannot await, and tests of
 //! every crate (async or not) can use it the same way. The [`pipeline`]
 //! layer on top speaks JetStream and is async: the event log, consumers
 //! going idle, SFTP settings of a test sshd.
 
+pub mod delay_proxy;
 pub mod flags;
 pub mod http_stub;
 pub mod nats;
@@ -18,9 +22,11 @@ pub mod pipeline;
 pub mod postgres;
 pub mod process;
 pub mod relay;
+pub mod sftp_peers;
 pub mod smtp;
 pub mod sshd;
 pub mod tmpfs;
+pub mod wan;
 
 use std::net::TcpListener;
 use std::os::fd::OwnedFd;

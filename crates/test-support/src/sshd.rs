@@ -21,7 +21,7 @@
 
 use std::fs;
 use std::io::Write;
-use std::net::TcpStream;
+use std::net::{Ipv4Addr, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -37,8 +37,11 @@ const START_TIMEOUT: Duration = Duration::from_secs(15);
 /// files removed on drop.
 #[derive(Debug)]
 pub struct Sshd {
-    /// Port on 127.0.0.1.
+    /// Port on [`Sshd::address`] (127.0.0.1 unless started in a network
+    /// namespace).
     pub port: u16,
+    /// Where sshd listens: 127.0.0.1, or the namespace's address.
+    pub address: Ipv4Addr,
     /// Login user, unique to this instance.
     pub user: String,
     /// A directory owned by `user`, mode 0700: the base dir for SFTP tests.
@@ -58,12 +61,25 @@ pub struct Sshd {
     child: Option<Child>,
     port_reservation: crate::PortReservation,
     user_created: bool,
+    /// Network namespace sshd runs in (`ip netns exec`), if any.
+    netns: Option<String>,
 }
 
 impl Sshd {
     /// Creates the user, keys and config and starts `sshd`; returns once the
     /// port accepts connections.
     pub fn start() -> Sshd {
+        Sshd::start_at(None, Ipv4Addr::LOCALHOST)
+    }
+
+    /// [`Sshd::start`] inside the network namespace `netns`, listening on
+    /// `address` there (see [`crate::wan`]). `known_hosts` still names
+    /// 127.0.0.1: clients reach it through a proxy or pin the fingerprint.
+    pub fn start_in_netns(netns: &str, address: Ipv4Addr) -> Sshd {
+        Sshd::start_at(Some(netns.to_owned()), address)
+    }
+
+    fn start_at(netns: Option<String>, address: Ipv4Addr) -> Sshd {
         assert!(
             Path::new(SSHD).exists(),
             "{SSHD} is missing: apt-get install -y openssh-server openssh-client"
@@ -90,6 +106,7 @@ impl Sshd {
         let port_reservation = crate::PortReservation::new();
         let mut sshd = Sshd {
             port: port_reservation.port(),
+            address,
             user,
             remote_root,
             known_hosts: etc.join("known_hosts"),
@@ -103,6 +120,7 @@ impl Sshd {
             child: None,
             port_reservation,
             user_created: false,
+            netns,
         };
 
         // Set the flag first: if creation half-succeeds, Drop still tries
@@ -147,7 +165,7 @@ impl Sshd {
         sshd.authorize(&sshd.client_key.with_extension("pub"));
 
         let config = format!(
-            "ListenAddress 127.0.0.1\n\
+            "ListenAddress {address}\n\
              Port {port}\n\
              HostKey {host_key}\n\
              PidFile {pid}\n\
@@ -164,6 +182,7 @@ impl Sshd {
              LogLevel VERBOSE\n\
              Subsystem sftp internal-sftp\n",
             port = sshd.port,
+            address = sshd.address,
             host_key = path_str(&host_key),
             pid = path_str(&sshd.etc.join("sshd.pid")),
             authorized_keys = path_str(&sshd.authorized_keys),
@@ -327,6 +346,12 @@ impl Sshd {
         elapsed
     }
 
+    /// The host's public key line (`ssh-ed25519 AAAA...`), to write
+    /// known_hosts entries for other addresses (a proxy in front).
+    pub fn host_public_key(&self) -> String {
+        public_key_line(&self.etc.join("ssh_host_ed25519_key.pub"))
+    }
+
     /// The sshd log so far, for assertions and failure messages.
     pub fn log(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
@@ -352,7 +377,17 @@ impl Sshd {
         self.port_reservation.release();
         // sshd insists on being started with an absolute path (it re-execs
         // itself for every connection).
-        let mut child = Command::new(SSHD)
+        let mut command = match &self.netns {
+            // `ip netns exec` execs sshd itself (same pid), with its
+            // absolute path as argv[0].
+            Some(netns) => {
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", netns, SSHD]);
+                command
+            }
+            None => Command::new(SSHD),
+        };
+        let mut child = command
             .args(["-D", "-e", "-f"])
             .arg(&self.config)
             .stdin(Stdio::null())
@@ -366,7 +401,7 @@ impl Sshd {
             if let Ok(Some(status)) = child.try_wait() {
                 panic!("sshd exited with {status} on start; log:\n{}", self.log());
             }
-            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            if TcpStream::connect((self.address, self.port)).is_ok() {
                 break;
             }
             if Instant::now() > deadline {

@@ -5,7 +5,9 @@
 //!
 //! 1. `<dir>/<database>/` is created (0700) if missing;
 //! 2. `.partial` files of this shipper left there by a killed run are
-//!    removed;
+//!    removed, except, on SFTP, the artifact's own `.partial` when an
+//!    earlier attempt of this process knows how much of it the server
+//!    acknowledged (see [`crate::resume`]);
 //! 3. an artifact already there under its final name is checked: same size
 //!    and checksum means already shipped (nothing is uploaded); anything
 //!    else is a [`ShipError::Conflict`]: the remote file is left alone,
@@ -14,7 +16,11 @@
 //!    rely on, and overwriting could destroy a good backup);
 //! 4. the artifact is written as `<artifact>.partial`, flushed to disk and
 //!    renamed; then its manifest the same way, so a manifest always means
-//!    a complete artifact.
+//!    a complete artifact. On SFTP, a kept `.partial` at least as long as
+//!    the acknowledged prefix, whose last 64 KiB before that offset match
+//!    the spool copy, is truncated to the prefix and only the rest is sent
+//!    (logged with the offset and the bytes saved); otherwise the upload
+//!    starts over.
 //!
 //! Each delivery runs under a stall watchdog and a deadline
 //! ([`backup_core::watchdog`]): progress is the bytes the destination
@@ -22,8 +28,9 @@
 //! when checking an existing copy. When they stop moving for the stall
 //! interval, or the deadline passes, the delivery is dropped as a whole: the
 //! SFTP session goes with it (no polite close on a server that stopped
-//! reading), the remote `.partial` is never renamed and is removed by step 2
-//! of the next attempt, and a local `.partial` is removed by its guard. The
+//! reading), the remote `.partial` is never renamed and is resumed or
+//! removed by the next attempt, and a local `.partial` is removed by its
+//! guard. The
 //! SFTP client's per-request `io_timeout` still applies underneath; the
 //! watchdog is the bound on the delivery as a whole.
 //!
@@ -41,8 +48,9 @@ use backup_core::manifest::{MAX_SIDECAR_BYTES, Manifest};
 use backup_core::names::{ArtifactName, DatabaseName, MANIFEST_SUFFIX, PARTIAL_SUFFIX, Sha256Hex};
 use backup_core::watchdog::{self, Aborted, Counted, Limits, Progress};
 use remote_sftp::{RemoteError, SftpRemote, SftpSettings};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt, BufReader};
 
+use crate::resume::{self, Plan};
 use crate::throttle::{Rate, Throttled};
 
 /// Why an artifact did not reach a destination.
@@ -187,7 +195,12 @@ impl Destination {
                 Destination::Sftp { dir, settings, .. } => {
                     let remote = SftpRemote::connect(settings).await?;
                     let dir = format!("{}/{}", dir.trim_end_matches('/'), artifact.database);
-                    let result = deliver_sftp(&remote, &dir, artifact, limit, &progress).await;
+                    let target = Target {
+                        remote: &remote,
+                        dir: &dir,
+                        resume_key: &self.describe(),
+                    };
+                    let result = deliver_sftp(&target, artifact, limit, &progress).await;
                     // Polite but bounded: a server that stopped reading must
                     // not hold up a delivery that is complete.
                     match tokio::time::timeout(CLOSE_TIMEOUT, remote.close()).await {
@@ -289,18 +302,39 @@ fn is_own_partial(name: &str) -> bool {
     artifact.parse::<ArtifactName>().is_ok()
 }
 
+/// An SFTP destination during one delivery.
+struct Target<'a> {
+    remote: &'a SftpRemote,
+    /// `<dir>/<database>`.
+    dir: &'a str,
+    /// The destination's description, the key of its resume points.
+    resume_key: &'a str,
+}
+
 async fn deliver_sftp(
-    remote: &SftpRemote,
-    dir: &str,
+    target: &Target<'_>,
     artifact: &LocalArtifact,
     limit: Option<Rate>,
     progress: &Progress,
 ) -> Result<Delivered, ShipError> {
+    let Target {
+        remote,
+        dir,
+        resume_key,
+    } = *target;
     remote.create_dir_all(dir).await?;
+    let points = resume::points();
+    let acknowledged = points.acknowledged(resume_key, artifact);
+    let own_partial = format!("{}{PARTIAL_SUFFIX}", artifact.name);
+    let partial_path = format!("{dir}/{own_partial}");
+    let mut kept_partial = None;
     // Only one shipper runs per destination (one message in flight), so
-    // every .partial of ours is left by a run that died.
+    // every .partial of ours is left by a run that died; the artifact's own
+    // is kept when its acknowledged prefix is known.
     for entry in remote.list_dir(dir).await? {
-        if !entry.is_dir && is_own_partial(&entry.name) {
+        if !entry.is_dir && entry.name == own_partial && acknowledged > 0 {
+            kept_partial = Some(entry.size);
+        } else if !entry.is_dir && is_own_partial(&entry.name) {
             let path = format!("{dir}/{}", entry.name);
             tracing::info!(%path, "removing a temporary file left by an interrupted upload");
             match remote.remove_file(&path).await {
@@ -335,7 +369,13 @@ async fn deliver_sftp(
         }
         Ok(digest.finish().0)
     };
-    match judge_existing(artifact, existing_size, remote_manifest, hash_remote).await? {
+    let existing = judge_existing(artifact, existing_size, remote_manifest, hash_remote).await?;
+    if !matches!(existing, Existing::Nothing) && kept_partial.is_some() {
+        // The final name settles it: the leftover is not needed.
+        points.forget(resume_key, artifact);
+        remove_if_there(remote, &partial_path).await?;
+    }
+    match existing {
         Existing::Complete => return Ok(Delivered::AlreadyThere),
         Existing::Conflict(detail) => {
             return Err(ShipError::Conflict {
@@ -352,7 +392,30 @@ async fn deliver_sftp(
         Existing::Nothing => {}
     }
 
-    let file = tokio::fs::File::open(&artifact.path)
+    let mut file = tokio::fs::File::open(&artifact.path)
+        .await
+        .map_err(|source| ShipError::SpoolIo {
+            path: artifact.path.clone(),
+            source,
+        })?;
+    let resume_from = match resume::plan(acknowledged, kept_partial, artifact.size) {
+        Plan::Resume(offset) => {
+            if tail_matches(remote, &partial_path, &mut file, offset, artifact).await? {
+                Some(offset)
+            } else {
+                tracing::info!(path = %partial_path, offset, "the .partial does not end like the spool copy there; starting over");
+                None
+            }
+        }
+        Plan::StartOver(why) => {
+            if acknowledged > 0 {
+                tracing::info!(path = %partial_path, acknowledged, why, "not resuming; starting over");
+            }
+            None
+        }
+    };
+    let base = resume_from.unwrap_or(0);
+    file.seek(io::SeekFrom::Start(base))
         .await
         .map_err(|source| ShipError::SpoolIo {
             path: artifact.path.clone(),
@@ -360,26 +423,83 @@ async fn deliver_sftp(
         })?;
     let mut reader = Throttled::new(file, limit);
     // Acknowledged bytes, not bytes read from the spool: reads run up to
-    // the pipeline depth ahead of a server that stopped answering.
+    // the pipeline depth ahead of a server that stopped answering. They
+    // are also the resume point of the next attempt.
+    let point = points.track(resume_key, artifact, base);
     let acknowledged = AtomicU64::new(0);
     let on_ack = |total: u64| {
         let before = acknowledged.swap(total, Ordering::Relaxed);
         progress.add(total.saturating_sub(before));
+        point.store(base + total, Ordering::SeqCst);
     };
-    let sent = remote
-        .upload_reader(
-            &mut reader,
-            &artifact.path,
-            artifact.size,
-            &final_path,
-            &on_ack,
-        )
-        .await?;
+    let sent = if let Some(offset) = resume_from {
+        tracing::info!(
+            path = %final_path,
+            offset,
+            bytes_saved = offset,
+            bytes_left = artifact.size - offset,
+            "resuming an interrupted upload from the acknowledged offset"
+        );
+        remote
+            .resume_reader(
+                &mut reader,
+                &artifact.path,
+                artifact.size,
+                offset,
+                &final_path,
+                &on_ack,
+            )
+            .await?
+    } else {
+        remote
+            .upload_reader(
+                &mut reader,
+                &artifact.path,
+                artifact.size,
+                &final_path,
+                &on_ack,
+            )
+            .await?
+    };
+    points.forget(resume_key, artifact);
     tracing::debug!(path = %final_path, bytes = sent, "artifact uploaded");
     remote
         .write_file_atomic(&manifest_path, &artifact.manifest)
         .await?;
     Ok(Delivered::Uploaded)
+}
+
+/// Removes a remote file; one that is already gone is fine.
+async fn remove_if_there(remote: &SftpRemote, path: &str) -> Result<(), ShipError> {
+    match remote.remove_file(path).await {
+        Ok(()) | Err(RemoteError::NotFound { .. }) => Ok(()),
+        Err(error) => Err(error.into()),
+    }
+}
+
+/// Whether the [`resume::TAIL_CHECK`] bytes before `offset` of the remote
+/// `.partial` are those of the spool copy. Leaves `file`'s position
+/// anywhere.
+async fn tail_matches(
+    remote: &SftpRemote,
+    partial: &str,
+    file: &mut tokio::fs::File,
+    offset: u64,
+    artifact: &LocalArtifact,
+) -> Result<bool, ShipError> {
+    let len = offset.min(resume::TAIL_CHECK);
+    let start = offset - len;
+    let spool_error = |source| ShipError::SpoolIo {
+        path: artifact.path.clone(),
+        source,
+    };
+    let mut local = vec![0u8; len as usize];
+    file.seek(io::SeekFrom::Start(start))
+        .await
+        .map_err(spool_error)?;
+    file.read_exact(&mut local).await.map_err(spool_error)?;
+    let there = remote.read_range(partial, start, len as u32).await?;
+    Ok(there == local)
 }
 
 async fn deliver_local(

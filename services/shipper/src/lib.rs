@@ -53,6 +53,7 @@
 
 pub mod destination;
 pub mod preflight;
+pub mod resume;
 pub mod settings;
 pub mod throttle;
 

@@ -4,7 +4,8 @@
 //! publishes `dump.created` and watches the events and the remote files.
 //!
 //! The benchmark against OpenSSH's `sftp` is here too, ignored by default:
-//! `cargo test --release -p shipper --test shipper -- --ignored --nocapture benchmark`
+//! `cargo test --release -p shipper --test shipper -- --ignored --nocapture benchmark`;
+//! `benchmark_wan` adds rclone and the emulated WAN of `test_support::wan`.
 
 #[path = "shipper/access.rs"]
 mod access;
@@ -14,6 +15,10 @@ mod binary;
 mod delivery;
 #[path = "shipper/outages.rs"]
 mod outages;
+#[path = "shipper/resume.rs"]
+mod resume;
+#[path = "shipper/wan.rs"]
+mod wan;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
