@@ -10,6 +10,10 @@
 //! The session (connect, close, error bookkeeping) is in `session`; each
 //! kind of request has its own module: `upload`, `read` (with `reader`
 //! for streaming), `listing`, `dirs`, `rename`, `space`, `host_key`.
+//! `write_once` holds what changes for an append-only account (a key
+//! that may not remove, replace or chmod): fresh read-only `.partial`
+//! files and renames that never replace; `posture` probes what a key may
+//! do to files already written.
 //!
 //! # Retries
 //!
@@ -19,7 +23,8 @@
 //! (unknown or changed host key, rejected key, permission denied, no
 //! space). Callers own the retry policy because only they know the
 //! deadlines. An upload that failed half-way leaves at most a `.partial`
-//! file, which the next attempt overwrites; the final name only ever
+//! file, which the next attempt overwrites (in write-once mode, which
+//! cannot, the next attempt writes another one); the final name only ever
 //! appears complete.
 //!
 //! Host key verification is mandatory: without a known_hosts file or a
@@ -33,6 +38,7 @@ mod extensions;
 mod host_key;
 mod listing;
 mod paths;
+mod posture;
 mod read;
 mod reader;
 mod rename;
@@ -41,10 +47,13 @@ mod settings;
 mod space;
 mod status;
 mod upload;
+mod write_once;
 
 pub use error::RemoteError;
 pub use extensions::ServerFeatures;
 pub use listing::RemoteEntry;
+pub use posture::WritePosture;
 pub use reader::RemoteReader;
 pub use session::SftpRemote;
 pub use settings::SftpSettings;
+pub use write_once::partial_target;

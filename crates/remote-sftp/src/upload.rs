@@ -1,5 +1,6 @@
 //! Uploads: a file, a reader or bytes written to `<name>.partial` (mode
-//! 0600) with several WRITE requests in flight, checked (bytes read equal
+//! 0600; in write-once mode a fresh read-only one, see `write_once`) with
+//! several WRITE requests in flight, checked (bytes read equal
 //! the announced length, fsync, remote size) and only then renamed to the
 //! final name. A full disk is told apart from other write failures by
 //! asking the server for its free space.
@@ -9,7 +10,7 @@ use std::path::{Path, PathBuf};
 use futures::stream::FuturesOrdered;
 use futures::{FutureExt, StreamExt};
 use russh_sftp::client::error::Error as SftpError;
-use russh_sftp::protocol::{FileAttributes, OpenFlags, Status};
+use russh_sftp::protocol::{FileAttributes, Status};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::chunks::pipeline_depth;
@@ -99,16 +100,14 @@ impl SftpRemote {
         self.check_alive()?;
         let final_path = &self.resolve(final_path);
         let final_path = final_path.as_str();
-        let partial = format!("{final_path}.partial");
-        let handle = self
-            .open(
-                &partial,
-                OpenFlags::WRITE | OpenFlags::CREATE | OpenFlags::TRUNCATE,
-                private_file(),
-            )
-            .await?;
+        let partial = self.partial_path(final_path);
+        let (flags, attrs) = self.partial_open();
+        let handle = self.open(&partial, flags, attrs).await?;
         let result = match self.fill_partial(&handle, &partial, source).await {
             Ok(sent) => match self.sftp.close(handle.as_str()).await {
+                Ok(_) if self.write_once => {
+                    self.rename_new(&partial, final_path).await.map(|()| sent)
+                }
                 Ok(_) => self.rename_over(&partial, final_path).await.map(|()| sent),
                 // Close can be where a network file system reports a
                 // failed write, so it counts like one.
@@ -132,11 +131,14 @@ impl SftpRemote {
         source: Source<'_, R>,
     ) -> Result<u64, RemoteError> {
         // A .partial left by a crashed attempt keeps its old mode through
-        // O_TRUNC, and the open attributes only apply to new files.
-        self.sftp
-            .fsetstat(handle, private_file())
-            .await
-            .map_err(|e| self.error("chmod", partial, e))?;
+        // O_TRUNC, and the open attributes only apply to new files. A
+        // write-once partial is always new (and chmod may be refused).
+        if !self.write_once {
+            self.sftp
+                .fsetstat(handle, private_file())
+                .await
+                .map_err(|e| self.error("chmod", partial, e))?;
+        }
 
         let expected = source.len;
         let local = source.local;
