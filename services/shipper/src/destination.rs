@@ -5,7 +5,10 @@
 //!
 //! 1. `<dir>/<database>/` is created (0700) if missing;
 //! 2. `.partial` files of this shipper left there by a killed run are
-//!    removed;
+//!    removed (except on an append-only SFTP account, `SFTP_APPEND_ONLY`,
+//!    whose key cannot: there each upload writes a fresh, read-only
+//!    `.partial` that is only ever renamed to a name not taken yet, and the
+//!    pruner removes leftovers; see `remote_sftp`'s write-once mode);
 //! 3. an artifact already there under its final name is checked: same size
 //!    and checksum means already shipped (nothing is uploaded); anything
 //!    else is a [`ShipError::Conflict`]: the remote file is left alone,
@@ -38,7 +41,7 @@ use std::time::Duration;
 
 use backup_core::files::{Digester, PartialFile, ensure_private_dir, write_atomic};
 use backup_core::manifest::{MAX_SIDECAR_BYTES, Manifest};
-use backup_core::names::{ArtifactName, DatabaseName, MANIFEST_SUFFIX, PARTIAL_SUFFIX, Sha256Hex};
+use backup_core::names::{ArtifactName, DatabaseName, MANIFEST_SUFFIX, Sha256Hex};
 use backup_core::watchdog::{self, Aborted, Counted, Limits, Progress};
 use remote_sftp::{RemoteError, SftpRemote, SftpSettings};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
@@ -145,6 +148,9 @@ pub enum Destination {
         /// Base directory; artifacts go to `<dir>/<database>/`.
         dir: String,
         settings: SftpSettings,
+        /// The account may not remove or replace files (`SFTP_APPEND_ONLY`):
+        /// uploads are write-once and leftovers are left to the pruner.
+        append_only: bool,
     },
     Local {
         label: String,
@@ -184,8 +190,14 @@ impl Destination {
         let progress = Progress::new();
         let work = async {
             match self {
-                Destination::Sftp { dir, settings, .. } => {
-                    let remote = SftpRemote::connect(settings).await?;
+                Destination::Sftp {
+                    dir,
+                    settings,
+                    append_only,
+                    ..
+                } => {
+                    let mut remote = SftpRemote::connect(settings).await?;
+                    remote.set_write_once(*append_only);
                     let dir = format!("{}/{}", dir.trim_end_matches('/'), artifact.database);
                     let result = deliver_sftp(&remote, &dir, artifact, limit, &progress).await;
                     // Polite but bounded: a server that stopped reading must
@@ -282,7 +294,9 @@ where
 /// of an artifact or of its manifest. Other writers' temporary files
 /// (the verifier's records) are left alone.
 fn is_own_partial(name: &str) -> bool {
-    let Some(stem) = name.strip_suffix(PARTIAL_SUFFIX) else {
+    // Either form the SFTP client writes (`.partial`, or a write-once
+    // `.<8 hex>.partial`); local copies use the first.
+    let Some(stem) = remote_sftp::partial_target(name) else {
         return false;
     };
     let artifact = stem.strip_suffix(MANIFEST_SUFFIX).unwrap_or(stem);
@@ -298,8 +312,15 @@ async fn deliver_sftp(
 ) -> Result<Delivered, ShipError> {
     remote.create_dir_all(dir).await?;
     // Only one shipper runs per destination (one message in flight), so
-    // every .partial of ours is left by a run that died.
-    for entry in remote.list_dir(dir).await? {
+    // every .partial of ours is left by a run that died. An append-only
+    // account cannot remove them (write-once uploads never reuse one): the
+    // pruner removes them once stale.
+    let leftovers = if remote.write_once() {
+        Vec::new()
+    } else {
+        remote.list_dir(dir).await?
+    };
+    for entry in leftovers {
         if !entry.is_dir && is_own_partial(&entry.name) {
             let path = format!("{dir}/{}", entry.name);
             tracing::info!(%path, "removing a temporary file left by an interrupted upload");
@@ -552,6 +573,10 @@ mod tests {
             "db_20260101_020000.sql.gz.verified.json.partial"
         ));
         assert!(!is_own_partial("notes.txt.partial"));
+        assert!(is_own_partial("db_20260101_020000.sql.gz.0badc0de.partial"));
+        assert!(is_own_partial(
+            "db_20260101_020000.sql.gz.manifest.json.12345678.partial"
+        ));
     }
 
     #[test]
