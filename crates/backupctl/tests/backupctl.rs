@@ -10,6 +10,8 @@
 mod django;
 #[path = "backupctl/interrupts.rs"]
 mod interrupts;
+#[path = "backupctl/posture.rs"]
+mod posture;
 #[path = "backupctl/prune.rs"]
 mod prune;
 #[path = "backupctl/restore.rs"]
