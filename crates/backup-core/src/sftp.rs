@@ -249,7 +249,7 @@ mod tests {
         assert_eq!(settings.known_hosts, base.known_hosts);
         let other = PruneIdentityArgs {
             user: Some("pruner".into()),
-            key_file: Some(key.clone()),
+            key_file: Some(key),
         };
         assert_eq!(other.identity(&base).unwrap().unwrap().user, "pruner");
 
