@@ -78,6 +78,65 @@ impl SftpArgs {
     }
 }
 
+/// The pruner's own SFTP identity on the same server, for an append-only
+/// account whose `SFTP_*` key (the shipper's) may not delete: the login
+/// and key that remove what retention says. Unset, the `SFTP_*` identity
+/// is used. The key's passphrase comes from `PRUNE_SFTP_KEY_PASSPHRASE`
+/// or `PRUNE_SFTP_KEY_PASSPHRASE_FILE`, never from `SFTP_KEY_PASSPHRASE`.
+/// Explicit ids: clap would otherwise merge these with [`SftpArgs`]'
+/// fields of the same name.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct PruneIdentityArgs {
+    /// Login of the pruner's own identity (defaults to SFTP_USER); needs PRUNE_SFTP_KEY_FILE.
+    #[arg(
+        id = "prune-sftp-user",
+        long = "prune-sftp-user",
+        env = "PRUNE_SFTP_USER"
+    )]
+    pub user: Option<String>,
+    /// Private key of the pruner's own identity, one allowed to delete (see the append-only account in the setup guide).
+    #[arg(
+        id = "prune-sftp-key-file",
+        long = "prune-sftp-key-file",
+        env = "PRUNE_SFTP_KEY_FILE"
+    )]
+    pub key_file: Option<PathBuf>,
+}
+
+impl PruneIdentityArgs {
+    /// `settings` with the pruner's identity in place of the `SFTP_*` one
+    /// when `PRUNE_SFTP_KEY_FILE` is set; `None` when it is not (and
+    /// neither is anything that would need it).
+    pub fn identity(&self, settings: &SftpSettings) -> Result<Option<SftpSettings>, ConfigError> {
+        let passphrase = secret_from_env("PRUNE_SFTP_KEY_PASSPHRASE")?;
+        let Some(key_file) = &self.key_file else {
+            if self.user.is_some() || passphrase.is_some() {
+                return Err(ConfigError::Invalid(
+                    "PRUNE_SFTP_USER or PRUNE_SFTP_KEY_PASSPHRASE is set: PRUNE_SFTP_KEY_FILE (the pruner's own key) is required too".into(),
+                ));
+            }
+            return Ok(None);
+        };
+        if !key_file.is_file() {
+            return Err(ConfigError::Invalid(format!(
+                "PRUNE_SFTP_KEY_FILE {} does not exist or is not a file",
+                key_file.display()
+            )));
+        }
+        if self.user.as_deref().is_some_and(|u| u.trim().is_empty()) {
+            return Err(ConfigError::Invalid(
+                "PRUNE_SFTP_USER is empty; unset it to log in as SFTP_USER".into(),
+            ));
+        }
+        Ok(Some(SftpSettings {
+            user: self.user.clone().unwrap_or_else(|| settings.user.clone()),
+            key_file: key_file.clone(),
+            key_passphrase: passphrase,
+            ..settings.clone()
+        }))
+    }
+}
+
 /// Where the remote copies live: how to log in to the SFTP server, and the
 /// base directory there that holds one directory per database.
 #[derive(Debug, Clone)]
@@ -158,6 +217,54 @@ mod tests {
         let db: DatabaseName = "viatique".parse().unwrap();
         assert_eq!(database_dir("/srv/backups/", &db), "/srv/backups/viatique");
         assert_eq!(database_dir("backups", &db), "backups/viatique");
+    }
+
+    #[test]
+    fn the_pruner_identity_replaces_login_and_key_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("prune_key");
+        std::fs::write(&key, "k").unwrap();
+        let base = SftpSettings {
+            host: "h".into(),
+            port: 22,
+            user: "backup".into(),
+            key_file: "/shipper/key".into(),
+            key_passphrase: None,
+            known_hosts: Some("/kh".into()),
+            host_key_fingerprint: None,
+            connect_timeout: std::time::Duration::from_secs(1),
+            io_timeout: std::time::Duration::from_secs(1),
+        };
+        let none = PruneIdentityArgs::default();
+        assert!(none.identity(&base).unwrap().is_none());
+        let own = PruneIdentityArgs {
+            user: None,
+            key_file: Some(key.clone()),
+        };
+        let settings = own.identity(&base).unwrap().unwrap();
+        assert_eq!(
+            (settings.user.as_str(), settings.key_file.as_path()),
+            ("backup", key.as_path())
+        );
+        assert_eq!(settings.known_hosts, base.known_hosts);
+        let other = PruneIdentityArgs {
+            user: Some("pruner".into()),
+            key_file: Some(key),
+        };
+        assert_eq!(other.identity(&base).unwrap().unwrap().user, "pruner");
+
+        let refused = |args: PruneIdentityArgs| args.identity(&base).unwrap_err().to_string();
+        let message = refused(PruneIdentityArgs {
+            user: Some("pruner".into()),
+            key_file: None,
+        });
+        assert!(message.contains("PRUNE_SFTP_KEY_FILE"), "{message}");
+        assert!(!message.contains('\n'));
+        let message = refused(PruneIdentityArgs {
+            user: None,
+            key_file: Some(dir.path().join("missing")),
+        });
+        assert!(message.starts_with("PRUNE_SFTP_KEY_FILE "), "{message}");
     }
 
     #[test]

@@ -12,6 +12,8 @@ mod django;
 mod from;
 #[path = "backupctl/interrupts.rs"]
 mod interrupts;
+#[path = "backupctl/posture.rs"]
+mod posture;
 #[path = "backupctl/prune.rs"]
 mod prune;
 #[path = "backupctl/restore.rs"]

@@ -8,7 +8,7 @@
 //! | `<artifact>` | [`RemoteFile::Artifact`]: a backup (with or without its manifest yet) |
 //! | `<artifact>.manifest.json` | [`RemoteFile::Manifest`]: its manifest (tag, size, checksum) |
 //! | `<artifact>.verified.json` | [`RemoteFile::Record`]: its verification record |
-//! | any of the above + `.partial` | [`RemoteFile::Partial`]: an upload in progress or abandoned |
+//! | any of the above + `.partial` (or `.<8 hex>.partial`, a write-once upload) | [`RemoteFile::Partial`]: an upload in progress or abandoned |
 //! | anything else, another database's files included | [`RemoteFile::Stray`]: not ours, never touched |
 //!
 //! The directories themselves are the store's business ([`remote_store`]);
@@ -17,9 +17,7 @@
 //! Retries: none here; a transient error of the store is returned to the
 //! caller.
 
-use backup_core::names::{
-    ArtifactName, DatabaseName, MANIFEST_SUFFIX, PARTIAL_SUFFIX, VERIFIED_SUFFIX,
-};
+use backup_core::names::{ArtifactName, DatabaseName, MANIFEST_SUFFIX, VERIFIED_SUFFIX};
 use remote_store::{Store, StoreError};
 
 /// The remote directory of `database` under the base directory `base_dir`,
@@ -50,7 +48,10 @@ pub fn classify(name: &str, database: &DatabaseName) -> RemoteFile {
     if let Some(artifact) = ours(name) {
         return RemoteFile::Artifact(artifact);
     }
-    if let Some(upload) = name.strip_suffix(PARTIAL_SUFFIX) {
+    // `<name>.partial`, or `<name>.<8 hex>.partial` from a write-once
+    // (append-only) upload: the client's own definition of its temporary
+    // names.
+    if let Some(upload) = remote_sftp::partial_target(name) {
         return match sidecar_owner(upload).map_or_else(|| ours(upload), ours) {
             Some(artifact) => RemoteFile::Partial(artifact),
             None => RemoteFile::Stray,
@@ -99,6 +100,8 @@ mod tests {
             format!("{name}.partial"),
             format!("{name}.manifest.json.partial"),
             format!("{name}.verified.json.partial"),
+            format!("{name}.0badc0de.partial"),
+            format!("{name}.manifest.json.12345678.partial"),
         ] {
             assert_eq!(
                 classify(&upload, &db),
@@ -111,6 +114,8 @@ mod tests {
             "notes.txt",
             "viatique_20250301_013000.sql.gz.bak",
             "viatique_20250301_013000.sql.gz.partial.partial",
+            "viatique_20250301_013000.sql.gz.1234.partial",
+            "viatique_20250301_013000.sql.gz.0BADC0DE.partial",
             "viatique_20250301_013000.sql.gz.verified.json.manifest.json",
         ] {
             assert_eq!(classify(stray, &db), RemoteFile::Stray, "{stray}");

@@ -10,6 +10,10 @@
 //! The session (connect, close, error bookkeeping) is in `session`; each
 //! kind of request has its own module: `upload`, `read` (with `reader`
 //! for streaming), `listing`, `dirs`, `rename`, `space`, `host_key`.
+//! `write_once` holds what changes for an append-only account (a key
+//! that may not remove, replace or chmod): fresh read-only `.partial`
+//! files and renames that never replace; `posture` probes what a key may
+//! do to files already written.
 //!
 //! # Retries
 //!
@@ -20,8 +24,9 @@
 //! space). Callers own the retry policy because only they know the
 //! deadlines. An upload that failed half-way leaves at most a `.partial`
 //! file, which the next attempt overwrites, or continues from an offset
-//! the caller knows was acknowledged (`SftpRemote::resume_reader`); the
-//! final name only ever appears complete.
+//! the caller knows was acknowledged (`SftpRemote::resume_reader`); in
+//! write-once mode, which can neither overwrite nor reopen, the next
+//! attempt writes another one. The final name only ever appears complete.
 //!
 //! Host key verification is mandatory: without a known_hosts file or a
 //! fingerprint pin, [`SftpRemote::connect`] refuses to connect.
@@ -34,6 +39,7 @@ mod extensions;
 mod host_key;
 mod listing;
 mod paths;
+mod posture;
 mod read;
 mod reader;
 mod rename;
@@ -42,10 +48,13 @@ mod settings;
 mod space;
 mod status;
 mod upload;
+mod write_once;
 
 pub use error::RemoteError;
 pub use extensions::ServerFeatures;
 pub use listing::RemoteEntry;
+pub use posture::WritePosture;
 pub use reader::RemoteReader;
 pub use session::SftpRemote;
 pub use settings::SftpSettings;
+pub use write_once::partial_target;

@@ -1,6 +1,7 @@
 //! Removing a file, and renaming one over another: atomically with
-//! `posix-rename@openssh.com`, else by removing the old file first (plain
-//! SFTP v3 RENAME does not replace).
+//! `posix-rename@openssh.com`, else (not offered, or refused as on an
+//! append-only account) by plain SFTP v3 RENAME, which does not replace,
+//! after removing the old file if there is one.
 
 use crate::extensions::{EXT_POSIX_RENAME, encode_strings};
 use crate::status::status_reply;
@@ -27,7 +28,13 @@ impl SftpRemote {
                 .sftp
                 .extended(EXT_POSIX_RENAME, encode_strings(&[from, to]))
                 .await;
-            return status_reply(reply).map_err(|e| self.error("rename", &what, e));
+            match status_reply(reply).map_err(|e| self.error("rename", &what, e)) {
+                // An append-only account (`internal-sftp -P posix-rename`)
+                // still offers the extension but refuses it: plain RENAME
+                // below may be allowed.
+                Err(RemoteError::PermissionDenied { .. }) => {}
+                other => return other,
+            }
         }
         // Plain SFTP v3 RENAME refuses to replace an existing file (OpenSSH
         // implements it with link(2)), so remove the old copy and try again.

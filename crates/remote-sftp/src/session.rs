@@ -44,6 +44,8 @@ pub struct SftpRemote {
     /// its writer noticing, so they would wait the full `io_timeout`; after
     /// one loss we fail fast instead.
     pub(crate) lost: Arc<AtomicBool>,
+    /// Uploads for an append-only account (see `write_once`).
+    pub(crate) write_once: bool,
 }
 
 impl fmt::Debug for SftpRemote {
@@ -201,6 +203,7 @@ impl SftpRemote {
             io_timeout: settings.io_timeout,
             login_dir,
             lost: Arc::new(AtomicBool::new(false)),
+            write_once: false,
         })
     }
 

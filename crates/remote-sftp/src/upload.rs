@@ -1,5 +1,6 @@
 //! Uploads: a file, a reader or bytes written to `<name>.partial` (mode
-//! 0600) with several WRITE requests in flight, checked (bytes read equal
+//! 0600; in write-once mode a fresh read-only one, see `write_once`) with
+//! several WRITE requests in flight, checked (bytes read equal
 //! the announced length, fsync, remote size) and only then renamed to the
 //! final name. A full disk is told apart from other write failures by
 //! asking the server for its free space.
@@ -16,7 +17,7 @@ use std::path::{Path, PathBuf};
 use futures::stream::FuturesOrdered;
 use futures::{FutureExt, StreamExt};
 use russh_sftp::client::error::Error as SftpError;
-use russh_sftp::protocol::{FileAttributes, OpenFlags, Status};
+use russh_sftp::protocol::{FileAttributes, Status};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::chunks::pipeline_depth;
@@ -142,17 +143,21 @@ impl SftpRemote {
         self.check_alive()?;
         let final_path = &self.resolve(final_path);
         let final_path = final_path.as_str();
-        let partial = format!("{final_path}.partial");
+        let partial = self.partial_path(final_path);
         // A resumed upload keeps the .partial's content (and needs it to
-        // exist); a fresh one starts from an empty file.
-        let flags = if source.start > 0 {
-            OpenFlags::WRITE
+        // exist); a fresh one starts from an empty file. Write-once uploads
+        // never resume: their partial cannot be reopened for writing.
+        let (flags, attrs) = if source.start > 0 {
+            (OpenFlags::WRITE, private_file())
         } else {
-            OpenFlags::WRITE | OpenFlags::CREATE | OpenFlags::TRUNCATE
+            self.partial_open()
         };
-        let handle = self.open(&partial, flags, private_file()).await?;
+        let handle = self.open(&partial, flags, attrs).await?;
         let result = match self.fill_partial(&handle, &partial, source).await {
             Ok(sent) => match self.sftp.close(handle.as_str()).await {
+                Ok(_) if self.write_once => {
+                    self.rename_new(&partial, final_path).await.map(|()| sent)
+                }
                 Ok(_) => self.rename_over(&partial, final_path).await.map(|()| sent),
                 // Close can be where a network file system reports a
                 // failed write, so it counts like one.
@@ -176,11 +181,14 @@ impl SftpRemote {
         source: Source<'_, R>,
     ) -> Result<u64, RemoteError> {
         // A .partial left by a crashed attempt keeps its old mode through
-        // O_TRUNC, and the open attributes only apply to new files.
-        self.sftp
-            .fsetstat(handle, private_file())
-            .await
-            .map_err(|e| self.error("chmod", partial, e))?;
+        // O_TRUNC, and the open attributes only apply to new files. A
+        // write-once partial is always new (and chmod may be refused).
+        if !self.write_once {
+            self.sftp
+                .fsetstat(handle, private_file())
+                .await
+                .map_err(|e| self.error("chmod", partial, e))?;
+        }
         if source.start > 0 {
             self.truncate_to(handle, partial, source.start).await?;
         }

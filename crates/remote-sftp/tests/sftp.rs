@@ -662,3 +662,6 @@ async fn relative_paths_start_at_the_login_directory() {
     );
     remote.close().await.expect("close");
 }
+
+#[path = "sftp/append_only.rs"]
+mod append_only;

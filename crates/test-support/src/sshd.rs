@@ -33,6 +33,13 @@ use tempfile::TempDir;
 const SSHD: &str = "/usr/sbin/sshd";
 const START_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// The SFTP requests the append-only key may not make (OpenSSH's names,
+/// as `internal-sftp -P` takes them): everything that deletes, replaces,
+/// changes modes or links. Plain `rename` stays allowed: OpenSSH
+/// implements it with link(2), which refuses an existing target.
+pub const APPEND_ONLY_DENIED: &str =
+    "remove,rmdir,posix-rename,setstat,fsetstat,lsetstat,symlink,hardlink,copy-data";
+
 /// A running `sshd` (see the module docs). Stopped, its user deleted and its
 /// files removed on drop.
 #[derive(Debug)]
@@ -273,6 +280,33 @@ impl Sshd {
         path
     }
 
+    /// Generates an ed25519 key for the same user that may create, write
+    /// and rename but never remove, replace or change modes: authorized
+    /// with the `authorized_keys` options of the append-only account in
+    /// docs/guides/backup-setup-guide.md (`restrict` and a forced
+    /// `internal-sftp -P` deny list, [`APPEND_ONLY_DENIED`]). Returns the
+    /// private key path; [`Sshd::client_key`] keeps every right.
+    pub fn generate_append_only_key(&self) -> PathBuf {
+        self.generate_restricted_key(APPEND_ONLY_DENIED)
+    }
+
+    /// Generates an ed25519 key for the same user whose SFTP session may
+    /// not make the requests in `denied` (comma-separated OpenSSH request
+    /// names, as `internal-sftp -P` takes them). Returns the private key.
+    pub fn generate_restricted_key(&self, denied: &str) -> PathBuf {
+        let path = self.etc.join(format!(
+            "id_ed25519_restricted_{:08x}",
+            rand::random::<u32>()
+        ));
+        keygen(&path, "ed25519", None, false);
+        let key = fs::read_to_string(path.with_extension("pub")).expect("read public key");
+        self.append_authorized(&format!(
+            "restrict,command=\"internal-sftp -P {denied}\" {}",
+            key.trim_end()
+        ));
+        path
+    }
+
     /// A known_hosts file naming this host and port with a different
     /// ed25519 key (same algorithm, so clients see a changed key rather than
     /// an unknown one).
@@ -359,6 +393,10 @@ impl Sshd {
 
     fn authorize(&self, public_key: &Path) {
         let line = fs::read_to_string(public_key).expect("read public key");
+        self.append_authorized(&line);
+    }
+
+    fn append_authorized(&self, line: &str) {
         let mut file = fs::OpenOptions::new()
             .append(true)
             .open(&self.authorized_keys)

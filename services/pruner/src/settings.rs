@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use backup_core::config::{ConfigError, SECRETS_HELP, ServiceArgs, parse_duration};
-use backup_core::sftp::{SftpArgs, SftpTarget};
+use backup_core::sftp::{PruneIdentityArgs, SftpArgs, SftpTarget};
 
 use catalogue::Policy;
 pub use catalogue::RetentionArgs;
@@ -22,6 +22,10 @@ pub struct Args {
     pub service: ServiceArgs,
     #[command(flatten)]
     pub sftp: SftpArgs,
+    /// The pruner's own login and key (`PRUNE_SFTP_*`), for an append-only
+    /// account whose `SFTP_*` key may not delete.
+    #[command(flatten)]
+    pub identity: PruneIdentityArgs,
     #[command(flatten)]
     pub retention: RetentionArgs,
     /// Report what would be deleted, and why, without deleting anything.
@@ -56,6 +60,8 @@ impl AsRef<ServiceArgs> for Args {
 pub enum SettingsError {
     #[error("SFTP settings: {0}")]
     Sftp(#[source] ConfigError),
+    #[error("pruner identity: {0}")]
+    Identity(#[source] ConfigError),
     #[error("retention settings: {0}")]
     Retention(String),
     #[error("prune schedule: {0}")]
@@ -64,7 +70,8 @@ pub enum SettingsError {
 
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// The remote whose backups are pruned.
+    /// The remote whose backups are pruned, logged in to with the
+    /// pruner's own identity when `PRUNE_SFTP_KEY_FILE` is set.
     pub sftp: SftpTarget,
     pub policy: Policy,
     pub dry_run: bool,
@@ -80,7 +87,14 @@ impl TryFrom<Args> for Settings {
     type Error = SettingsError;
 
     fn try_from(args: Args) -> Result<Settings, SettingsError> {
-        let sftp = args.sftp.target().map_err(SettingsError::Sftp)?;
+        let mut sftp = args.sftp.target().map_err(SettingsError::Sftp)?;
+        if let Some(own) = args
+            .identity
+            .identity(&sftp.settings)
+            .map_err(SettingsError::Identity)?
+        {
+            sftp.settings = own;
+        }
         let policy = args
             .retention
             .policy()
@@ -147,5 +161,38 @@ mod tests {
         assert!(line(&["--schedule", "0 25 * * *"]).starts_with("prune schedule: PRUNE_SCHEDULE"));
         assert!(line(&["--interval", "0s"]).contains("PRUNE_INTERVAL"));
         assert!(line(&["--sftp-dir", ""]).starts_with("SFTP settings: SFTP_DIR"));
+        assert!(
+            line(&["--prune-sftp-user", "pruner"]).starts_with(
+                "pruner identity: PRUNE_SFTP_USER or PRUNE_SFTP_KEY_PASSPHRASE is set"
+            )
+        );
+        assert_eq!(
+            line(&["--prune-sftp-key-file", "/nonexistent/prune_key"]),
+            "pruner identity: PRUNE_SFTP_KEY_FILE /nonexistent/prune_key does not exist or is not a file"
+        );
+    }
+
+    #[test]
+    fn the_pruner_logs_in_with_its_own_key_when_given() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("prune_key");
+        std::fs::write(&key, "k").unwrap();
+        let key_text = key.to_str().unwrap();
+        let own = settings(&["--prune-sftp-key-file", key_text]).expect("valid");
+        assert_eq!(own.sftp.settings.key_file, key);
+        assert_eq!(own.sftp.settings.user, "backup");
+        let other = settings(&[
+            "--prune-sftp-key-file",
+            key_text,
+            "--prune-sftp-user",
+            "pruner",
+        ])
+        .expect("valid");
+        assert_eq!(other.sftp.settings.user, "pruner");
+        let shared = settings(&[]).expect("valid");
+        assert_eq!(
+            shared.sftp.settings.key_file,
+            std::path::Path::new("/nonexistent/key")
+        );
     }
 }

@@ -4,6 +4,9 @@
 //! run and a dry run listed the plan), a clock jump trips the brake, and
 //! the schedule prunes every database without any event.
 
+#[path = "pruner/append_only.rs"]
+mod append_only;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};

@@ -7,7 +7,11 @@
 //! 2. `.partial` files of this shipper left there by a killed run are
 //!    removed, except, on SFTP, the artifact's own `.partial` when an
 //!    earlier attempt of this process knows how much of it the server
-//!    acknowledged (see [`crate::resume`]);
+//!    acknowledged (see [`crate::resume`]), and except on an append-only
+//!    SFTP account (`SFTP_APPEND_ONLY`), whose key cannot: there each
+//!    upload writes a fresh, read-only `.partial` that is only ever renamed
+//!    to a name not taken yet, and the pruner removes leftovers (see
+//!    `remote_sftp`'s write-once mode);
 //! 3. an artifact already there under its final name is checked: same size
 //!    and checksum means already shipped (nothing is uploaded); anything
 //!    else is a [`ShipError::Conflict`]: the remote file is left alone,
@@ -45,7 +49,7 @@ use std::time::Duration;
 
 use backup_core::files::{Digester, PartialFile, ensure_private_dir, write_atomic};
 use backup_core::manifest::{MAX_SIDECAR_BYTES, Manifest};
-use backup_core::names::{ArtifactName, DatabaseName, MANIFEST_SUFFIX, PARTIAL_SUFFIX, Sha256Hex};
+use backup_core::names::{ArtifactName, DatabaseName, MANIFEST_SUFFIX, Sha256Hex};
 use backup_core::watchdog::{self, Aborted, Counted, Limits, Progress};
 use remote_sftp::{RemoteError, SftpRemote, SftpSettings};
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt, BufReader};
@@ -153,6 +157,9 @@ pub enum Destination {
         /// Base directory; artifacts go to `<dir>/<database>/`.
         dir: String,
         settings: SftpSettings,
+        /// The account may not remove or replace files (`SFTP_APPEND_ONLY`):
+        /// uploads are write-once and leftovers are left to the pruner.
+        append_only: bool,
     },
     Local {
         label: String,
@@ -192,8 +199,14 @@ impl Destination {
         let progress = Progress::new();
         let work = async {
             match self {
-                Destination::Sftp { dir, settings, .. } => {
-                    let remote = SftpRemote::connect(settings).await?;
+                Destination::Sftp {
+                    dir,
+                    settings,
+                    append_only,
+                    ..
+                } => {
+                    let mut remote = SftpRemote::connect(settings).await?;
+                    remote.set_write_once(*append_only);
                     let dir = format!("{}/{}", dir.trim_end_matches('/'), artifact.database);
                     let target = Target {
                         remote: &remote,
@@ -295,11 +308,22 @@ where
 /// of an artifact or of its manifest. Other writers' temporary files
 /// (the verifier's records) are left alone.
 fn is_own_partial(name: &str) -> bool {
-    let Some(stem) = name.strip_suffix(PARTIAL_SUFFIX) else {
+    // Either form the SFTP client writes (`.partial`, or a write-once
+    // `.<8 hex>.partial`); local copies use the first.
+    let Some(stem) = remote_sftp::partial_target(name) else {
         return false;
     };
     let artifact = stem.strip_suffix(MANIFEST_SUFFIX).unwrap_or(stem);
     artifact.parse::<ArtifactName>().is_ok()
+}
+
+/// Whether `name` is a temporary file of `artifact` (of the artifact
+/// itself or of its manifest), in either form [`is_own_partial`] knows.
+fn is_partial_of(name: &str, artifact: &ArtifactName) -> bool {
+    let Some(stem) = remote_sftp::partial_target(name) else {
+        return false;
+    };
+    stem.strip_suffix(MANIFEST_SUFFIX).unwrap_or(stem) == artifact.as_str()
 }
 
 /// An SFTP destination during one delivery.
@@ -328,13 +352,25 @@ async fn deliver_sftp(
     let own_partial = format!("{}{PARTIAL_SUFFIX}", artifact.name);
     let partial_path = format!("{dir}/{own_partial}");
     let mut kept_partial = None;
-    // Only one shipper runs per destination (one message in flight), so
-    // every .partial of ours is left by a run that died; the artifact's own
-    // is kept when its acknowledged prefix is known.
-    for entry in remote.list_dir(dir).await? {
-        if !entry.is_dir && entry.name == own_partial && acknowledged > 0 {
+    // One artifact is one message, shipped once at a time, so the
+    // artifact's leftover .partial files are left by a run that died; its
+    // own is kept when its acknowledged prefix is known. Other
+    // artifacts' partials are left alone: with SHIP_CONCURRENCY above 1
+    // another upload may be writing one, and the pruner removes stale ones.
+    // An append-only account cannot remove them (write-once uploads never
+    // reuse one): the pruner removes them once stale.
+    let leftovers = if remote.write_once() {
+        Vec::new()
+    } else {
+        remote.list_dir(dir).await?
+    };
+    for entry in leftovers {
+        if entry.is_dir || !is_partial_of(&entry.name, &artifact.name) {
+            continue;
+        }
+        if entry.name == own_partial && acknowledged > 0 {
             kept_partial = Some(entry.size);
-        } else if !entry.is_dir && is_own_partial(&entry.name) {
+        } else {
             let path = format!("{dir}/{}", entry.name);
             tracing::info!(%path, "removing a temporary file left by an interrupted upload");
             match remote.remove_file(&path).await {
@@ -672,6 +708,10 @@ mod tests {
             "db_20260101_020000.sql.gz.verified.json.partial"
         ));
         assert!(!is_own_partial("notes.txt.partial"));
+        assert!(is_own_partial("db_20260101_020000.sql.gz.0badc0de.partial"));
+        assert!(is_own_partial(
+            "db_20260101_020000.sql.gz.manifest.json.12345678.partial"
+        ));
     }
 
     #[test]

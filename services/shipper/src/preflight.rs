@@ -1,8 +1,9 @@
 //! The shipper's start-up checks: each destination takes a file. An SFTP
 //! destination is logged in to as uploads do (pinned host key, key auth)
 //! and its base directory takes a probe written under a `.partial` name,
-//! renamed and deleted; a local destination's directory takes the same
-//! probe. `backup_core::preflight` retries them while they fail.
+//! renamed and deleted (on an append-only account, whose key cannot
+//! delete, the directory is only created and listed); a local
+//! destination's directory takes the same probe. `backup_core::preflight` retries them while they fail.
 
 use backup_core::preflight::{self, Check};
 
@@ -18,7 +19,8 @@ pub async fn preflight_checks(settings: std::sync::Arc<Settings>) -> Vec<Check> 
                 label,
                 dir,
                 settings,
-            } => preflight::bounded(label, sftp(label, dir, settings)).await,
+                append_only,
+            } => preflight::bounded(label, sftp(label, dir, settings, *append_only)).await,
             Destination::Local { label, dir } => {
                 let name = format!("{label}.write");
                 preflight::bounded(&name, async {
@@ -31,7 +33,12 @@ pub async fn preflight_checks(settings: std::sync::Arc<Settings>) -> Vec<Check> 
     checks
 }
 
-async fn sftp(label: &str, dir: &str, settings: &remote_sftp::SftpSettings) -> Vec<Check> {
+async fn sftp(
+    label: &str,
+    dir: &str,
+    settings: &remote_sftp::SftpSettings,
+    append_only: bool,
+) -> Vec<Check> {
     let remote = match preflight::sftp_login(label, settings).await {
         Ok(remote) => remote,
         Err(check) => return vec![check],
@@ -45,6 +52,27 @@ async fn sftp(label: &str, dir: &str, settings: &remote_sftp::SftpSettings) -> V
     let name = format!("{label}.write");
     let dir = dir.trim_end_matches('/');
     let probe = format!("{dir}/{}", preflight::probe_name("shipper"));
+    if append_only {
+        // A probe written here could never be removed by this key: check
+        // that the directory is there and readable, and leave the rest to
+        // `backupctl doctor`'s posture check.
+        let listed = async {
+            remote.create_dir_all(dir).await?;
+            remote.list_dir(dir).await
+        }
+        .await;
+        let _ = remote.close().await;
+        return vec![match listed {
+            Ok(_) => Check::pass(
+                name,
+                format!(
+                    "{}@{}:{}: logged in and listed {dir} (append-only: no probe written)",
+                    settings.user, settings.host, settings.port
+                ),
+            ),
+            Err(e) => Check::fail(name, format!("cannot use {dir}: {e}")),
+        }];
+    }
     let written = async {
         // Uploads create the base directory the same way.
         remote.create_dir_all(dir).await?;

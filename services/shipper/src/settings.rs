@@ -28,6 +28,16 @@ pub struct Args {
     pub service: ServiceArgs,
     #[command(flatten)]
     pub sftp: SftpArgs,
+    /// The SFTP account may create and rename but not remove or replace
+    /// files (see the append-only account in the setup guide): uploads are
+    /// write-once (read-only files, renames that never replace) and
+    /// leftovers are left to the pruner.
+    #[arg(
+        long = "sftp-append-only",
+        env = "SFTP_APPEND_ONLY",
+        default_value_t = false
+    )]
+    pub sftp_append_only: bool,
     #[command(flatten)]
     pub sftp2: SecondSftpArgs,
     /// Where the dumper leaves finished artifacts.
@@ -110,6 +120,14 @@ pub struct SecondSftpArgs {
         env = "SHIP_SFTP2_HOST_FINGERPRINT"
     )]
     pub host_fingerprint: Option<String>,
+    /// The second server's account is append-only, as SFTP_APPEND_ONLY.
+    #[arg(
+        id = "sftp2-append-only",
+        long = "sftp2-append-only",
+        env = "SHIP_SFTP2_APPEND_ONLY",
+        default_value_t = false
+    )]
+    pub append_only: bool,
 }
 
 /// A refused setting, named by its variable.
@@ -217,6 +235,7 @@ impl TryFrom<Args> for Settings {
             label: "sftp".into(),
             dir: sftp.dir,
             settings: sftp.settings,
+            append_only: args.sftp_append_only,
         }];
         destinations.extend(args.sftp2.destination(&args.sftp)?);
         if let Some(dir) = args.local_dir {
@@ -284,6 +303,7 @@ impl SecondSftpArgs {
             label: "sftp2".into(),
             dir: args.dir,
             settings,
+            append_only: self.append_only,
         }))
     }
 }
@@ -342,6 +362,7 @@ mod tests {
                 key_text,
                 "--sftp2-host-fingerprint",
                 "SHA256:y",
+                "--sftp2-append-only",
                 "--local-dir",
                 local,
             ],
@@ -349,6 +370,15 @@ mod tests {
         .expect("valid");
         let labels: Vec<&str> = settings.destinations.iter().map(|d| d.label()).collect();
         assert_eq!(labels, ["sftp", "sftp2", "local"]);
+        let append_only: Vec<bool> = settings
+            .destinations
+            .iter()
+            .filter_map(|d| match d {
+                Destination::Sftp { append_only, .. } => Some(*append_only),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(append_only, [false, true], "each server has its own switch");
         assert_eq!(
             settings.limits,
             Limits::new(DEFAULT_STALL_AFTER, DEFAULT_DEADLINE)

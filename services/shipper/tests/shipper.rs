@@ -9,6 +9,8 @@
 
 #[path = "shipper/access.rs"]
 mod access;
+#[path = "shipper/append_only.rs"]
+mod append_only;
 #[path = "shipper/binary.rs"]
 mod binary;
 #[path = "shipper/delivery.rs"]
@@ -147,6 +149,7 @@ fn sftp_destination(label: &str, sshd: &Sshd, settings: SftpSettings) -> Destina
         label: label.into(),
         dir: sshd.backups_dir().display().to_string(),
         settings,
+        append_only: false,
     }
 }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 use backup_core::config::{comma_list, parse_duration};
 use backup_core::names::DatabaseName;
 use backup_core::pg::PgArgs;
-use backup_core::sftp::SftpArgs;
+use backup_core::sftp::{PruneIdentityArgs, SftpArgs};
 
 /// SFTP settings, all optional so that a missing one is reported as a
 /// failed check rather than refused by the command line.
@@ -41,6 +41,18 @@ pub struct SftpOptions {
     /// A request unanswered for this long means the connection is dead.
     #[arg(long = "sftp-io-timeout", env = "SFTP_IO_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     pub io_timeout: Duration,
+    /// The shipper treats the account as append-only (its key may not
+    /// delete or replace): the writer's posture must say so.
+    #[arg(
+        long = "sftp-append-only",
+        env = "SFTP_APPEND_ONLY",
+        default_value_t = false
+    )]
+    pub append_only: bool,
+    /// The pruner's own identity (`PRUNE_SFTP_*`), which also removes the
+    /// posture probes the writer's key cannot.
+    #[command(flatten)]
+    pub pruner: PruneIdentityArgs,
 }
 
 impl SftpOptions {

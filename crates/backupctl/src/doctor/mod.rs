@@ -3,7 +3,8 @@
 //! probed the way the services use it: NATS and the services' consumers,
 //! each source database (reachable, readable in full, a matching pg_dump),
 //! the SFTP target (reachable, pinned host key, key login, writable, free
-//! space), the spool, the verifier's scratch server, the age keys, the
+//! space, and whether the shipper's key may delete or overwrite backups),
+//! the spool, the verifier's scratch server, the age keys, the
 //! alert channels and the schedule.
 //!
 //! Each group of checks has its own file and returns
@@ -14,7 +15,9 @@
 //!
 //! Retries: none. The doctor reports the state of things at this moment;
 //! run it again after a fix. The probes clean up after themselves: a file
-//! written, renamed and deleted in the spool and in `SFTP_DIR`, a scratch
+//! written, renamed and deleted in the spool and in `SFTP_DIR` (where a
+//! key that may not delete leaves its posture probe to the pruner's
+//! identity, or names it), a scratch
 //! database created and dropped, and only with `--send-test-alert` one test
 //! message per alert channel.
 
@@ -23,6 +26,7 @@ mod alerts;
 mod args;
 mod nats;
 mod postgres;
+mod posture;
 mod report;
 mod schedule;
 mod scratch;
@@ -47,6 +51,7 @@ pub use alerts::{
 pub use args::{DoctorArgs, SftpOptions};
 pub use nats::nats;
 pub use postgres::postgres;
+pub use posture::posture;
 pub use report::Report;
 pub use schedule::schedule;
 pub use scratch::scratch;
@@ -120,13 +125,22 @@ pub async fn check_all(common: &CommonArgs, args: &DoctorArgs) -> Report {
     let sftp_checks = async {
         match args.sftp.to_args() {
             Ok(sftp_args) => {
-                bounded(
-                    "sftp",
-                    limit,
-                    "check that SFTP_HOST:SFTP_PORT answers from here",
-                    sftp(&sftp_args),
-                )
-                .await
+                let (mut checks, posture_checks) = tokio::join!(
+                    bounded(
+                        "sftp",
+                        limit,
+                        "check that SFTP_HOST:SFTP_PORT answers from here",
+                        sftp(&sftp_args, args.sftp.append_only),
+                    ),
+                    bounded(
+                        "sftp.posture",
+                        limit,
+                        "check that SFTP_HOST:SFTP_PORT answers from here",
+                        posture(&sftp_args, args.sftp.append_only, &args.sftp.pruner),
+                    )
+                );
+                checks.extend(posture_checks);
+                checks
             }
             Err(e) => vec![Check::fail("sftp", e).with_fix("set SFTP_HOST, SFTP_USER, SFTP_DIR, SFTP_KEY_FILE and SFTP_KNOWN_HOSTS (see docs/guides/backup-setup-guide.md)")],
         }

@@ -13,9 +13,10 @@ use super::{MIB, mib, probe_name};
 /// The SFTP target: the host answers SSH (`sftp.host`, with the presented
 /// fingerprint), its key matches the pin (`sftp.host_key`), the key login
 /// works (`sftp.auth`), `SFTP_DIR` takes a file written, renamed and
-/// deleted (`sftp.write`), and the free space the server reports
-/// (`sftp.space`).
-pub async fn sftp(args: &SftpArgs) -> Vec<Check> {
+/// deleted (`sftp.write`; on an append-only account, `append_only`, only
+/// created and listed: `posture` probes what its key may do), and the free
+/// space the server reports (`sftp.space`).
+pub async fn sftp(args: &SftpArgs, append_only: bool) -> Vec<Check> {
     const LATER: [&str; 4] = ["sftp.host_key", "sftp.auth", "sftp.write", "sftp.space"];
     let settings = match args.settings() {
         Ok(settings) => settings,
@@ -127,7 +128,7 @@ pub async fn sftp(args: &SftpArgs) -> Vec<Check> {
             }
         ),
     ));
-    checks.push(sftp_write(&remote, args).await);
+    checks.push(sftp_write(&remote, args, append_only).await);
     checks.push(match remote.free_space(&args.dir).await {
         Ok(Some(free)) if free < MIB => Check::fail(
             "sftp.space",
@@ -181,7 +182,7 @@ fn key_file_usable(path: &Path) -> Result<(), (String, String)> {
     }
 }
 
-async fn sftp_write(remote: &SftpRemote, args: &SftpArgs) -> Check {
+async fn sftp_write(remote: &SftpRemote, args: &SftpArgs, append_only: bool) -> Check {
     let dir = args.dir.trim_end_matches('/');
     let write_fix = format!(
         "give {} write access to {} on the server (the shipper creates <database>/ there and renames files into it)",
@@ -190,6 +191,17 @@ async fn sftp_write(remote: &SftpRemote, args: &SftpArgs) -> Check {
     // The shipper creates the base directory the same way.
     if let Err(e) = remote.create_dir_all(dir).await {
         return Check::fail("sftp.write", e.to_string()).with_fix(write_fix);
+    }
+    if append_only {
+        // A probe could not be removed with this key; the posture checks
+        // write theirs and clean up with the pruner's identity.
+        return match remote.list_dir(dir).await {
+            Ok(_) => Check::pass(
+                "sftp.write",
+                format!("{dir} exists and is readable (SFTP_APPEND_ONLY: no probe written here)"),
+            ),
+            Err(e) => Check::fail("sftp.write", e.to_string()).with_fix(write_fix),
+        };
     }
     let probe = format!("{dir}/{}", probe_name());
     if let Err(e) = remote
@@ -200,6 +212,12 @@ async fn sftp_write(remote: &SftpRemote, args: &SftpArgs) -> Check {
             RemoteError::NoSpace { .. } => {
                 "free space on the SFTP server, or raise the account's quota".to_owned()
             }
+            // The file was created, but changing its mode or renaming it
+            // over was refused: the mark of an append-only account.
+            RemoteError::PermissionDenied {
+                op: "chmod" | "rename",
+                ..
+            } => "this key may create but not chmod or replace files (an append-only account?): set SFTP_APPEND_ONLY=true so the shipper uploads write-once".to_owned(),
             _ => write_fix,
         };
         return Check::fail("sftp.write", e.to_string()).with_fix(fix);

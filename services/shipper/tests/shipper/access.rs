@@ -91,6 +91,7 @@ async fn remote_dir_without_write_permission_is_a_permanent_failure() {
         label: "sftp".into(),
         dir: locked.display().to_string(),
         settings: sftp_settings(&sshd),
+        append_only: false,
     };
     rig.run_shipper(settings(rig.spool(), vec![destination]))
         .await;

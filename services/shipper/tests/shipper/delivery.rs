@@ -87,6 +87,7 @@ async fn a_relative_base_directory_starts_at_the_login_directory() {
         label: "sftp".into(),
         dir: format!("{data}/backups"),
         settings: sftp_settings(&sshd),
+        append_only: false,
     };
     rig.run_shipper(settings(rig.spool(), vec![destination]))
         .await;
