@@ -42,7 +42,7 @@ pub struct Args {
         default_value = "/var/lib/backup/spool"
     )]
     pub spool_dir: PathBuf,
-    /// gzip or zstd, with an optional :LEVEL.
+    /// gzip or zstd, with an optional :LEVEL (gzip 2 and zstd 3 by default).
     #[arg(long, env = "BACKUP_COMPRESSION", default_value = "gzip", value_parser = parse_compression)]
     pub compression: (Compression, Option<u32>),
     /// Use the pg_dump in this directory instead of the best installed match.
