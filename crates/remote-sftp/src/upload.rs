@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use futures::stream::FuturesOrdered;
 use futures::{FutureExt, StreamExt};
 use russh_sftp::client::error::Error as SftpError;
-use russh_sftp::protocol::{FileAttributes, Status};
+use russh_sftp::protocol::{FileAttributes, OpenFlags, Status};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::chunks::pipeline_depth;

@@ -49,7 +49,7 @@ use std::time::Duration;
 
 use backup_core::files::{Digester, PartialFile, ensure_private_dir, write_atomic};
 use backup_core::manifest::{MAX_SIDECAR_BYTES, Manifest};
-use backup_core::names::{ArtifactName, DatabaseName, MANIFEST_SUFFIX, Sha256Hex};
+use backup_core::names::{ArtifactName, DatabaseName, MANIFEST_SUFFIX, PARTIAL_SUFFIX, Sha256Hex};
 use backup_core::watchdog::{self, Aborted, Counted, Limits, Progress};
 use remote_sftp::{RemoteError, SftpRemote, SftpSettings};
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt, BufReader};

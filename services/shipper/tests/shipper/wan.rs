@@ -14,6 +14,7 @@ fn wan_destination(wan: &EmulatedWan) -> Destination {
         label: "sftp".into(),
         dir: wan.sshd.backups_dir().display().to_string(),
         settings: wan.sftp_settings(),
+        append_only: false,
     }
 }
 
