@@ -1,7 +1,7 @@
 //! Real servers for tests: `nats-server` with a temporary JetStream store
 //! (alone, or three as a cluster), fresh PostgreSQL databases, OpenSSH
-//! `sshd` as an SFTP target, and an SMTP server whose mail the test can
-//! read. Everything is started on free
+//! `sshd` as an SFTP target, an S3 server (moto), and an SMTP server whose
+//! mail the test can read. Everything is started on free
 //! loopback ports and torn down on drop, so tests can run in parallel.
 //!
 //! The harness is synchronous on purpose: `Drop` cannot await, and tests of
@@ -11,6 +11,7 @@
 
 pub mod flags;
 pub mod http_stub;
+pub mod moto;
 pub mod nats;
 pub mod nats_cluster;
 pub mod pg_cluster;

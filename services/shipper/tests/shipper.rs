@@ -1,10 +1,11 @@
-//! The shipper against real servers: `nats-server` with JetStream and
-//! OpenSSH `sshd`. Each test prepares a spool the way the dumper leaves it
+//! The shipper against real servers: `nats-server` with JetStream,
+//! OpenSSH `sshd` and moto's S3 server. Each test prepares a spool the way the dumper leaves it
 //! (artifact + manifest), runs the library's `run` like the binary does,
 //! publishes `dump.created` and watches the events and the remote files.
 //!
 //! The benchmark against OpenSSH's `sftp` is here too, ignored by default:
 //! `cargo test --release -p shipper --test shipper -- --ignored --nocapture benchmark`
+//! (`benchmark_s3` for the S3 destination against `rclone copy`).
 
 #[path = "shipper/access.rs"]
 mod access;
@@ -14,6 +15,8 @@ mod binary;
 mod delivery;
 #[path = "shipper/outages.rs"]
 mod outages;
+#[path = "shipper/s3.rs"]
+mod s3;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
