@@ -45,7 +45,11 @@ pub struct S3Args {
     pub path_style: Option<String>,
     /// Access key id; its secret comes from S3_SECRET_ACCESS_KEY or
     /// S3_SECRET_ACCESS_KEY_FILE.
-    #[arg(id = "s3-access-key-id", long = "s3-access-key-id", env = "S3_ACCESS_KEY_ID")]
+    #[arg(
+        id = "s3-access-key-id",
+        long = "s3-access-key-id",
+        env = "S3_ACCESS_KEY_ID"
+    )]
     pub access_key_id: Option<String>,
     /// Write every object with an Object Lock retention of this many days.
     #[arg(
@@ -111,7 +115,11 @@ impl S3Args {
             .transpose()?;
         let region = self.region.unwrap_or_else(|| "us-east-1".into());
         let region = region.trim();
-        if region.is_empty() || !region.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+        if region.is_empty()
+            || !region
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
             return Err(refuse(format!(
                 "S3_REGION {region:?} must be a region name such as us-east-1 or fr-par"
             )));
@@ -273,9 +281,8 @@ fn secret_from_env(name: &str) -> Result<Option<SecretString>, S3ConfigError> {
             .map_err(|_| refuse(format!("{name} is not valid unicode"))),
         (None, Some(path)) => {
             let path = Path::new(&path);
-            let mut text = std::fs::read_to_string(path).map_err(|e| {
-                refuse(format!("cannot read {name}_FILE {}: {e}", path.display()))
-            })?;
+            let mut text = std::fs::read_to_string(path)
+                .map_err(|e| refuse(format!("cannot read {name}_FILE {}: {e}", path.display())))?;
             if text.ends_with('\n') {
                 text.pop();
                 if text.ends_with('\r') {

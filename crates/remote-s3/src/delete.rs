@@ -6,8 +6,8 @@
 //! [`S3Error::Locked`] with the retention date, not a failure to retry.
 //! Nothing here retries beyond the SDK's per-request attempts.
 
-use crate::error::{S3Error, classify};
 use crate::S3Remote;
+use crate::error::{S3Error, classify};
 
 impl S3Remote {
     /// Deletes every version of `key`; [`S3Error::NotFound`] when there
@@ -32,7 +32,12 @@ impl S3Remote {
                 Err(S3Error::AccessDenied { op, target }) => {
                     // The same answer means "locked" and "not allowed":
                     // the object's retention tells them apart.
-                    let until = self.head(key).await.ok().flatten().and_then(|h| h.retain_until);
+                    let until = self
+                        .head(key)
+                        .await
+                        .ok()
+                        .flatten()
+                        .and_then(|h| h.retain_until);
                     return Err(match until {
                         Some(until) if until > chrono::Utc::now() => S3Error::Locked {
                             target,

@@ -4,7 +4,6 @@
 //! [`S3Error::is_transient`] tells callers whether trying again later may
 //! help; [`classify`] turns the SDK's errors into these.
 
-
 use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use chrono::{DateTime, Utc};
@@ -195,7 +194,10 @@ pub(crate) fn from_service(status: u16, code: &str, message: &str, ctx: Context<
         code
     };
     match code_or_status {
-        "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "InvalidToken" | "ExpiredToken"
+        "InvalidAccessKeyId"
+        | "SignatureDoesNotMatch"
+        | "InvalidToken"
+        | "ExpiredToken"
         | "AuthorizationHeaderMalformed" => S3Error::Credentials {
             endpoint: ctx.endpoint.to_owned(),
             code: code_or_status.to_owned(),
@@ -203,7 +205,10 @@ pub(crate) fn from_service(status: u16, code: &str, message: &str, ctx: Context<
         // A HEAD cannot say which: name both the key and its permissions.
         "Forbidden" => S3Error::Credentials {
             endpoint: ctx.endpoint.to_owned(),
-            code: format!("403 Forbidden on {} {}, or the key lacks the permission", ctx.op, ctx.target),
+            code: format!(
+                "403 Forbidden on {} {}, or the key lacks the permission",
+                ctx.op, ctx.target
+            ),
         },
         "AccessDenied" | "AllAccessDisabled" => S3Error::AccessDenied {
             op: ctx.op,
@@ -216,8 +221,13 @@ pub(crate) fn from_service(status: u16, code: &str, message: &str, ctx: Context<
         "NoSuchKey" | "NotFound" | "NoSuchUpload" | "NoSuchVersion" => S3Error::NotFound {
             target: ctx.target.to_owned(),
         },
-        "SlowDown" | "Throttling" | "ThrottlingException" | "RequestTimeout"
-        | "RequestTimeTooSkewed" | "InternalError" | "ServiceUnavailable" => S3Error::Server {
+        "SlowDown"
+        | "Throttling"
+        | "ThrottlingException"
+        | "RequestTimeout"
+        | "RequestTimeTooSkewed"
+        | "InternalError"
+        | "ServiceUnavailable" => S3Error::Server {
             op: ctx.op,
             target: ctx.target.to_owned(),
             status,

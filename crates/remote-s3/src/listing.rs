@@ -6,9 +6,9 @@
 
 use chrono::{DateTime, Utc};
 
+use crate::S3Remote;
 use crate::error::{S3Error, classify};
 use crate::read::to_chrono;
-use crate::S3Remote;
 
 /// One object, named relative to the listed prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]

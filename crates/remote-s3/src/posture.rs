@@ -3,9 +3,9 @@
 //! retention this writer puts on every object. `backupctl doctor` reports
 //! it. One request, not retried beyond the SDK's attempts.
 
+use crate::S3Remote;
 use crate::error::{S3Error, classify};
 use crate::settings::{LockMode, ObjectLock};
-use crate::S3Remote;
 
 /// The bucket's default retention rule.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,18 +66,19 @@ impl S3Remote {
         let enabled = config
             .object_lock_enabled()
             .is_some_and(|e| e.as_str() == "Enabled");
-        let default_retention = config
-            .rule()
-            .and_then(|rule| rule.default_retention())
-            .map(|retention| DefaultRetention {
-                mode: retention.mode().and_then(|m| match m.as_str() {
-                    "GOVERNANCE" => Some(LockMode::Governance),
-                    "COMPLIANCE" => Some(LockMode::Compliance),
-                    _ => None,
-                }),
-                days: retention.days(),
-                years: retention.years(),
-            });
+        let default_retention =
+            config
+                .rule()
+                .and_then(|rule| rule.default_retention())
+                .map(|retention| DefaultRetention {
+                    mode: retention.mode().and_then(|m| match m.as_str() {
+                        "GOVERNANCE" => Some(LockMode::Governance),
+                        "COMPLIANCE" => Some(LockMode::Compliance),
+                        _ => None,
+                    }),
+                    days: retention.days(),
+                    years: retention.years(),
+                });
         Ok(Posture {
             object_lock_enabled: enabled,
             default_retention,

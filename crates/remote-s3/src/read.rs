@@ -23,7 +23,9 @@ pub struct S3Reader {
 
 impl std::fmt::Debug for S3Reader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("S3Reader").field("size", &self.size).finish()
+        f.debug_struct("S3Reader")
+            .field("size", &self.size)
+            .finish()
     }
 }
 

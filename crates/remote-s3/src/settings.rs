@@ -245,6 +245,9 @@ mod tests {
     fn debug_hides_the_secret() {
         let settings = S3Settings::new(None, "bkt", "AKIA", SecretString::from("hunter2"));
         let shown = format!("{settings:?}");
-        assert!(!shown.contains("hunter2") && shown.contains("AKIA"), "{shown}");
+        assert!(
+            !shown.contains("hunter2") && shown.contains("AKIA"),
+            "{shown}"
+        );
     }
 }

@@ -31,9 +31,9 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::task::JoinSet;
 
+use crate::S3Remote;
 use crate::error::{Context, S3Error, classify};
 use crate::settings::part_size_for;
-use crate::S3Remote;
 
 /// Parts sent at once by one upload.
 pub const PARTS_IN_FLIGHT: usize = 3;
@@ -279,7 +279,9 @@ impl S3Remote {
             .key(key)
             .retention(
                 aws_sdk_s3::types::ObjectLockRetention::builder()
-                    .mode(aws_sdk_s3::types::ObjectLockRetentionMode::from(mode.as_str()))
+                    .mode(aws_sdk_s3::types::ObjectLockRetentionMode::from(
+                        mode.as_str(),
+                    ))
                     .retain_until_date(until)
                     .build(),
             )
@@ -306,7 +308,10 @@ impl S3Remote {
                     if upload.key() == Some(key)
                         && let Some(id) = upload.upload_id()
                     {
-                        tracing::info!(key, "aborting a multipart upload left by an interrupted run");
+                        tracing::info!(
+                            key,
+                            "aborting a multipart upload left by an interrupted run"
+                        );
                         self.abort_upload(key, id).await;
                     }
                 }

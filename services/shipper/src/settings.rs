@@ -409,7 +409,10 @@ mod tests {
             refusal(&key, &["--sftp-dir", "a/../b"]).starts_with("SFTP settings: SFTP_DIR "),
             "the primary server's settings say so"
         );
-        let no_secret = refusal(&key, &["--s3-bucket", "backups", "--s3-access-key-id", "AKIA"]);
+        let no_secret = refusal(
+            &key,
+            &["--s3-bucket", "backups", "--s3-access-key-id", "AKIA"],
+        );
         assert!(no_secret.contains("S3_SECRET_ACCESS_KEY"), "{no_secret}");
         assert!(
             refusal(&key, &["--s3-bucket", "Backups"]).starts_with("S3_BUCKET "),

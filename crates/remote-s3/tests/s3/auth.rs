@@ -11,7 +11,9 @@ async fn wrong_credentials_are_a_one_line_permanent_error_and_nothing_is_written
     let mut moto = MotoServer::start_authenticated();
     moto.create_bucket(BUCKET, false);
     let good = remote(&moto, BUCKET);
-    good.put_small(&good.key("viatique", "probe"), b"ok").await.unwrap();
+    good.put_small(&good.key("viatique", "probe"), b"ok")
+        .await
+        .unwrap();
     good.delete(&good.key("viatique", "probe")).await.unwrap();
 
     let data = pseudo_random(12_000_000, 6);
@@ -32,7 +34,13 @@ async fn wrong_credentials_are_a_one_line_permanent_error_and_nothing_is_written
         for len in [data.len(), 1000] {
             let key = remote.key("viatique", &format!("refused-{len}"));
             let error = remote
-                .upload(&key, &data[..len], len as u64, &sha256_hex(&data[..len]), &|_| {})
+                .upload(
+                    &key,
+                    &data[..len],
+                    len as u64,
+                    &sha256_hex(&data[..len]),
+                    &|_| {},
+                )
                 .await
                 .unwrap_err();
             let text = error.to_string();
@@ -48,7 +56,10 @@ async fn wrong_credentials_are_a_one_line_permanent_error_and_nothing_is_written
         }
         // HEAD answers carry no error code: the message still names both.
         let error = remote.head(&remote.key("viatique", "x")).await.unwrap_err();
-        assert!(error.to_string().contains("S3_SECRET_ACCESS_KEY"), "{error}");
+        assert!(
+            error.to_string().contains("S3_SECRET_ACCESS_KEY"),
+            "{error}"
+        );
         assert!(!error.is_transient());
     }
     assert!(keys_in(&moto, BUCKET).is_empty());
@@ -80,5 +91,8 @@ async fn a_missing_bucket_names_s3_bucket_and_a_dead_endpoint_is_transient() {
     assert!(matches!(error, S3Error::Unreachable { .. }), "{error}");
     assert!(error.is_transient());
     let text = error.to_string();
-    assert!(text.contains("S3_ENDPOINT") && !text.contains('\n'), "{text}");
+    assert!(
+        text.contains("S3_ENDPOINT") && !text.contains('\n'),
+        "{text}"
+    );
 }

@@ -23,7 +23,13 @@ async fn a_locked_object_cannot_be_deleted_and_head_reports_its_date() {
     let data = pseudo_random(12_000_000, 5);
     let key = remote.key("viatique", "locked-multipart");
     remote
-        .upload(&key, &data[..], data.len() as u64, &sha256_hex(&data), &|_| {})
+        .upload(
+            &key,
+            &data[..],
+            data.len() as u64,
+            &sha256_hex(&data),
+            &|_| {},
+        )
         .await
         .unwrap();
     let small_key = remote.key("viatique", "locked-small");

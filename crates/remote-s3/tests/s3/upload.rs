@@ -44,7 +44,10 @@ async fn a_file_larger_than_the_part_size_goes_in_parts_and_reads_back_identical
     remote.put_small(&manifest_key, b"{}").await.unwrap();
     assert_eq!(remote.read_small(&manifest_key, 1024).await.unwrap(), b"{}");
     let too_large = remote.read_small(&key, 1024).await.unwrap_err();
-    assert!(matches!(too_large, remote_s3::S3Error::TooLarge { .. }), "{too_large}");
+    assert!(
+        matches!(too_large, remote_s3::S3Error::TooLarge { .. }),
+        "{too_large}"
+    );
     let small = pseudo_random(1000, 2);
     let small_key = remote.key("viatique", "small");
     remote
@@ -54,8 +57,14 @@ async fn a_file_larger_than_the_part_size_goes_in_parts_and_reads_back_identical
     let head = remote.head(&small_key).await.unwrap().unwrap();
     assert_eq!(head.sha256, Some(sha256_hex(&small)));
     assert_eq!(read_back(&remote, &small_key).await, small);
-    assert_eq!(remote.head(&remote.key("viatique", "none")).await.unwrap(), None);
-    let missing = remote.open_read(&remote.key("viatique", "none")).await.unwrap_err();
+    assert_eq!(
+        remote.head(&remote.key("viatique", "none")).await.unwrap(),
+        None
+    );
+    let missing = remote
+        .open_read(&remote.key("viatique", "none"))
+        .await
+        .unwrap_err();
     assert!(missing.is_not_found(), "{missing}");
 }
 
@@ -71,7 +80,13 @@ async fn data_that_does_not_match_its_checksum_leaves_no_object() {
         corrupted[len / 2] ^= 1;
         let key = remote.key("viatique", &format!("corrupted-{len}"));
         let error = remote
-            .upload(&key, &corrupted[..], len as u64, &sha256_hex(&data), &|_| {})
+            .upload(
+                &key,
+                &corrupted[..],
+                len as u64,
+                &sha256_hex(&data),
+                &|_| {},
+            )
             .await
             .unwrap_err();
         assert!(
@@ -100,7 +115,10 @@ impl AsyncRead for FailingAfter {
         if self.at >= self.data.len() {
             return Poll::Ready(Err(std::io::Error::other("disk on fire")));
         }
-        let n = buf.remaining().min(self.data.len() - self.at).min(64 * 1024);
+        let n = buf
+            .remaining()
+            .min(self.data.len() - self.at)
+            .min(64 * 1024);
         let at = self.at;
         buf.put_slice(&self.data[at..at + n]);
         self.at += n;
@@ -121,10 +139,19 @@ async fn an_upload_interrupted_midway_leaves_no_object_and_no_open_upload() {
         at: 0,
     };
     let error = remote
-        .upload(&key, reader, whole.len() as u64, &sha256_hex(&whole), &|_| {})
+        .upload(
+            &key,
+            reader,
+            whole.len() as u64,
+            &sha256_hex(&whole),
+            &|_| {},
+        )
         .await
         .unwrap_err();
-    assert!(matches!(error, remote_s3::S3Error::Source { .. }), "{error}");
+    assert!(
+        matches!(error, remote_s3::S3Error::Source { .. }),
+        "{error}"
+    );
     assert!(error.to_string().contains("disk on fire"), "{error}");
     assert_eq!(remote.head(&key).await.unwrap(), None);
     assert_eq!(open_uploads(&moto, BUCKET), 0);
@@ -132,10 +159,19 @@ async fn an_upload_interrupted_midway_leaves_no_object_and_no_open_upload() {
     // Fewer bytes than announced: refused before completion, too.
     let short = &whole[..6_000_000];
     let error = remote
-        .upload(&key, short, whole.len() as u64, &sha256_hex(&whole), &|_| {})
+        .upload(
+            &key,
+            short,
+            whole.len() as u64,
+            &sha256_hex(&whole),
+            &|_| {},
+        )
         .await
         .unwrap_err();
-    assert!(matches!(error, remote_s3::S3Error::SizeMismatch { .. }), "{error}");
+    assert!(
+        matches!(error, remote_s3::S3Error::SizeMismatch { .. }),
+        "{error}"
+    );
     assert_eq!(remote.head(&key).await.unwrap(), None);
     assert_eq!(open_uploads(&moto, BUCKET), 0);
 }

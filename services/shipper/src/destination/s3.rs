@@ -47,20 +47,20 @@ pub(super) async fn deliver_s3(
     let recorded = existing.as_ref().and_then(|e| e.sha256.clone());
     let hash_remote = async || -> Result<Sha256Hex, ShipError> {
         // Written by an uploader that checked it against the data.
-        if let Some(sha256) = recorded.as_deref().and_then(|s| s.parse::<Sha256Hex>().ok()) {
+        if let Some(sha256) = recorded
+            .as_deref()
+            .and_then(|s| s.parse::<Sha256Hex>().ok())
+        {
             return Ok(sha256);
         }
         let mut reader = Counted::new(remote.open_read(&key).await?, progress.clone());
         let mut digest = Digester::default();
         let mut buf = vec![0u8; 256 * 1024];
         loop {
-            let n = reader
-                .read(&mut buf)
-                .await
-                .map_err(|e| ShipError::S3Read {
-                    key: key.clone(),
-                    source: e,
-                })?;
+            let n = reader.read(&mut buf).await.map_err(|e| ShipError::S3Read {
+                key: key.clone(),
+                source: e,
+            })?;
             if n == 0 {
                 break;
             }

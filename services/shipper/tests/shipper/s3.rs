@@ -66,10 +66,18 @@ async fn assert_in_bucket(moto: &MotoServer, created: &DumpCreated, spool: &Path
     assert_eq!(bytes, std::fs::read(spool.join(DB).join(name)).unwrap());
     assert_eq!(
         remote.read_small(&manifest_key, 1 << 20).await.unwrap(),
-        std::fs::read(spool.join(DB).join(created.artifact.artifact.manifest_name())).unwrap()
+        std::fs::read(
+            spool
+                .join(DB)
+                .join(created.artifact.artifact.manifest_name())
+        )
+        .unwrap()
     );
     let head = remote.head(&key).await.unwrap().unwrap();
-    assert_eq!(head.sha256.as_deref(), Some(created.artifact.sha256.as_str()));
+    assert_eq!(
+        head.sha256.as_deref(),
+        Some(created.artifact.sha256.as_str())
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -85,7 +93,10 @@ async fn a_backup_is_shipped_to_sftp_and_s3_and_a_redelivery_uploads_nothing() {
         s3_destination(&s3_settings(&moto, moto.port)),
     ];
     let described: Vec<String> = destinations.iter().map(Destination::describe).collect();
-    assert!(described[1].starts_with("s3://backups/pg at 127.0.0.1:"), "{described:?}");
+    assert!(
+        described[1].starts_with("s3://backups/pg at 127.0.0.1:"),
+        "{described:?}"
+    );
     rig.run_shipper(settings(rig.spool(), destinations)).await;
     let first = rig.publish(&created, "created-1").await;
     let shipped = rig.wait_for(subject::SHIPPED, |_| true).await;
@@ -120,7 +131,8 @@ async fn wrong_s3_credentials_fail_at_once_in_one_line_and_write_nothing() {
     wrong.secret_access_key = SecretString::from("not-the-secret");
     let destination = s3_destination(&wrong);
     let described = destination.describe();
-    rig.run_shipper(settings(rig.spool(), vec![destination])).await;
+    rig.run_shipper(settings(rig.spool(), vec![destination]))
+        .await;
     let seq = rig.publish(&created, "created").await;
     let failed = rig.wait_for(subject::FAILED, |_| true).await;
     rig.wait_acked(seq).await;
@@ -149,14 +161,18 @@ async fn s3_unreachable_for_a_while_is_reported_once_and_shipped_once_when_back(
     let created = prepare_artifact(rig.spool(), 7 << 20, 23, 0);
     let destination = s3_destination(&s3_settings(&moto, relay.port));
     let described = destination.describe();
-    rig.run_shipper(settings(rig.spool(), vec![destination])).await;
+    rig.run_shipper(settings(rig.spool(), vec![destination]))
+        .await;
     rig.publish(&created, "created").await;
     let failed = rig.wait_for(subject::FAILED, |_| true).await;
     assert_eq!(failed["stage"], "ship", "{failed:#}");
     assert_eq!(failed["will_retry"], true, "{failed:#}");
     assert_eq!(failed["destination"], described.as_str());
     let error = failed["error"].as_str().unwrap();
-    assert!(!error.contains('\n') && error.contains("S3_ENDPOINT"), "{error}");
+    assert!(
+        !error.contains('\n') && error.contains("S3_ENDPOINT"),
+        "{error}"
+    );
 
     // Two more failing rounds, as the shipper's log shows: none reported.
     let again = failed["attempt"].as_u64().unwrap() + 2;
@@ -262,7 +278,10 @@ async fn benchmark_s3() {
             ("RCLONE_CONFIG_MOTO_ENDPOINT", &moto.endpoint),
             ("RCLONE_CONFIG_MOTO_REGION", test_support::moto::REGION),
             ("RCLONE_CONFIG_MOTO_ACCESS_KEY_ID", &moto.access_key_id),
-            ("RCLONE_CONFIG_MOTO_SECRET_ACCESS_KEY", &moto.secret_access_key),
+            (
+                "RCLONE_CONFIG_MOTO_SECRET_ACCESS_KEY",
+                &moto.secret_access_key,
+            ),
         ],
     );
     let aws_present = std::process::Command::new("aws")
@@ -291,7 +310,11 @@ async fn benchmark_s3() {
     let rate = |d: Duration| (mb * 1_000_000) as f64 / d.as_secs_f64() / 1e6;
     let mut table = format!(
         "\n| file | shipper | rclone copy | ratio |{}\n| --- | --- | --- | --- |{}\n| {mb} MB | {:.0} MB/s | {:.0} MB/s | {:.2} |",
-        if aws.is_some() { " aws s3 cp | ratio |" } else { "" },
+        if aws.is_some() {
+            " aws s3 cp | ratio |"
+        } else {
+            ""
+        },
         if aws.is_some() { " --- | --- |" } else { "" },
         rate(ours),
         rate(rclone),
