@@ -13,7 +13,9 @@
 # servers the tests start (openssh-server, postgresql, nats-server) and, if 127.0.0.1:5432 refuses the postgres role
 # without a password, adds `host all all 127.0.0.1/32 trust` to pg_hba.conf,
 # and makes the Django virtual environment of the rollback test
-# (BACKUP_TEST_DJANGO_VENV, default /opt/backup-test/django-venv).
+# (BACKUP_TEST_DJANGO_VENV, default /opt/backup-test/django-venv) and the
+# moto virtual environment of the S3 tests (BACKUP_TEST_MOTO_VENV, default
+# /opt/backup-test/moto-venv).
 # scripts/test.sh and scripts/demo.sh pass the flag: run them only on a
 # machine made for the purpose, never on the Korrigo host.
 set -euo pipefail
@@ -70,7 +72,7 @@ need shellcheck command -v shellcheck
 need sudo command -v sudo
 # The emulated WAN of the shipper's tests and benchmarks
 # (crates/test-support/src/wan.rs): namespaces, veth and tc from iproute2,
-# packet loss from nftables; rclone is a yardstick of the benchmark.
+# packet loss from nftables; rclone is a yardstick of the benchmark (and of the S3 one).
 need iproute2 command -v tc
 need nftables command -v nft
 need rclone command -v rclone
@@ -151,6 +153,26 @@ if ((throwaway)); then
     mkdir -p "$(dirname "$venv")"
     /usr/bin/python3 -m venv "$venv"
     "$venv/bin/pip" install -q --disable-pip-version-check 'Django>=5.2,<6' 'psycopg[binary]>=3.1,<4'
+  fi
+fi
+
+# The S3 tests (crates/remote-s3, the shipper's S3 destination) run moto's
+# S3 server (`moto_server`, PyPI moto[server]) from its own virtual
+# environment of Debian's Python. Made once; a second run only checks it.
+if ((throwaway)); then
+  venv=${BACKUP_TEST_MOTO_VENV:-/opt/backup-test/moto-venv}
+  if ! "$venv/bin/python" -c 'import moto.server, boto3' >/dev/null 2>&1; then
+    if ! /usr/bin/python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
+      log "installing python3-venv"
+      export DEBIAN_FRONTEND=noninteractive
+      apt-get update -qq
+      apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
+    fi
+    log "making the S3 test environment in $venv (moto[server] from PyPI)"
+    rm -rf "$venv"
+    mkdir -p "$(dirname "$venv")"
+    /usr/bin/python3 -m venv "$venv"
+    "$venv/bin/pip" install -q --disable-pip-version-check 'moto[server]>=5.1,<6'
   fi
 fi
 

@@ -1,7 +1,7 @@
 //! Real servers for tests: `nats-server` with a temporary JetStream store
 //! (alone, or three as a cluster), fresh PostgreSQL databases, OpenSSH
-//! `sshd` as an SFTP target, and an SMTP server whose mail the test can
-//! read. Everything is started on free
+//! `sshd` as an SFTP target, an S3 server (moto), and an SMTP server whose
+//! mail the test can read. Everything is started on free
 //! loopback ports and torn down on drop, so tests can run in parallel.
 //! [`wan`] puts an sshd behind an emulated WAN (network namespace, rate
 //! limit, latency, loss); [`delay_proxy`] also cuts connections at a
@@ -15,6 +15,7 @@
 pub mod delay_proxy;
 pub mod flags;
 pub mod http_stub;
+pub mod moto;
 pub mod nats;
 pub mod nats_cluster;
 pub mod pg_cluster;

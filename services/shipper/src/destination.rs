@@ -1,7 +1,8 @@
 //! Where artifacts go: SFTP servers (the one of the interface, `SFTP_*`,
-//! and optionally a second, `SHIP_SFTP2_*`) and a local or mounted
-//! directory (`SHIP_LOCAL_DIR`, e.g. a NAS). Every destination gets the
-//! same treatment, in this order:
+//! and optionally a second, `SHIP_SFTP2_*`), a local or mounted
+//! directory (`SHIP_LOCAL_DIR`, e.g. a NAS) and an S3-compatible bucket
+//! (`S3_*`, see [`s3`] for how the steps below map onto objects). Every
+//! destination gets the same treatment, in this order:
 //!
 //! 1. `<dir>/<database>/` is created (0700) if missing;
 //! 2. `.partial` files of this shipper left there by a killed run are
@@ -51,17 +52,28 @@ use backup_core::files::{Digester, PartialFile, ensure_private_dir, write_atomic
 use backup_core::manifest::{MAX_SIDECAR_BYTES, Manifest};
 use backup_core::names::{ArtifactName, DatabaseName, MANIFEST_SUFFIX, PARTIAL_SUFFIX, Sha256Hex};
 use backup_core::watchdog::{self, Aborted, Counted, Limits, Progress};
+use remote_s3::{S3Error, S3Remote};
 use remote_sftp::{RemoteError, SftpRemote, SftpSettings};
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt, BufReader};
 
 use crate::resume::{self, Plan};
 use crate::throttle::{Rate, Throttled};
 
+mod s3;
+
 /// Why an artifact did not reach a destination.
 #[derive(Debug, thiserror::Error)]
 pub enum ShipError {
     #[error(transparent)]
     Remote(#[from] RemoteError),
+    #[error(transparent)]
+    S3(#[from] S3Error),
+    #[error("reading back {key} from S3: {source}")]
+    S3Read {
+        key: String,
+        #[source]
+        source: io::Error,
+    },
     #[error("{path}: {source}")]
     LocalDestination {
         path: PathBuf,
@@ -97,6 +109,9 @@ impl ShipError {
     pub fn is_transient(&self) -> bool {
         match self {
             ShipError::Remote(e) => e.is_transient(),
+            ShipError::S3(e) => e.is_transient(),
+            // A body cut off in the middle: the connection, not the data.
+            ShipError::S3Read { .. } => true,
             ShipError::LocalDestination { source, .. } => io_is_transient(source),
             ShipError::Aborted { .. } => true,
             ShipError::MissingLocal(_)
@@ -167,17 +182,22 @@ pub enum Destination {
         /// silently replaced by a directory on the local disk).
         dir: PathBuf,
     },
+    /// An S3-compatible bucket; artifacts go to `<prefix>/<database>/`.
+    S3 { label: String, remote: S3Remote },
 }
 
 impl Destination {
     pub fn label(&self) -> &str {
         match self {
-            Destination::Sftp { label, .. } | Destination::Local { label, .. } => label,
+            Destination::Sftp { label, .. }
+            | Destination::Local { label, .. }
+            | Destination::S3 { label, .. } => label,
         }
     }
 
     /// Where it goes, without secrets, for events and logs:
-    /// `sftp://user@host:port/dir` or `file:///dir`.
+    /// `sftp://user@host:port/dir`, `file:///dir` or
+    /// `s3://bucket/prefix at host`.
     pub fn describe(&self) -> String {
         match self {
             Destination::Sftp { dir, settings, .. } => format!(
@@ -185,6 +205,7 @@ impl Destination {
                 settings.user, settings.host, settings.port, dir
             ),
             Destination::Local { dir, .. } => format!("file://{}", dir.display()),
+            Destination::S3 { remote, .. } => remote.describe(),
         }
     }
 
@@ -225,6 +246,9 @@ impl Destination {
                 }
                 Destination::Local { dir, .. } => {
                     deliver_local(dir, artifact, limit, &progress).await
+                }
+                Destination::S3 { remote, .. } => {
+                    s3::deliver_s3(remote, artifact, limit, &progress).await
                 }
             }
         };

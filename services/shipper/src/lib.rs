@@ -1,8 +1,8 @@
 //! The shipper: copies each artifact announced by `dump.created` from the
 //! spool to every configured destination (the SFTP server of the
-//! interface, optionally a second SFTP server and a local or mounted
-//! directory; see [`destination`]) and emits `dump.shipped` once all of
-//! them have it.
+//! interface, optionally a second SFTP server, a local or mounted
+//! directory and an S3-compatible bucket; see [`destination`]) and emits
+//! `dump.shipped` once all of them have it.
 //!
 //! # Retries
 //!
@@ -169,6 +169,7 @@ impl Handler for ShipHandler {
             round += 1;
             let mut failures: Vec<(&Destination, ShipError)> = Vec::new();
             for destination in pending.drain(..) {
+                let attempt_started = Instant::now();
                 match destination
                     .deliver(&artifact, settings.bandwidth_limit, settings.limits)
                     .await
@@ -177,6 +178,7 @@ impl Handler for ShipHandler {
                         artifact = %artifact.name,
                         destination = %destination.describe(),
                         ?how,
+                        elapsed_ms = attempt_started.elapsed().as_millis(),
                         "delivered"
                     ),
                     Err(error) => {

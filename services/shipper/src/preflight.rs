@@ -3,7 +3,12 @@
 //! and its base directory takes a probe written under a `.partial` name,
 //! renamed and deleted (on an append-only account, whose key cannot
 //! delete, the directory is only created and listed); a local
-//! destination's directory takes the same probe. `backup_core::preflight` retries them while they fail.
+//! destination's directory takes the same probe. An S3 destination is
+//! asked for an object that does not exist (credentials, bucket and
+//! listing permission at once; no probe is written, since under Object
+//! Lock it could not be removed) and, when `S3_OBJECT_LOCK_DAYS` is set,
+//! whether the bucket has Object Lock. `backup_core::preflight` retries
+//! them while they fail.
 
 use backup_core::preflight::{self, Check};
 
@@ -21,6 +26,10 @@ pub async fn preflight_checks(settings: std::sync::Arc<Settings>) -> Vec<Check> 
                 settings,
                 append_only,
             } => preflight::bounded(label, sftp(label, dir, settings, *append_only)).await,
+            Destination::S3 { label, remote } => {
+                let name = format!("{label}.access");
+                preflight::bounded(&name, s3(&name, remote)).await
+            }
             Destination::Local { label, dir } => {
                 let name = format!("{label}.write");
                 preflight::bounded(&name, async {
@@ -93,4 +102,30 @@ async fn sftp(
         ),
         Err(e) => Check::fail(name, format!("cannot write in {dir}: {e}")),
     }]
+}
+
+async fn s3(name: &str, remote: &remote_s3::S3Remote) -> Vec<Check> {
+    let probe = remote.key(".shipper-start-up-check", "absent");
+    let where_to = remote.describe();
+    if let Err(e) = remote.head(&probe).await {
+        return vec![Check::fail(name, format!("{where_to}: {e}"))];
+    }
+    if remote.settings().object_lock.is_some() {
+        match remote.posture().await {
+            Ok(posture) if !posture.object_lock_enabled => {
+                return vec![Check::fail(
+                    name,
+                    format!(
+                        "{where_to}: S3_OBJECT_LOCK_DAYS is set but the bucket does not have Object Lock enabled"
+                    ),
+                )];
+            }
+            Ok(_) => {}
+            Err(e) => return vec![Check::fail(name, format!("{where_to}: {e}"))],
+        }
+    }
+    vec![Check::pass(
+        name,
+        format!("{where_to}: credentials accepted, bucket reachable"),
+    )]
 }

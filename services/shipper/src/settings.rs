@@ -10,19 +10,20 @@ use backup_core::config::{
 };
 use backup_core::sftp::SftpArgs;
 use backup_core::watchdog::{DEFAULT_STALL_AFTER, Limits};
+use remote_s3::{S3_HELP, S3Args, S3Remote};
 
 use crate::{DEFAULT_DEADLINE, Destination, MAX_ALERT_AFTER, Rate};
 
 const DESTINATIONS_HELP: &str = "Destinations: the SFTP server (SFTP_*) always; a second SFTP \
 server when SHIP_SFTP2_HOST is set (its key passphrase from SHIP_SFTP2_KEY_PASSPHRASE or \
 SHIP_SFTP2_KEY_PASSPHRASE_FILE); a local or mounted directory (e.g. a NAS) when \
-SHIP_LOCAL_DIR is set. Each artifact must reach all of them to count as shipped; each \
-failure names its destination.";
+SHIP_LOCAL_DIR is set; an S3-compatible bucket when S3_BUCKET is set (S3_*). Each artifact \
+must reach all of them to count as shipped; each failure names its destination.";
 
 /// Uploads artifacts announced by `dump.created` to the SFTP server (and
 /// optional further destinations) and emits `dump.shipped`.
 #[derive(Debug, clap::Parser)]
-#[command(version, after_help = format!("{DESTINATIONS_HELP}\n\n{SECRETS_HELP}"))]
+#[command(version, after_help = format!("{DESTINATIONS_HELP}\n\n{S3_HELP}\n\n{SECRETS_HELP}"))]
 pub struct Args {
     #[command(flatten)]
     pub service: ServiceArgs,
@@ -40,6 +41,8 @@ pub struct Args {
     pub sftp_append_only: bool,
     #[command(flatten)]
     pub sftp2: SecondSftpArgs,
+    #[command(flatten)]
+    pub s3: S3Args,
     /// Where the dumper leaves finished artifacts.
     #[arg(
         long,
@@ -250,6 +253,13 @@ impl TryFrom<Args> for Settings {
                 dir,
             });
         }
+        if let Some(s3) = args.s3.settings().map_err(|e| invalid(e.0))? {
+            let remote = S3Remote::connect(&s3).map_err(|e| invalid(e.to_string()))?;
+            destinations.push(Destination::S3 {
+                label: "s3".into(),
+                remote,
+            });
+        }
         Ok(Settings {
             spool_dir: args.spool_dir,
             destinations,
@@ -428,6 +438,15 @@ mod tests {
         assert!(
             refusal(&key, &["--sftp-dir", "a/../b"]).starts_with("SFTP settings: SFTP_DIR "),
             "the primary server's settings say so"
+        );
+        let no_secret = refusal(
+            &key,
+            &["--s3-bucket", "backups", "--s3-access-key-id", "AKIA"],
+        );
+        assert!(no_secret.contains("S3_SECRET_ACCESS_KEY"), "{no_secret}");
+        assert!(
+            refusal(&key, &["--s3-bucket", "Backups"]).starts_with("S3_BUCKET "),
+            "the S3 settings name their variable"
         );
         for bad in ["0", "33", "many"] {
             assert_eq!(

@@ -1,11 +1,12 @@
-//! The shipper against real servers: `nats-server` with JetStream and
-//! OpenSSH `sshd`. Each test prepares a spool the way the dumper leaves it
+//! The shipper against real servers: `nats-server` with JetStream,
+//! OpenSSH `sshd` and moto's S3 server. Each test prepares a spool the way the dumper leaves it
 //! (artifact + manifest), runs the library's `run` like the binary does,
 //! publishes `dump.created` and watches the events and the remote files.
 //!
 //! The benchmark against OpenSSH's `sftp` is here too, ignored by default:
 //! `cargo test --release -p shipper --test shipper -- --ignored --nocapture benchmark`;
-//! `benchmark_wan` adds rclone and the emulated WAN of `test_support::wan`.
+//! `benchmark_wan` adds rclone and the emulated WAN of `test_support::wan`,
+//! `benchmark_s3` the S3 destination against `rclone copy`.
 
 #[path = "shipper/access.rs"]
 mod access;
@@ -21,6 +22,8 @@ mod outages;
 mod resume;
 #[path = "shipper/wan.rs"]
 mod wan;
+#[path = "shipper/s3.rs"]
+mod s3;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};

@@ -47,6 +47,7 @@ const SOURCE_DIRS: &[&str] = &[
     "crates/backupctl/src",
     "crates/catalogue/src",
     "crates/remote-sftp/src",
+    "crates/remote-s3/src",
     "crates/restore/src",
     "services/dumper/src",
     "services/shipper/src",

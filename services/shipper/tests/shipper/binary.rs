@@ -74,7 +74,7 @@ fn binary_documents_its_destinations_and_rejects_incomplete_ones_in_one_line() {
 }
 
 /// Peak resident memory of a process (`VmHWM`), in KiB.
-fn peak_rss_kib(pid: u32) -> u64 {
+pub(crate) fn peak_rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap()
         .lines()
