@@ -382,7 +382,10 @@ fn remote_listings_with_hostile_names_are_classified_and_only_our_files_can_go()
         let found = runtime.block_on(read_catalog(&store, &db(), Utc::now()));
         let Store::Sftp {
             remote: session, ..
-        } = store;
+        } = store
+        else {
+            unreachable!("built as SFTP above")
+        };
         *remote.lock().unwrap() = Some(session);
         let found = found.map_err(|e| TestCaseError::fail(format!("the listing failed: {e}")))?;
         let found = sorted(found);

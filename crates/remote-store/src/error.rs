@@ -4,6 +4,7 @@
 
 use std::io;
 
+use remote_s3::S3Error;
 use remote_sftp::RemoteError;
 
 /// A failure of one destination.
@@ -12,6 +13,10 @@ pub enum StoreError {
     /// The SFTP server's.
     #[error(transparent)]
     Sftp(#[from] RemoteError),
+    /// The S3 service's (a locked object's refusal is
+    /// [`S3Error::Locked`]).
+    #[error(transparent)]
+    S3(#[from] S3Error),
 }
 
 impl StoreError {
@@ -21,6 +26,7 @@ impl StoreError {
     pub fn is_transient(&self) -> bool {
         match self {
             StoreError::Sftp(e) => e.is_transient(),
+            StoreError::S3(e) => e.is_transient(),
         }
     }
 
@@ -28,13 +34,19 @@ impl StoreError {
     pub fn is_not_found(&self) -> bool {
         match self {
             StoreError::Sftp(e) => matches!(e, RemoteError::NotFound { .. }),
+            StoreError::S3(e) => e.is_not_found(),
         }
     }
 
     /// Recovers the kind's error from an error of a [`StoreReader`]
     /// (crate::StoreReader), which has to speak `io::Error` as an
-    /// `AsyncRead`. Any other I/O error is taken for a lost connection.
+    /// `AsyncRead` (the S3 reader's errors carry an [`S3Error`]). Any
+    /// other I/O error is taken for a lost SFTP connection.
     pub fn from_io(error: io::Error) -> StoreError {
+        if error.get_ref().is_some_and(|inner| inner.is::<S3Error>()) {
+            let inner = error.into_inner().expect("checked above");
+            return StoreError::S3(*inner.downcast::<S3Error>().expect("checked above"));
+        }
         StoreError::Sftp(RemoteError::from_io(error))
     }
 }
@@ -57,5 +69,15 @@ mod tests {
         );
         let foreign = StoreError::from_io(io::Error::other("boom"));
         assert!(foreign.is_transient());
+        let cut = StoreError::from_io(io::Error::other(S3Error::Unreachable {
+            op: "GetObject",
+            endpoint: "http://127.0.0.1:9000".into(),
+            detail: "body cut".into(),
+        }));
+        assert!(matches!(cut, StoreError::S3(_)) && cut.is_transient());
+        let gone = StoreError::from(S3Error::NotFound {
+            target: "s3://b/x".into(),
+        });
+        assert!(gone.is_not_found() && !gone.is_transient());
     }
 }

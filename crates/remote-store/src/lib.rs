@@ -1,25 +1,25 @@
 //! The store layer: every place backups are kept (a destination), read
 //! and written through one interface that hides its layout. Callers name
 //! files by `(database, name)`; a [`Store`] turns that into
-//! `<base>/<database>/<name>` on an SFTP server (and, when the S3 kind
-//! lands, into `<prefix>/<database>/<name>` keys), so the catalogue, the
-//! verifier, the pruner and `backupctl` never spell a path themselves.
+//! `<base>/<database>/<name>` on an SFTP server and into
+//! `<prefix>/<database>/<name>` keys in an S3 bucket, so the catalogue,
+//! the verifier, the pruner and `backupctl` never spell a path themselves.
 //!
 //! - [`StoreTarget`] ([`target`]): one configured destination, its label
-//!   (`sftp`) and its settings; [`StoreTarget::connect`] opens a
+//!   (`sftp`, `s3`) and its settings; [`StoreTarget::connect`] opens a
 //!   [`Store`], [`StoreTarget::describe`] names it for events and logs as
 //!   the shipper does in `dump.shipped` (no secrets). [`targets`] builds
 //!   the list a service reads from its settings: the one place a new kind
 //!   of destination is added.
 //! - [`Store`] ([`store`]): an open connection to one destination: list a
-//!   database's files ([`Entry`], with `retain_until` for storage that
-//!   locks objects), list the databases, stat, read a small file, open a
+//!   database's files ([`Entry`], with `retain_until` from S3 Object
+//!   Lock), list the databases, stat, read a small file, open a
 //!   streaming reader ([`StoreReader`]), write a small file atomically,
 //!   remove a file, close.
 //! - [`StoreError`] ([`error`]): the kinds' errors, with
 //!   [`StoreError::is_transient`] and [`StoreError::is_not_found`].
 //!
-//! Adding a kind (S3) is one variant in [`Store`], [`TargetKind`],
+//! Adding a kind is one variant in [`Store`], [`TargetKind`],
 //! [`StoreError`] and the reader, and one argument of [`targets`]; the
 //! compiler lists every `match` to extend.
 //!
@@ -38,4 +38,4 @@ pub mod target;
 pub use error::StoreError;
 pub use reader::StoreReader;
 pub use store::{Entry, Store};
-pub use target::{StoreTarget, TargetKind, UnknownTarget, find, targets};
+pub use target::{S3_LABEL, SFTP_LABEL, StoreTarget, TargetKind, UnknownTarget, find, targets};

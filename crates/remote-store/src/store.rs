@@ -1,5 +1,7 @@
 //! An open destination, addressed by `(database, name)`: the layout
-//! (`<base>/<database>/<name>` on SFTP) stays in here. A database with
+//! (`<base>/<database>/<name>` on SFTP, `<prefix>/<database>/<name>` keys
+//! on S3) stays in here. Listing an S3 database asks for every object's
+//! retention (one `HEAD` each) so that locked backups are known as such. A database with
 //! nothing stored lists empty rather than failing, as a key prefix with no
 //! object does on object storage; every other missing file is an error
 //! whose [`StoreError::is_not_found`] says so.
@@ -7,6 +9,7 @@
 use backup_core::names::DatabaseName;
 use backup_core::sftp::database_dir;
 use chrono::{DateTime, Utc};
+use remote_s3::{ObjectInfo, S3Remote};
 use remote_sftp::{RemoteEntry, SftpRemote};
 
 use crate::StoreError;
@@ -20,8 +23,8 @@ pub struct Entry {
     pub size: u64,
     /// When it was last written, by the destination's clock.
     pub modified: Option<DateTime<Utc>>,
-    /// Until when the destination refuses to delete or overwrite it (S3
-    /// Object Lock); always `None` on SFTP.
+    /// Until when the destination refuses to delete it (S3 Object Lock);
+    /// always `None` on SFTP.
     pub retain_until: Option<DateTime<Utc>>,
 }
 
@@ -39,14 +42,21 @@ pub enum Store {
     /// An SFTP server and the base directory holding one directory per
     /// database (absolute, or relative to the login directory).
     Sftp { remote: SftpRemote, dir: String },
+    /// A bucket and the prefix holding one "directory" per database.
+    S3 { remote: S3Remote },
 }
 
 impl Store {
     /// Where `database`'s files live, for messages: `<dir>/<database>` on
-    /// SFTP.
+    /// SFTP, `s3://<bucket>/<prefix>/<database>` on S3.
     pub fn location(&self, database: &DatabaseName) -> String {
         match self {
             Store::Sftp { dir, .. } => database_dir(dir, database),
+            Store::S3 { remote } => format!(
+                "s3://{}/{}",
+                remote.settings().bucket,
+                remote.dir_key(database.as_str())
+            ),
         }
     }
 
@@ -65,6 +75,12 @@ impl Store {
                     Err(e) => Err(e.into()),
                 }
             }
+            Store::S3 { remote } => Ok(remote
+                .list_detailed(&remote.dir_key(database.as_str()))
+                .await?
+                .into_iter()
+                .map(object)
+                .collect()),
         }
     }
 
@@ -81,6 +97,12 @@ impl Store {
                 Err(remote_sftp::RemoteError::NotFound { .. }) => Vec::new(),
                 Err(e) => return Err(e.into()),
             },
+            Store::S3 { remote } => remote
+                .list_databases()
+                .await?
+                .into_iter()
+                .filter_map(|name| name.parse().ok())
+                .collect(),
         };
         databases.sort();
         Ok(databases)
@@ -98,6 +120,10 @@ impl Store {
                 .await?
                 .filter(|e| !e.is_dir)
                 .map(entry)),
+            Store::S3 { remote } => Ok(remote
+                .head(&remote.key(database.as_str(), name))
+                .await?
+                .map(object)),
         }
     }
 
@@ -112,6 +138,9 @@ impl Store {
         match self {
             Store::Sftp { remote, dir } => Ok(remote
                 .read_file(&path(dir, database, name), max_len)
+                .await?),
+            Store::S3 { remote } => Ok(remote
+                .read_small(&remote.key(database.as_str(), name), max_len)
                 .await?),
         }
     }
@@ -128,12 +157,24 @@ impl Store {
                 let reader = remote.open_read(&path(dir, database, name)).await?;
                 Ok(StoreReader(Inner::Sftp(reader)))
             }
+            Store::S3 { remote } => {
+                let reader = remote
+                    .open_read(&remote.key(database.as_str(), name))
+                    .await?;
+                let settings = remote.settings();
+                let endpoint = settings
+                    .endpoint
+                    .clone()
+                    .unwrap_or_else(|| format!("s3.{}.amazonaws.com", settings.region));
+                Ok(StoreReader(Inner::S3 { reader, endpoint }))
+            }
         }
     }
 
     /// Writes a small file under its final name atomically (a temporary
-    /// name, then a rename over the old one): a reader sees the old
-    /// content or the new, never a part.
+    /// name, then a rename over the old one, on SFTP; one `PutObject` on
+    /// S3, with the bucket's retention like every object written): a
+    /// reader sees the old content or the new, never a part.
     pub async fn write_small(
         &self,
         database: &DatabaseName,
@@ -144,16 +185,21 @@ impl Store {
             Store::Sftp { remote, dir } => Ok(remote
                 .write_file_atomic(&path(dir, database, name), contents)
                 .await?),
+            Store::S3 { remote } => Ok(remote
+                .put_small(&remote.key(database.as_str(), name), contents)
+                .await?),
         }
     }
 
-    /// Deletes one file; an error whose [`StoreError::is_not_found`] is
-    /// true when it is not there.
+    /// Deletes one file (on S3 every version of it); an error whose
+    /// [`StoreError::is_not_found`] is true when it is not there, and
+    /// [`remote_s3::S3Error::Locked`] for an S3 object under retention.
     pub async fn remove(&self, database: &DatabaseName, name: &str) -> Result<(), StoreError> {
         match self {
             Store::Sftp { remote, dir } => {
                 Ok(remote.remove_file(&path(dir, database, name)).await?)
             }
+            Store::S3 { remote } => Ok(remote.delete(&remote.key(database.as_str(), name)).await?),
         }
     }
 
@@ -163,6 +209,8 @@ impl Store {
         match self {
             // The only error means the connection is already gone.
             Store::Sftp { remote, .. } => drop(remote.close().await),
+            // Requests are independent; the pool closes when dropped.
+            Store::S3 { .. } => {}
         }
     }
 }
@@ -177,6 +225,15 @@ fn entry(e: RemoteEntry) -> Entry {
         size: e.size,
         modified: e.modified.map(DateTime::<Utc>::from),
         retain_until: None,
+    }
+}
+
+fn object(o: ObjectInfo) -> Entry {
+    Entry {
+        name: o.name,
+        size: o.size,
+        modified: o.modified,
+        retain_until: o.retain_until,
     }
 }
 

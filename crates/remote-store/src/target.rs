@@ -4,17 +4,20 @@
 //! is the default one (`backupctl list` and `restore` without `--from`).
 
 use backup_core::sftp::{SftpTarget, note_resolved_dir};
+use remote_s3::{S3Remote, S3Settings};
 use remote_sftp::SftpRemote;
 
 use crate::{Store, StoreError};
 
 /// The label of the SFTP destination of `SFTP_*`, as the shipper names it.
 pub const SFTP_LABEL: &str = "sftp";
+/// The label of the S3 destination of `S3_*`, as the shipper names it.
+pub const S3_LABEL: &str = "s3";
 
 /// One configured destination.
 #[derive(Debug, Clone)]
 pub struct StoreTarget {
-    /// Short name used in logs, events and `--from` (`sftp`).
+    /// Short name used in logs, events and `--from` (`sftp`, `s3`).
     pub label: String,
     pub kind: TargetKind,
 }
@@ -23,6 +26,7 @@ pub struct StoreTarget {
 #[derive(Debug, Clone)]
 pub enum TargetKind {
     Sftp(SftpTarget),
+    S3(S3Settings),
 }
 
 impl StoreTarget {
@@ -33,8 +37,17 @@ impl StoreTarget {
         }
     }
 
+    pub fn s3(label: impl Into<String>, settings: S3Settings) -> StoreTarget {
+        StoreTarget {
+            label: label.into(),
+            kind: TargetKind::S3(settings),
+        }
+    }
+
     /// Opens the destination (for SFTP: connect, verify the pinned host
-    /// key, authenticate), within the kind's connect timeout.
+    /// key, authenticate), within the kind's connect timeout. For S3 this
+    /// only builds the client: the first request finds out whether the
+    /// endpoint, bucket and credentials work.
     pub async fn connect(&self) -> Result<Store, StoreError> {
         match &self.kind {
             TargetKind::Sftp(target) => {
@@ -45,29 +58,41 @@ impl StoreTarget {
                     dir: target.dir.clone(),
                 })
             }
+            TargetKind::S3(settings) => Ok(Store::S3 {
+                remote: S3Remote::connect(settings)?,
+            }),
         }
     }
 
     /// Where it is, without secrets, as the shipper writes it in
     /// `dump.shipped` (`destination`, `destinations`):
-    /// `sftp://user@host:port/dir`.
+    /// `sftp://user@host:port/dir`, `s3://bucket/prefix at host`.
     pub fn describe(&self) -> String {
         match &self.kind {
             TargetKind::Sftp(target) => {
                 let s = &target.settings;
                 format!("sftp://{}@{}:{}{}", s.user, s.host, s.port, target.dir)
             }
+            // Building the client sends nothing; it only fails on an
+            // empty bucket name, which the settings already refuse.
+            TargetKind::S3(settings) => S3Remote::connect(settings).map_or_else(
+                |_| format!("s3://{}/{}", settings.bucket, settings.prefix),
+                |remote| remote.describe(),
+            ),
         }
     }
 }
 
 /// The destinations to read, in order (the first is the default): the
-/// SFTP server of `SFTP_*` when configured. The one place a new kind of
-/// destination joins every reader.
-pub fn targets(sftp: Option<SftpTarget>) -> Vec<StoreTarget> {
-    sftp.into_iter()
+/// SFTP server of `SFTP_*` and the bucket of `S3_*`, each when configured.
+/// The one place a new kind of destination joins every reader.
+pub fn targets(sftp: Option<SftpTarget>, s3: Option<S3Settings>) -> Vec<StoreTarget> {
+    let mut all: Vec<StoreTarget> = sftp
+        .into_iter()
         .map(|target| StoreTarget::sftp(SFTP_LABEL, target))
-        .collect()
+        .collect();
+    all.extend(s3.map(|settings| StoreTarget::s3(S3_LABEL, settings)));
+    all
 }
 
 /// A `--from` label that names no configured destination.
@@ -128,19 +153,36 @@ mod tests {
 
     #[test]
     fn the_sftp_target_is_described_as_the_shipper_does() {
-        let all = targets(Some(sftp("/srv/backups")));
+        let all = targets(Some(sftp("/srv/backups")), None);
         assert_eq!(all.len(), 1);
         assert_eq!(all[0].label, "sftp");
         assert_eq!(
             all[0].describe(),
             "sftp://backup@sftp.example:2222/srv/backups"
         );
-        assert!(targets(None).is_empty());
+        assert!(targets(None, None).is_empty());
+    }
+
+    #[test]
+    fn the_s3_target_follows_sftp_and_is_described_as_the_shipper_does() {
+        let mut s3 = S3Settings::new(
+            Some("http://127.0.0.1:9000".into()),
+            "backups",
+            "AKIA",
+            "secret".to_owned().into(),
+        );
+        s3.prefix = "pg".into();
+        let all = targets(Some(sftp("/b")), Some(s3.clone()));
+        let labels: Vec<&str> = all.iter().map(|t| t.label.as_str()).collect();
+        assert_eq!(labels, ["sftp", "s3"]);
+        assert_eq!(all[1].describe(), "s3://backups/pg at 127.0.0.1:9000");
+        assert_eq!(find(&all, Some("s3")).unwrap().label, "s3");
+        assert_eq!(targets(None, Some(s3))[0].label, "s3");
     }
 
     #[test]
     fn labels_pick_a_target_and_an_unknown_one_lists_the_others() {
-        let all = targets(Some(sftp("/b")));
+        let all = targets(Some(sftp("/b")), None);
         assert_eq!(find(&all, None).unwrap().label, "sftp");
         assert_eq!(find(&all, Some("sftp")).unwrap().label, "sftp");
         let error = find(&all, Some("nope")).unwrap_err();

@@ -140,6 +140,7 @@ fn a_clock_jumped_forty_days_deletes_no_verified_backup_and_no_upload_in_flight(
 
     let spool = tempfile::tempdir().expect("spool");
     let settings = Settings {
+        s3: None,
         sftp: SftpTarget {
             settings: test_support::pipeline::sftp_settings(&sshd),
             dir: base.display().to_string(),

@@ -1,6 +1,6 @@
 //! The pruner's start-up checks, for each destination it prunes: it takes
-//! the pruner's login (SFTP: pinned host key, key auth) and its base can
-//! be listed, as pruning does. `backup_core::preflight` retries them while
+//! the pruner's login (SFTP: pinned host key, key auth; S3: the
+//! credentials) and its base can be listed, as pruning does. `backup_core::preflight` retries them while
 //! they fail.
 
 use backup_core::preflight::{self, Check};
@@ -22,7 +22,24 @@ pub async fn preflight_checks(settings: std::sync::Arc<Settings>) -> Vec<Check> 
 async fn destination(target: &StoreTarget) -> Vec<Check> {
     match &target.kind {
         TargetKind::Sftp(sftp) => sftp_checks(&target.label, sftp).await,
+        TargetKind::S3(_) => s3_checks(target).await,
     }
+}
+
+async fn s3_checks(target: &StoreTarget) -> Vec<Check> {
+    let listed = match target.connect().await {
+        Ok(store) => store.list_databases().await,
+        Err(e) => Err(e),
+    };
+    let name = format!("{}.list", target.label);
+    let place = target.describe();
+    vec![match listed {
+        Ok(databases) => Check::pass(
+            name,
+            format!("listed {place} ({} databases)", databases.len()),
+        ),
+        Err(e) => Check::fail(name, format!("cannot list {place}: {e}")),
+    }]
 }
 
 async fn sftp_checks(label: &str, target: &SftpTarget) -> Vec<Check> {

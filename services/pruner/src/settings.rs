@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use backup_core::config::{ConfigError, SECRETS_HELP, ServiceArgs, parse_duration};
 use backup_core::sftp::{PruneIdentityArgs, SftpArgs, SftpTarget};
+use remote_s3::{S3_HELP, S3Args, S3Settings};
 
 use catalogue::Policy;
 pub use catalogue::RetentionArgs;
@@ -16,7 +17,7 @@ use crate::Schedule;
 
 /// Applies the retention policy on the SFTP server after each `dump.verified` and on a schedule, and emits `dump.pruned`.
 #[derive(Debug, clap::Parser)]
-#[command(version, after_help = SECRETS_HELP)]
+#[command(version, after_help = format!("{S3_HELP}\n\n{SECRETS_HELP}"))]
 pub struct Args {
     #[command(flatten)]
     pub service: ServiceArgs,
@@ -26,6 +27,10 @@ pub struct Args {
     /// account whose `SFTP_*` key may not delete.
     #[command(flatten)]
     pub identity: PruneIdentityArgs,
+    /// The shipper's S3 destination, pruned too when `S3_BUCKET` is set
+    /// (with the same credentials; objects under Object Lock are kept).
+    #[command(flatten)]
+    pub s3: S3Args,
     #[command(flatten)]
     pub retention: RetentionArgs,
     /// Report what would be deleted, and why, without deleting anything.
@@ -60,6 +65,8 @@ impl AsRef<ServiceArgs> for Args {
 pub enum SettingsError {
     #[error("SFTP settings: {0}")]
     Sftp(#[source] ConfigError),
+    #[error("S3 settings: {0}")]
+    S3(String),
     #[error("pruner identity: {0}")]
     Identity(#[source] ConfigError),
     #[error("retention settings: {0}")]
@@ -73,6 +80,8 @@ pub struct Settings {
     /// The remote whose backups are pruned, logged in to with the
     /// pruner's own identity when `PRUNE_SFTP_KEY_FILE` is set.
     pub sftp: SftpTarget,
+    /// The shipper's S3 bucket, when `S3_BUCKET` is set.
+    pub s3: Option<S3Settings>,
     pub policy: Policy,
     pub dry_run: bool,
     /// Lifts the brake that refuses to delete more than half the backups.
@@ -95,6 +104,7 @@ impl TryFrom<Args> for Settings {
         {
             sftp.settings = own;
         }
+        let s3 = args.s3.settings().map_err(|e| SettingsError::S3(e.0))?;
         let policy = args
             .retention
             .policy()
@@ -103,6 +113,7 @@ impl TryFrom<Args> for Settings {
             .map_err(SettingsError::Schedule)?;
         Ok(Settings {
             sftp,
+            s3,
             policy,
             dry_run: args.dry_run,
             force: args.retention.force,

@@ -20,10 +20,10 @@ mod delivery;
 mod outages;
 #[path = "shipper/resume.rs"]
 mod resume;
-#[path = "shipper/wan.rs"]
-mod wan;
 #[path = "shipper/s3.rs"]
 mod s3;
+#[path = "shipper/wan.rs"]
+mod wan;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};

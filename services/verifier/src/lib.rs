@@ -104,7 +104,7 @@ impl Restores {
 /// The destinations this verifier reads, in order: the ones
 /// `remote_store::targets` builds from the settings.
 pub fn destinations(settings: &Settings) -> Vec<StoreTarget> {
-    remote_store::targets(Some(settings.sftp.clone()))
+    remote_store::targets(Some(settings.sftp.clone()), settings.s3.clone())
 }
 
 /// The destination verified: the first one (settings always configure

@@ -2,8 +2,9 @@
 //! drop a database (named like its scratch databases, so a probe left by a
 //! crash is swept at the next start; the probe is the restore engine's,
 //! shared with `backupctl doctor`), and each destination it reads takes
-//! its login (SFTP: pinned host key, key auth). `backup_core::preflight`
-//! retries them while they fail.
+//! its login (SFTP: pinned host key, key auth; S3: the bucket lists with
+//! the configured credentials). `backup_core::preflight` retries them
+//! while they fail.
 
 use backup_core::preflight::{self, Check};
 use backup_core::sftp::SftpTarget;
@@ -27,7 +28,19 @@ pub async fn preflight_checks(settings: std::sync::Arc<Settings>) -> Vec<Check> 
 async fn destination(target: &StoreTarget) -> Vec<Check> {
     match &target.kind {
         TargetKind::Sftp(sftp) => sftp_login(&target.label, sftp).await,
+        TargetKind::S3(_) => s3_listing(target).await,
     }
+}
+
+async fn s3_listing(target: &StoreTarget) -> Vec<Check> {
+    let listed = match target.connect().await {
+        Ok(store) => store.list_databases().await,
+        Err(e) => Err(e),
+    };
+    vec![match listed {
+        Ok(_) => Check::pass(&target.label, format!("{} readable", target.describe())),
+        Err(e) => Check::fail(&target.label, e.to_string()),
+    }]
 }
 
 async fn sftp_login(label: &str, target: &SftpTarget) -> Vec<Check> {

@@ -13,6 +13,7 @@ use backup_core::config::{
 use backup_core::pg::{PgArgs, PgError, PgTarget};
 use backup_core::sftp::{SftpArgs, SftpTarget};
 use backup_core::watchdog::Limits;
+use remote_s3::{S3_HELP, S3Args, S3Settings};
 
 use restore::scratch::{SCRATCH_PREFIX, valid_scratch_prefix};
 
@@ -20,12 +21,15 @@ use crate::{OperatorCheck, RestoreOptions};
 
 /// Reads each shipped artifact back from the SFTP server, restores it into a scratch database and emits `dump.verified`.
 #[derive(Debug, clap::Parser)]
-#[command(version, after_help = SECRETS_HELP)]
+#[command(version, after_help = format!("{S3_HELP}\n\n{SECRETS_HELP}"))]
 pub struct Args {
     #[command(flatten)]
     pub service: ServiceArgs,
     #[command(flatten)]
     pub sftp: SftpArgs,
+    /// The shipper's S3 destination, read too when `S3_BUCKET` is set.
+    #[command(flatten)]
+    pub s3: S3Args,
     /// Used for the scratch server when VERIFY_DATABASE_URL is not set.
     #[command(flatten)]
     pub pg: PgArgs,
@@ -92,6 +96,8 @@ impl AsRef<ServiceArgs> for Args {
 pub enum SettingsError {
     #[error("SFTP settings: {0}")]
     Sftp(#[source] ConfigError),
+    #[error("S3 settings: {0}")]
+    S3(String),
     /// The scratch server from `PG*` (`VERIFY_DATABASE_URL` unset).
     #[error("PostgreSQL settings: {0}")]
     Pg(#[source] ConfigError),
@@ -116,6 +122,8 @@ pub enum SettingsError {
 pub struct Settings {
     /// The remote the shipper wrote to, read back here.
     pub sftp: SftpTarget,
+    /// The shipper's S3 bucket, when `S3_BUCKET` is set.
+    pub s3: Option<S3Settings>,
     /// Server (and maintenance database) where scratch databases are made.
     pub scratch: PgTarget,
     /// Scratch databases are `<scratch_prefix>_<12 hex digits>`; a plain
@@ -154,6 +162,7 @@ impl TryFrom<Args> for Settings {
     /// Reads the secrets and the operator's checks; contacts no server.
     fn try_from(args: Args) -> Result<Settings, SettingsError> {
         let sftp = args.sftp.target().map_err(SettingsError::Sftp)?;
+        let s3 = args.s3.settings().map_err(|e| SettingsError::S3(e.0))?;
         let scratch = scratch_target(&args.pg)?;
         let limits = watchdog_limits(
             ("VERIFY_STALL_TIMEOUT", args.stall_timeout),
@@ -172,6 +181,7 @@ impl TryFrom<Args> for Settings {
         };
         Ok(Settings {
             sftp,
+            s3,
             scratch,
             scratch_prefix: args.scratch_prefix,
             restore: RestoreOptions {

@@ -102,6 +102,7 @@ impl Rig {
         };
         let settings = verifier::Settings {
             sftp: sftp.target().expect("sftp settings"),
+            s3: None,
             scratch: PgTarget::from_url("postgresql://postgres@127.0.0.1:5432/postgres").unwrap(),
             scratch_prefix: rig.prefix.clone(),
             restore: verifier::RestoreOptions {

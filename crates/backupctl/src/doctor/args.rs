@@ -109,6 +109,9 @@ pub struct DoctorArgs {
     pub spool_dir: PathBuf,
     #[command(flatten)]
     pub sftp: SftpOptions,
+    /// The shipper's S3 destination, when `S3_BUCKET` is set.
+    #[command(flatten)]
+    pub s3: remote_s3::S3Args,
     /// Prefix of the verifier's scratch databases (the probe database uses it too).
     #[arg(long, env = "VERIFY_SCRATCH_PREFIX", default_value = restore::scratch::SCRATCH_PREFIX)]
     pub scratch_prefix: String,

@@ -4,7 +4,7 @@
 //! each source database (reachable, readable in full, a matching pg_dump),
 //! the SFTP target (reachable, pinned host key, key login, writable, free
 //! space, and whether the shipper's key may delete or overwrite backups),
-//! the spool, the verifier's scratch server, the age keys, the
+//! the S3 bucket's Object Lock when `S3_BUCKET` is set, the spool, the verifier's scratch server, the age keys, the
 //! alert channels and the schedule.
 //!
 //! Each group of checks has its own file and returns
@@ -28,6 +28,7 @@ mod nats;
 mod postgres;
 mod posture;
 mod report;
+mod s3;
 mod schedule;
 mod scratch;
 mod sftp;
@@ -53,6 +54,7 @@ pub use nats::nats;
 pub use postgres::postgres;
 pub use posture::posture;
 pub use report::Report;
+pub use s3::s3_posture;
 pub use schedule::schedule;
 pub use scratch::scratch;
 pub use sftp::sftp;
@@ -145,6 +147,12 @@ pub async fn check_all(common: &CommonArgs, args: &DoctorArgs) -> Report {
             Err(e) => vec![Check::fail("sftp", e).with_fix("set SFTP_HOST, SFTP_USER, SFTP_DIR, SFTP_KEY_FILE and SFTP_KNOWN_HOSTS (see docs/guides/backup-setup-guide.md)")],
         }
     };
+    let s3_checks = bounded(
+        "s3",
+        limit,
+        "check that S3_ENDPOINT answers from here",
+        s3_posture(&args.s3),
+    );
     let spool_checks = bounded(
         "spool",
         limit,
@@ -191,10 +199,19 @@ pub async fn check_all(common: &CommonArgs, args: &DoctorArgs) -> Report {
         alerts(args, databases.as_deref().unwrap_or_default()),
     );
 
-    let (nats_checks, postgres_checks, sftp_checks, spool_checks, scratch_checks, alert_checks) = tokio::join!(
+    let (
         nats_checks,
         postgres_checks,
         sftp_checks,
+        s3_checks,
+        spool_checks,
+        scratch_checks,
+        alert_checks,
+    ) = tokio::join!(
+        nats_checks,
+        postgres_checks,
+        sftp_checks,
+        s3_checks,
         spool_checks,
         scratch_checks,
         alert_checks
@@ -203,6 +220,7 @@ pub async fn check_all(common: &CommonArgs, args: &DoctorArgs) -> Report {
     checks.extend(nats_checks);
     checks.extend(postgres_checks);
     checks.extend(sftp_checks);
+    checks.extend(s3_checks);
     checks.extend(spool_checks);
     checks.extend(scratch_checks);
     checks.extend(age_keys(
