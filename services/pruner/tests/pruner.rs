@@ -2,10 +2,13 @@
 //! nats-server: a remote seeded with a month of back-dated backups is
 //! pruned to exactly the expected set (after the brake stopped the first
 //! run and a dry run listed the plan), a clock jump trips the brake, and
-//! the schedule prunes every database without any event.
+//! the schedule prunes every database without any event; an S3 copy under
+//! Object Lock is kept while its SFTP copy is pruned.
 
 #[path = "pruner/append_only.rs"]
 mod append_only;
+#[path = "pruner/s3.rs"]
+mod s3;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
