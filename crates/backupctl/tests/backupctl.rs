@@ -20,6 +20,8 @@ mod prune;
 mod restore;
 #[path = "backupctl/runbook.rs"]
 mod runbook;
+#[path = "backupctl/s3.rs"]
+mod s3;
 #[path = "backupctl/trigger.rs"]
 mod trigger;
 
