@@ -137,7 +137,10 @@ async fn s3_objects_are_addressed_by_database_and_name_with_their_locks() {
         .write_small(&viatique, "b.sql.gz", &[7u8; 3000])
         .await
         .unwrap();
-    assert_eq!(store.list_databases().await.unwrap(), [viatique.clone()]);
+    assert_eq!(
+        store.list_databases().await.unwrap(),
+        std::slice::from_ref(&viatique)
+    );
     let mut listed = store.list(&viatique).await.unwrap();
     listed.sort_by(|a, b| a.name.cmp(&b.name));
     let names: Vec<&str> = listed.iter().map(|e| e.name.as_str()).collect();
