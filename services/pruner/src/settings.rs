@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use backup_core::config::{ConfigError, SECRETS_HELP, ServiceArgs, parse_duration};
-use backup_core::sftp::{SftpArgs, SftpTarget};
+use backup_core::sftp::{SecondSftpArgs, SftpArgs, SftpTarget};
 
 use catalogue::Policy;
 pub use catalogue::RetentionArgs;
@@ -22,6 +22,9 @@ pub struct Args {
     pub service: ServiceArgs,
     #[command(flatten)]
     pub sftp: SftpArgs,
+    /// The shipper's second SFTP server (`SHIP_SFTP2_*`), pruned too.
+    #[command(flatten)]
+    pub sftp2: SecondSftpArgs,
     #[command(flatten)]
     pub retention: RetentionArgs,
     /// Report what would be deleted, and why, without deleting anything.
@@ -66,6 +69,8 @@ pub enum SettingsError {
 pub struct Settings {
     /// The remote whose backups are pruned.
     pub sftp: SftpTarget,
+    /// The shipper's second SFTP server, when configured.
+    pub sftp2: Option<SftpTarget>,
     pub policy: Policy,
     pub dry_run: bool,
     /// Lifts the brake that refuses to delete more than half the backups.
@@ -81,6 +86,7 @@ impl TryFrom<Args> for Settings {
 
     fn try_from(args: Args) -> Result<Settings, SettingsError> {
         let sftp = args.sftp.target().map_err(SettingsError::Sftp)?;
+        let sftp2 = args.sftp2.target(&args.sftp).map_err(SettingsError::Sftp)?;
         let policy = args
             .retention
             .policy()
@@ -89,6 +95,7 @@ impl TryFrom<Args> for Settings {
             .map_err(SettingsError::Schedule)?;
         Ok(Settings {
             sftp,
+            sftp2,
             policy,
             dry_run: args.dry_run,
             force: args.retention.force,
