@@ -132,3 +132,48 @@ fn verify_from_restores_the_second_server_and_finds_the_first_copy_missing() {
     );
     rig.assert_no_scratch_left();
 }
+
+#[test]
+fn reverification_finds_rot_in_the_second_copy_without_condemning_the_backup() {
+    let rig = Rig::start(Options {
+        second_copy: true,
+        reverify_every: Some(Duration::from_secs(2)),
+        ..NO_OPTIONS
+    });
+    let (source, file, name) = small_source(&rig);
+    let manifest = manifest_for(Some(&source), &source.name, &name, &file);
+    let backup_id = rig.ship(&source.name, &file, &manifest);
+    let (subject, event) = rig.verdict(&backup_id);
+    assert_eq!(subject, "dump.verified", "{event:#}");
+    let second = rig.remote_bases()[1].join(&source.name).join(&name);
+    let mut bytes = std::fs::read(&second).unwrap();
+    bytes[100] ^= 0x80;
+    std::fs::write(&second, bytes).unwrap();
+    let mut found = None;
+    test_support::wait_until(
+        Duration::from_secs(120),
+        "a re-verification that finds the second copy rotten",
+        || {
+            found = rig.events("dump.verified").into_iter().find(|e| {
+                e["backup_id"] == backup_id.as_str()
+                    && e["reverification"] == true
+                    && e["copies_failed"][0]["label"] == "sftp2"
+            });
+            found.is_some()
+        },
+    );
+    let event = found.unwrap();
+    let (proven, failed) = copies(&event);
+    assert_eq!(proven, [pair("sftp", "restored")], "{event:#}");
+    assert!(failed[0].1.starts_with("checksum:"), "{event:#}");
+    let record = |path: &Path| path.with_file_name(format!("{name}.verified.json"));
+    assert!(
+        !record(&second).exists(),
+        "the rotten copy loses its record"
+    );
+    assert!(
+        record(&rig.remote_base().join(&source.name).join(&name)).exists(),
+        "the backup stays verified"
+    );
+    rig.assert_no_scratch_left();
+}
