@@ -1,11 +1,12 @@
 //! Which destination a command reads: the destinations configured for the
-//! services (`remote_store::targets`, from the same variables), and
+//! services (`remote_store::targets`, from the same variables: `SFTP_*`,
+//! and `SHIP_SFTP2_*` for the second SFTP server), and
 //! `--from <label>` to pick one (default: the first, `sftp`). An unknown
 //! label is refused in one line that lists the configured ones, before
 //! anything is connected.
 
 use anyhow::Context;
-use backup_core::sftp::SftpArgs;
+use backup_core::sftp::{SecondSftpArgs, SftpArgs};
 use remote_store::StoreTarget;
 
 #[derive(Debug, Clone, clap::Args)]
@@ -13,12 +14,18 @@ pub struct FromArgs {
     /// Read from the destination with this label (default: the first one, sftp).
     #[arg(long = "from", value_name = "LABEL")]
     pub from: Option<String>,
+    /// The shipper's second SFTP server (`SHIP_SFTP2_*`), label `sftp2`.
+    #[command(flatten)]
+    pub sftp2: SecondSftpArgs,
 }
 
 impl FromArgs {
     /// The destination `--from` names among those configured.
     pub fn target(&self, sftp: &SftpArgs) -> anyhow::Result<StoreTarget> {
-        let targets = remote_store::targets(Some(sftp.target().context("SFTP settings")?));
+        let targets = remote_store::targets(
+            Some(sftp.target().context("SFTP settings")?),
+            self.sftp2.target(sftp)?,
+        );
         Ok(remote_store::find(&targets, self.from.as_deref())?.clone())
     }
 }

@@ -11,6 +11,9 @@ use crate::{Store, StoreError};
 /// The label of the SFTP destination of `SFTP_*`, as the shipper names it.
 pub const SFTP_LABEL: &str = "sftp";
 
+/// The label of the shipper's second SFTP server (`SHIP_SFTP2_*`).
+pub const SFTP2_LABEL: &str = "sftp2";
+
 /// One configured destination.
 #[derive(Debug, Clone)]
 pub struct StoreTarget {
@@ -39,7 +42,12 @@ impl StoreTarget {
         match &self.kind {
             TargetKind::Sftp(target) => {
                 let remote = SftpRemote::connect(&target.settings).await?;
-                note_resolved_dir("SFTP_DIR", &target.dir, &remote);
+                let setting = if self.label == SFTP2_LABEL {
+                    "SHIP_SFTP2_DIR"
+                } else {
+                    "SFTP_DIR"
+                };
+                note_resolved_dir(setting, &target.dir, &remote);
                 Ok(Store::Sftp {
                     remote,
                     dir: target.dir.clone(),
@@ -62,12 +70,13 @@ impl StoreTarget {
 }
 
 /// The destinations to read, in order (the first is the default): the
-/// SFTP server of `SFTP_*` when configured. The one place a new kind of
+/// SFTP server of `SFTP_*` when configured, then the shipper's second SFTP
+/// server (`SHIP_SFTP2_*`) when configured. The one place a new kind of
 /// destination joins every reader.
-pub fn targets(sftp: Option<SftpTarget>) -> Vec<StoreTarget> {
-    sftp.into_iter()
-        .map(|target| StoreTarget::sftp(SFTP_LABEL, target))
-        .collect()
+pub fn targets(sftp: Option<SftpTarget>, sftp2: Option<SftpTarget>) -> Vec<StoreTarget> {
+    let sftp = sftp.map(|target| StoreTarget::sftp(SFTP_LABEL, target));
+    let sftp2 = sftp2.map(|target| StoreTarget::sftp(SFTP2_LABEL, target));
+    [sftp, sftp2].into_iter().flatten().collect()
 }
 
 /// A `--from` label that names no configured destination.
@@ -128,19 +137,23 @@ mod tests {
 
     #[test]
     fn the_sftp_target_is_described_as_the_shipper_does() {
-        let all = targets(Some(sftp("/srv/backups")));
+        let all = targets(Some(sftp("/srv/backups")), None);
         assert_eq!(all.len(), 1);
         assert_eq!(all[0].label, "sftp");
         assert_eq!(
             all[0].describe(),
             "sftp://backup@sftp.example:2222/srv/backups"
         );
-        assert!(targets(None).is_empty());
+        assert!(targets(None, None).is_empty());
+        let both = targets(Some(sftp("/a")), Some(sftp("/b")));
+        let labels: Vec<&str> = both.iter().map(|t| t.label.as_str()).collect();
+        assert_eq!(labels, ["sftp", "sftp2"]);
+        assert_eq!(both[1].describe(), "sftp://backup@sftp.example:2222/b");
     }
 
     #[test]
     fn labels_pick_a_target_and_an_unknown_one_lists_the_others() {
-        let all = targets(Some(sftp("/b")));
+        let all = targets(Some(sftp("/b")), None);
         assert_eq!(find(&all, None).unwrap().label, "sftp");
         assert_eq!(find(&all, Some("sftp")).unwrap().label, "sftp");
         let error = find(&all, Some("nope")).unwrap_err();

@@ -21,10 +21,13 @@ async fn files_are_addressed_by_database_and_name() {
     std::fs::write(base.join("viatique/dump.sql.gz"), vec![7u8; 300_000]).expect("write");
     std::fs::write(base.join("stray.txt"), b"x").expect("write");
     sshd.hand_over(&sshd.remote_root);
-    let all = targets(Some(SftpTarget {
-        settings: test_support::pipeline::sftp_settings(&sshd),
-        dir: base.display().to_string(),
-    }));
+    let all = targets(
+        Some(SftpTarget {
+            settings: test_support::pipeline::sftp_settings(&sshd),
+            dir: base.display().to_string(),
+        }),
+        None,
+    );
     let target: &StoreTarget = &all[0];
     assert_eq!(
         target.describe(),

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use backup_core::config::{ConfigError, SECRETS_HELP, ServiceArgs, parse_duration};
-use backup_core::sftp::{PruneIdentityArgs, SftpArgs, SftpTarget};
+use backup_core::sftp::{PruneIdentityArgs, SecondSftpArgs, SftpArgs, SftpTarget};
 
 use catalogue::Policy;
 pub use catalogue::RetentionArgs;
@@ -26,6 +26,9 @@ pub struct Args {
     /// account whose `SFTP_*` key may not delete.
     #[command(flatten)]
     pub identity: PruneIdentityArgs,
+    /// The shipper's second SFTP server (`SHIP_SFTP2_*`), pruned too.
+    #[command(flatten)]
+    pub sftp2: SecondSftpArgs,
     #[command(flatten)]
     pub retention: RetentionArgs,
     /// Report what would be deleted, and why, without deleting anything.
@@ -73,6 +76,8 @@ pub struct Settings {
     /// The remote whose backups are pruned, logged in to with the
     /// pruner's own identity when `PRUNE_SFTP_KEY_FILE` is set.
     pub sftp: SftpTarget,
+    /// The shipper's second SFTP server, when configured.
+    pub sftp2: Option<SftpTarget>,
     pub policy: Policy,
     pub dry_run: bool,
     /// Lifts the brake that refuses to delete more than half the backups.
@@ -95,6 +100,7 @@ impl TryFrom<Args> for Settings {
         {
             sftp.settings = own;
         }
+        let sftp2 = args.sftp2.target(&args.sftp).map_err(SettingsError::Sftp)?;
         let policy = args
             .retention
             .policy()
@@ -103,6 +109,7 @@ impl TryFrom<Args> for Settings {
             .map_err(SettingsError::Schedule)?;
         Ok(Settings {
             sftp,
+            sftp2,
             policy,
             dry_run: args.dry_run,
             force: args.retention.force,
