@@ -1,12 +1,13 @@
 //! What the notifier says: one [`Notice`] per incident step (first failure,
-//! reminder, give-up, recovery, stale database, success), written once and
+//! reminder, give-up, recovery, stale database, a copy behind, success),
+//! written once and
 //! rendered for each channel — a full email, a short Telegram/Slack text,
 //! and a healthchecks.io ping.
 
 use std::time::Duration;
 
 use backup_core::Stage;
-use backup_core::events::{DumpFailed, DumpSkipped, DumpVerified};
+use backup_core::events::{CopyFailed, DumpFailed, DumpSkipped, DumpVerified};
 use backup_core::names::DatabaseName;
 use chrono::{DateTime, Utc};
 
@@ -23,6 +24,10 @@ pub enum NoticeKind {
     GaveUp,
     /// A database that had an open incident verified again.
     Resolved,
+    /// A backup verified, but its copy on one destination is missing or
+    /// wrong (the first notice of that destination's incident; reminders
+    /// are [`NoticeKind::Reminder`]).
+    CopyBehind,
     /// No `dump.verified` for a database within the staleness threshold.
     Stale,
     /// Still stale after the reminder interval.
@@ -180,6 +185,76 @@ impl Notice {
             short,
             for_people: true,
             health: Some(HealthPing::Fail),
+        }
+    }
+
+    /// A verified backup whose copy on one destination could not be
+    /// proven: [`NoticeKind::CopyBehind`] first, then
+    /// [`NoticeKind::Reminder`] while it stays behind. No healthcheck
+    /// ping: the backup itself is proven.
+    pub fn copy_behind(
+        verified: &DumpVerified,
+        copy: &CopyFailed,
+        kind: NoticeKind,
+        occurrences: u32,
+        since: DateTime<Utc>,
+    ) -> Notice {
+        let database = &verified.header.database;
+        let section = runbook_section(Stage::Verify);
+        let label = if kind == NoticeKind::Reminder {
+            "STILL BEHIND"
+        } else {
+            "COPY BEHIND"
+        };
+        let subject = format!(
+            "[backup] {label} {database}: the copy on {} ({}): {}",
+            copy.label,
+            copy.destination,
+            backup_core::clip(&copy.error, 120)
+        );
+        let mut body = format!(
+            "Backup {} of database {database} was verified from another copy, but its copy on \
+             destination {} ({}) could not be proven.\n\n\
+             Cause: {}\n\n\
+             Artifact: {}\nWhen: {}\n",
+            verified.header.backup_id,
+            copy.label,
+            copy.destination,
+            copy.error,
+            verified.artifact.artifact,
+            verified.header.occurred_at.to_rfc3339(),
+        );
+        if occurrences > 1 {
+            body.push_str(&format!(
+                "That copy has been behind {occurrences} times since {}.\n",
+                when(since)
+            ));
+        }
+        body.push_str(&format!(
+            "\nThe backup itself is proven; restore from another destination \
+             (backupctl restore --from <label>) until this one is fixed.\n\n{}\n",
+            next_step(section)
+        ));
+        let short = format!(
+            "🟠 {database}: copy on {} behind{}\n{}\nCause: {}\nBackup {}\nNext: runbook \"{section}\"",
+            copy.label,
+            if occurrences > 1 {
+                format!(" ({occurrences} times since {})", when(since))
+            } else {
+                String::new()
+            },
+            copy.destination,
+            backup_core::clip(&copy.error, 600),
+            verified.header.backup_id,
+        );
+        Notice {
+            kind,
+            database: Some(database.clone()),
+            subject,
+            body,
+            short,
+            for_people: true,
+            health: None,
         }
     }
 

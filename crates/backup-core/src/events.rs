@@ -247,6 +247,44 @@ pub struct DumpVerified {
     /// The watchdog limits download and restore ran under.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<StageLimits>,
+    /// The copies proven, one per destination, in the verifier's order of
+    /// destinations: the one restored and the others read back whole
+    /// against the manifest's size and sha256.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub copies: Vec<CopyProven>,
+    /// The copies found missing, wrong or unreadable. They do not condemn
+    /// the backup (the restored copy proved it) but the copy is behind.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub copies_failed: Vec<CopyFailed>,
+}
+
+/// How a copy of a verified backup was proven.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Proof {
+    /// Restored into a scratch database and checked.
+    Restored,
+    /// Read back whole: the manifest's size and sha256, byte for byte.
+    Checksum,
+}
+
+/// One destination's copy proven by a `dump.verified`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CopyProven {
+    /// The destination's label (`sftp`, `sftp2`).
+    pub label: String,
+    /// As `dump.shipped` describes destinations.
+    pub destination: String,
+    pub proof: Proof,
+}
+
+/// One destination's copy a `dump.verified` could not prove.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CopyFailed {
+    pub label: String,
+    pub destination: String,
+    /// One line: what was missing or wrong, or why it could not be read.
+    pub error: String,
 }
 
 /// `dump.pruned`: retention ran for one database.
@@ -785,6 +823,8 @@ mod tests {
             skipped: Vec::new(),
             reverification: false,
             limits: None,
+            copies: Vec::new(),
+            copies_failed: Vec::new(),
         };
         assert_eq!(DumpVerified::SUBJECT, "dump.verified");
         assert_eq!(verified.message_id(), "viatique-t42:verified");
@@ -897,5 +937,33 @@ mod tests {
         // Readers that only report still read it.
         let payload = serde_json::to_vec(&created).unwrap();
         assert!(DumpCreated::decode(&payload).is_ok());
+    }
+
+    #[test]
+    fn copies_of_a_verified_backup_are_additive_fields() {
+        let base = serde_json::json!({
+            "version": 1, "backup_id": "db-2", "database": "viatique",
+            "occurred_at": "2026-03-01T02:00:00Z",
+            "artifact": "viatique_20260301_020000.sql.gz", "size_bytes": 10,
+            "sha256": "a".repeat(64), "checks": [], "tables": 1, "rows": 1,
+            "duration_ms": 1,
+        });
+        let old = DumpVerified::decode(base.to_string().as_bytes()).unwrap();
+        assert!(old.copies.is_empty() && old.copies_failed.is_empty());
+        assert!(!serde_json::to_string(&old).unwrap().contains("copies"));
+        let mut with = base;
+        with["copies"] = serde_json::json!([
+            {"label": "sftp", "destination": "sftp://b@h:22/b", "proof": "restored"},
+            {"label": "sftp2", "destination": "sftp://b@n:22/b", "proof": "checksum"},
+        ]);
+        with["copies_failed"] = serde_json::json!([
+            {"label": "sftp3", "destination": "sftp://b@m:22/b", "error": "missing"},
+        ]);
+        let new = DumpVerified::decode(with.to_string().as_bytes()).unwrap();
+        assert_eq!(new.copies[1].proof, Proof::Checksum);
+        assert_eq!(new.copies_failed[0].error, "missing");
+        let again: serde_json::Value = serde_json::to_value(&new).unwrap();
+        assert_eq!(again["copies"], with["copies"]);
+        assert_eq!(again["copies_failed"], with["copies_failed"]);
     }
 }

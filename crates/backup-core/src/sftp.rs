@@ -167,6 +167,85 @@ impl SftpTarget {
     }
 }
 
+/// The optional second SFTP server the shipper copies to (`SHIP_SFTP2_*`),
+/// label `sftp2`. Every service that reads the copies flattens it too, so
+/// they all see the same destinations. Explicit ids: clap would otherwise
+/// merge these with [`SftpArgs`]' fields of the same name.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct SecondSftpArgs {
+    /// Second SFTP server host name; setting it enables that destination.
+    #[arg(id = "sftp2-host", long = "sftp2-host", env = "SHIP_SFTP2_HOST")]
+    pub host: Option<String>,
+    #[arg(
+        id = "sftp2-port",
+        long = "sftp2-port",
+        env = "SHIP_SFTP2_PORT",
+        default_value_t = 22
+    )]
+    pub port: u16,
+    #[arg(id = "sftp2-user", long = "sftp2-user", env = "SHIP_SFTP2_USER")]
+    pub user: Option<String>,
+    /// Base directory on the second server (absolute, or relative to the login directory).
+    #[arg(id = "sftp2-dir", long = "sftp2-dir", env = "SHIP_SFTP2_DIR")]
+    pub dir: Option<String>,
+    #[arg(
+        id = "sftp2-key-file",
+        long = "sftp2-key-file",
+        env = "SHIP_SFTP2_KEY_FILE"
+    )]
+    pub key_file: Option<PathBuf>,
+    #[arg(
+        id = "sftp2-known-hosts",
+        long = "sftp2-known-hosts",
+        env = "SHIP_SFTP2_KNOWN_HOSTS"
+    )]
+    pub known_hosts: Option<PathBuf>,
+    #[arg(
+        id = "sftp2-host-fingerprint",
+        long = "sftp2-host-fingerprint",
+        env = "SHIP_SFTP2_HOST_FINGERPRINT"
+    )]
+    pub host_fingerprint: Option<String>,
+}
+
+impl SecondSftpArgs {
+    /// The second server when `SHIP_SFTP2_HOST` is set, checked by the
+    /// primary server's rules (a pinned host key, a base directory that
+    /// does not escape) with the primary's timeouts; refusals name the
+    /// `SHIP_SFTP2_*` variable. Its key passphrase comes from
+    /// `SHIP_SFTP2_KEY_PASSPHRASE` (or `_FILE`).
+    pub fn target(&self, primary: &SftpArgs) -> Result<Option<SftpTarget>, ConfigError> {
+        let Some(host) = &self.host else {
+            return Ok(None);
+        };
+        let (Some(user), Some(dir), Some(key_file)) = (&self.user, &self.dir, &self.key_file)
+        else {
+            return Err(ConfigError::Invalid(
+                "SHIP_SFTP2_HOST is set: SHIP_SFTP2_USER, SHIP_SFTP2_DIR and SHIP_SFTP2_KEY_FILE are required too".into(),
+            ));
+        };
+        let args = SftpArgs {
+            host: host.clone(),
+            port: self.port,
+            user: user.clone(),
+            dir: dir.clone(),
+            key_file: key_file.clone(),
+            known_hosts: self.known_hosts.clone(),
+            host_fingerprint: self.host_fingerprint.clone(),
+            connect_timeout: primary.connect_timeout,
+            io_timeout: primary.io_timeout,
+        };
+        let rename =
+            |e: ConfigError| ConfigError::Invalid(e.to_string().replace("SFTP_", "SHIP_SFTP2_"));
+        let mut settings = args.settings().map_err(rename)?;
+        settings.key_passphrase = secret_from_env("SHIP_SFTP2_KEY_PASSPHRASE")?;
+        Ok(Some(SftpTarget {
+            settings,
+            dir: args.dir,
+        }))
+    }
+}
+
 /// `<base_dir>/<database>`: where the artifacts of `database` live.
 pub fn database_dir(base_dir: &str, database: &DatabaseName) -> String {
     format!("{}/{}", base_dir.trim_end_matches('/'), database)
@@ -276,5 +355,42 @@ mod tests {
             let error = check_dir("SFTP_DIR", bad).unwrap_err().to_string();
             assert!(error.starts_with("SFTP_DIR "), "{error}");
         }
+    }
+
+    #[test]
+    fn the_second_server_is_optional_and_named_by_its_own_variables() {
+        let primary = SftpArgs {
+            host: "sftp.example".into(),
+            port: 22,
+            user: "backup".into(),
+            dir: "/srv/backups".into(),
+            key_file: "/k".into(),
+            known_hosts: Some("/kh".into()),
+            host_fingerprint: None,
+            connect_timeout: std::time::Duration::from_secs(3),
+            io_timeout: std::time::Duration::from_secs(4),
+        };
+        assert!(
+            SecondSftpArgs::default()
+                .target(&primary)
+                .unwrap()
+                .is_none()
+        );
+        let mut second = SecondSftpArgs {
+            host: Some("nas.example".into()),
+            port: 2222,
+            ..SecondSftpArgs::default()
+        };
+        let missing = second.target(&primary).unwrap_err().to_string();
+        assert!(missing.contains("SHIP_SFTP2_USER"), "{missing}");
+        second.user = Some("u".into());
+        second.dir = Some("/b".into());
+        second.key_file = Some("/k2".into());
+        let unpinned = second.target(&primary).unwrap_err().to_string();
+        assert!(unpinned.starts_with("SHIP_SFTP2_KNOWN_HOSTS"), "{unpinned}");
+        second.host_fingerprint = Some("SHA256:y".into());
+        let target = second.target(&primary).unwrap().unwrap();
+        assert_eq!(target.describe(), "sftp://u@nas.example:2222/b");
+        assert_eq!(target.settings.io_timeout, primary.io_timeout);
     }
 }

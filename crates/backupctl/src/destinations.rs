@@ -1,12 +1,13 @@
 //! Which destination a command reads: the destinations configured for the
 //! services (`remote_store::targets`, from the same variables: `SFTP_*`,
-//! and `S3_*` when `S3_BUCKET` is set), and `--from <label>` to pick one
-//! (default: the first, `sftp`; `s3` for the bucket). An unknown
+//! `SHIP_SFTP2_*` for the second SFTP server, and `S3_*` when `S3_BUCKET`
+//! is set), and `--from <label>` to pick one (default: the first, `sftp`;
+//! `sftp2`, `s3`). An unknown
 //! label is refused in one line that lists the configured ones, before
 //! anything is connected.
 
 use anyhow::Context;
-use backup_core::sftp::SftpArgs;
+use backup_core::sftp::{SecondSftpArgs, SftpArgs};
 use remote_s3::S3Args;
 use remote_store::StoreTarget;
 
@@ -18,6 +19,9 @@ pub struct FromArgs {
     /// The shipper's S3 destination (`--from s3`), when `S3_BUCKET` is set.
     #[command(flatten)]
     pub s3: S3Args,
+    /// The shipper's second SFTP server (`SHIP_SFTP2_*`), label `sftp2`.
+    #[command(flatten)]
+    pub sftp2: SecondSftpArgs,
 }
 
 impl FromArgs {
@@ -29,7 +33,11 @@ impl FromArgs {
             .settings()
             .map_err(|e| anyhow::anyhow!(e.0))
             .context("S3 settings")?;
-        let targets = remote_store::targets(Some(sftp.target().context("SFTP settings")?), s3);
+        let targets = remote_store::targets(
+            Some(sftp.target().context("SFTP settings")?),
+            self.sftp2.target(sftp)?,
+            s3,
+        );
         Ok(remote_store::find(&targets, self.from.as_deref())?.clone())
     }
 }

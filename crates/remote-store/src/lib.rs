@@ -6,11 +6,12 @@
 //! the verifier, the pruner and `backupctl` never spell a path themselves.
 //!
 //! - [`StoreTarget`] ([`target`]): one configured destination, its label
-//!   (`sftp`, `s3`) and its settings; [`StoreTarget::connect`] opens a
+//!   (`sftp`, `sftp2`, `s3`) and its settings; [`StoreTarget::connect`] opens a
 //!   [`Store`], [`StoreTarget::describe`] names it for events and logs as
 //!   the shipper does in `dump.shipped` (no secrets). [`targets`] builds
-//!   the list a service reads from its settings: the one place a new kind
-//!   of destination is added.
+//!   the list a service reads from its settings (`sftp`, then the
+//!   shipper's second SFTP server `sftp2` and the bucket `s3` when
+//!   configured): the one place a new destination is added.
 //! - [`Store`] ([`store`]): an open connection to one destination: list a
 //!   database's files ([`Entry`], with `retain_until` from S3 Object
 //!   Lock), list the databases, stat, read a small file, open a
@@ -38,4 +39,6 @@ pub mod target;
 pub use error::StoreError;
 pub use reader::StoreReader;
 pub use store::{Entry, Store};
-pub use target::{S3_LABEL, SFTP_LABEL, StoreTarget, TargetKind, UnknownTarget, find, targets};
+pub use target::{
+    S3_LABEL, SFTP_LABEL, SFTP2_LABEL, StoreTarget, TargetKind, UnknownTarget, find, targets,
+};

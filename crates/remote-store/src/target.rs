@@ -14,6 +14,9 @@ pub const SFTP_LABEL: &str = "sftp";
 /// The label of the S3 destination of `S3_*`, as the shipper names it.
 pub const S3_LABEL: &str = "s3";
 
+/// The label of the shipper's second SFTP server (`SHIP_SFTP2_*`).
+pub const SFTP2_LABEL: &str = "sftp2";
+
 /// One configured destination.
 #[derive(Debug, Clone)]
 pub struct StoreTarget {
@@ -52,7 +55,12 @@ impl StoreTarget {
         match &self.kind {
             TargetKind::Sftp(target) => {
                 let remote = SftpRemote::connect(&target.settings).await?;
-                note_resolved_dir("SFTP_DIR", &target.dir, &remote);
+                let setting = if self.label == SFTP2_LABEL {
+                    "SHIP_SFTP2_DIR"
+                } else {
+                    "SFTP_DIR"
+                };
+                note_resolved_dir(setting, &target.dir, &remote);
                 Ok(Store::Sftp {
                     remote,
                     dir: target.dir.clone(),
@@ -84,15 +92,18 @@ impl StoreTarget {
 }
 
 /// The destinations to read, in order (the first is the default): the
-/// SFTP server of `SFTP_*` and the bucket of `S3_*`, each when configured.
-/// The one place a new kind of destination joins every reader.
-pub fn targets(sftp: Option<SftpTarget>, s3: Option<S3Settings>) -> Vec<StoreTarget> {
-    let mut all: Vec<StoreTarget> = sftp
-        .into_iter()
-        .map(|target| StoreTarget::sftp(SFTP_LABEL, target))
-        .collect();
-    all.extend(s3.map(|settings| StoreTarget::s3(S3_LABEL, settings)));
-    all
+/// SFTP server of `SFTP_*`, then the shipper's second SFTP server
+/// (`SHIP_SFTP2_*`), then the bucket of `S3_*`, each when configured. The
+/// one place a new kind of destination joins every reader.
+pub fn targets(
+    sftp: Option<SftpTarget>,
+    sftp2: Option<SftpTarget>,
+    s3: Option<S3Settings>,
+) -> Vec<StoreTarget> {
+    let sftp = sftp.map(|target| StoreTarget::sftp(SFTP_LABEL, target));
+    let sftp2 = sftp2.map(|target| StoreTarget::sftp(SFTP2_LABEL, target));
+    let s3 = s3.map(|settings| StoreTarget::s3(S3_LABEL, settings));
+    [sftp, sftp2, s3].into_iter().flatten().collect()
 }
 
 /// A `--from` label that names no configured destination.
@@ -153,14 +164,18 @@ mod tests {
 
     #[test]
     fn the_sftp_target_is_described_as_the_shipper_does() {
-        let all = targets(Some(sftp("/srv/backups")), None);
+        let all = targets(Some(sftp("/srv/backups")), None, None);
         assert_eq!(all.len(), 1);
         assert_eq!(all[0].label, "sftp");
         assert_eq!(
             all[0].describe(),
             "sftp://backup@sftp.example:2222/srv/backups"
         );
-        assert!(targets(None, None).is_empty());
+        assert!(targets(None, None, None).is_empty());
+        let both = targets(Some(sftp("/a")), Some(sftp("/b")), None);
+        let labels: Vec<&str> = both.iter().map(|t| t.label.as_str()).collect();
+        assert_eq!(labels, ["sftp", "sftp2"]);
+        assert_eq!(both[1].describe(), "sftp://backup@sftp.example:2222/b");
     }
 
     #[test]
@@ -172,17 +187,17 @@ mod tests {
             "secret".to_owned().into(),
         );
         s3.prefix = "pg".into();
-        let all = targets(Some(sftp("/b")), Some(s3.clone()));
+        let all = targets(Some(sftp("/a")), Some(sftp("/b")), Some(s3.clone()));
         let labels: Vec<&str> = all.iter().map(|t| t.label.as_str()).collect();
-        assert_eq!(labels, ["sftp", "s3"]);
-        assert_eq!(all[1].describe(), "s3://backups/pg at 127.0.0.1:9000");
+        assert_eq!(labels, ["sftp", "sftp2", "s3"]);
+        assert_eq!(all[2].describe(), "s3://backups/pg at 127.0.0.1:9000");
         assert_eq!(find(&all, Some("s3")).unwrap().label, "s3");
-        assert_eq!(targets(None, Some(s3))[0].label, "s3");
+        assert_eq!(targets(None, None, Some(s3))[0].label, "s3");
     }
 
     #[test]
     fn labels_pick_a_target_and_an_unknown_one_lists_the_others() {
-        let all = targets(Some(sftp("/b")), None);
+        let all = targets(Some(sftp("/b")), None, None);
         assert_eq!(find(&all, None).unwrap().label, "sftp");
         assert_eq!(find(&all, Some("sftp")).unwrap().label, "sftp");
         let error = find(&all, Some("nope")).unwrap_err();

@@ -28,6 +28,7 @@ async fn files_are_addressed_by_database_and_name() {
             dir: base.display().to_string(),
         }),
         None,
+        None,
     );
     let target: &StoreTarget = &all[0];
     assert_eq!(
@@ -114,12 +115,12 @@ async fn s3_objects_are_addressed_by_database_and_name_with_their_locks() {
         moto.secret_access_key.clone().into(),
     );
     settings.prefix = "pg".into();
-    let plain = targets(None, Some(settings.clone()));
+    let plain = targets(None, None, Some(settings.clone()));
     settings.object_lock = Some(ObjectLock {
         days: 1,
         mode: LockMode::Governance,
     });
-    let locking = targets(None, Some(settings));
+    let locking = targets(None, None, Some(settings));
     assert_eq!(plain[0].label, "s3");
     let store = plain[0].connect().await.expect("client");
     let locked_store = locking[0].connect().await.expect("client");

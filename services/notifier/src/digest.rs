@@ -497,7 +497,7 @@ mod tests {
             ledger.on_created(&created(taken, size * 1024 * 1024, dump_ms));
             let event = verified(taken, size * 1024 * 1024);
             ledger.on_verified(&event);
-            let _ = incidents.on_verified(&event);
+            let _ = incidents.on_verified(&event, event.header.occurred_at);
         }
         let viatique: DatabaseName = "viatique".parse().unwrap();
         let notice = digest(

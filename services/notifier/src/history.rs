@@ -116,12 +116,8 @@ pub async fn rebuild(
                 Message::Failed(failure) => {
                     let _ = incidents.on_failure(&failure, failure.header.occurred_at);
                 }
-                Message::Verified(verified) if verified.reverification => incidents.note_verified(
-                    &verified.header.database,
-                    verified.artifact.artifact.taken_at(),
-                ),
                 Message::Verified(verified) => {
-                    let _ = incidents.on_verified(&verified);
+                    let _ = incidents.on_verified(&verified, verified.header.occurred_at);
                 }
                 Message::Pruned(pruned) => incidents.on_pruned(&pruned),
                 _ => {}

@@ -1,7 +1,17 @@
 //! The notifier's memory: which databases have an open incident, when each
 //! was last alerted, and when each database last verified. It decides what
 //! deserves a message: the first failure of a kind, a reminder once the
-//! interval has passed, one give-up, one recovery, one stale alert.
+//! interval has passed, one give-up, one recovery, one stale alert, one
+//! alert per destination whose copy falls behind.
+//!
+//! A copy falls behind when a `dump.verified` (first verification or
+//! re-verification) lists it in `copies_failed`: its incident is keyed by
+//! database and destination, and closes only when a later `dump.verified`
+//! proves that destination again (or no longer reports it at all: the
+//! verifier stopped reading it). The shipper's `dump.shipped.destinations`
+//! is not compared: it names destinations the verifier cannot read (a
+//! local directory), and the shipper emits it only once every destination
+//! has the artifact.
 //!
 //! Nothing here is persisted: at start-up the state is rebuilt from the
 //! stream (see `history`), so dedup and the dead man's switch survive a
@@ -11,7 +21,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use backup_core::Stage;
-use backup_core::events::{DumpFailed, DumpPruned, DumpVerified};
+use backup_core::events::{CopyFailed, DumpFailed, DumpPruned, DumpVerified};
 use backup_core::names::DatabaseName;
 use chrono::{DateTime, Utc};
 
@@ -21,8 +31,15 @@ use alert_channels::{IncidentSummary, Notice, NoticeKind};
 /// its variable parts (numbers: ports, attempts, timestamps, ids) blurred.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum IncidentKey {
-    Failure { stage: Stage, cause: String },
+    Failure {
+        stage: Stage,
+        cause: String,
+    },
     Stale,
+    /// The copy on one destination (as events describe it) is behind.
+    Copy {
+        destination: String,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -80,6 +97,63 @@ pub fn cause_class(error: &str) -> String {
 
 fn elapsed(from: DateTime<Utc>, to: DateTime<Utc>) -> Duration {
     (to - from).to_std().unwrap_or_default()
+}
+
+/// A copy `verified` could not prove: the first notice of its
+/// destination's incident, a reminder once the interval has passed, or
+/// nothing (already alerted).
+fn copy_behind(
+    state: &mut DatabaseState,
+    verified: &DumpVerified,
+    copy: &CopyFailed,
+    now: DateTime<Utc>,
+    remind_every: Duration,
+) -> Option<Notice> {
+    let key = IncidentKey::Copy {
+        destination: copy.destination.clone(),
+    };
+    let Some(incident) = state.incidents.get_mut(&key) else {
+        state.incidents.insert(
+            key,
+            Incident {
+                title: format!(
+                    "copy on {} ({}) behind: {}",
+                    copy.label,
+                    copy.destination,
+                    backup_core::clip(&copy.error, 200)
+                ),
+                first_seen: now,
+                last_alerted: now,
+                occurrences: 1,
+                gave_up_alerted: true,
+            },
+        );
+        return Some(Notice::copy_behind(
+            verified,
+            copy,
+            NoticeKind::CopyBehind,
+            1,
+            now,
+        ));
+    };
+    incident.occurrences += 1;
+    if elapsed(incident.last_alerted, now) < remind_every {
+        tracing::info!(
+            database = %verified.header.database,
+            destination = %copy.destination,
+            occurrences = incident.occurrences,
+            "copy still behind; already alerted"
+        );
+        return None;
+    }
+    incident.last_alerted = now;
+    Some(Notice::copy_behind(
+        verified,
+        copy,
+        NoticeKind::Reminder,
+        incident.occurrences,
+        incident.first_seen,
+    ))
 }
 
 impl Incidents {
@@ -155,9 +229,15 @@ impl Incidents {
         ))
     }
 
-    /// A `dump.verified`: closes every incident of the database (one
-    /// recovery message), or is a plain success.
-    pub fn on_verified(&mut self, verified: &DumpVerified) -> Notice {
+    /// A `dump.verified`: alerts each copy it could not prove (once per
+    /// destination, then reminders), closes the incidents it settles (one
+    /// recovery message), or is a plain success. A first verification
+    /// settles every incident of the database but the copies still behind;
+    /// a re-verification, which says nothing about whether today's backups
+    /// work, settles only the copies it proves (and sends no success).
+    pub fn on_verified(&mut self, verified: &DumpVerified, now: DateTime<Utc>) -> Vec<Notice> {
+        let remind_every = self.policy.remind_every;
+        let alert_on_success = self.policy.alert_on_success;
         let state = self
             .databases
             .entry(verified.header.database.clone())
@@ -166,20 +246,54 @@ impl Incidents {
         // the verification ran.
         let at = verified.artifact.artifact.taken_at();
         state.last_verified = Some(state.last_verified.map_or(at, |last| last.max(at)));
-        let mut closed: Vec<Incident> = state.incidents.drain().map(|(_, i)| i).collect();
-        if closed.is_empty() {
-            return Notice::success(verified, self.policy.alert_on_success);
-        }
-        closed.sort_by_key(|i| i.first_seen);
-        let summaries: Vec<IncidentSummary> = closed
-            .into_iter()
-            .map(|i| IncidentSummary {
-                title: i.title,
-                first_seen: i.first_seen,
-                occurrences: i.occurrences,
-            })
+        let mut notices: Vec<Notice> = verified
+            .copies_failed
+            .iter()
+            .filter_map(|copy| copy_behind(state, verified, copy, now, remind_every))
             .collect();
-        Notice::resolved(verified, &summaries)
+        let proven: BTreeSet<&str> = verified
+            .copies
+            .iter()
+            .map(|c| c.destination.as_str())
+            .collect();
+        let failing: BTreeSet<&str> = verified
+            .copies_failed
+            .iter()
+            .map(|c| c.destination.as_str())
+            .collect();
+        // Events of a verifier that does not report copies settle none.
+        let reports_copies = !proven.is_empty() || !failing.is_empty();
+        let settled: Vec<IncidentKey> = state
+            .incidents
+            .keys()
+            .filter(|key| match key {
+                IncidentKey::Copy { destination } => {
+                    proven.contains(destination.as_str())
+                        || (reports_copies && !failing.contains(destination.as_str()))
+                }
+                _ => !verified.reverification,
+            })
+            .cloned()
+            .collect();
+        let mut closed: Vec<Incident> = settled
+            .iter()
+            .filter_map(|key| state.incidents.remove(key))
+            .collect();
+        if !closed.is_empty() {
+            closed.sort_by_key(|i| i.first_seen);
+            let summaries: Vec<IncidentSummary> = closed
+                .into_iter()
+                .map(|i| IncidentSummary {
+                    title: i.title,
+                    first_seen: i.first_seen,
+                    occurrences: i.occurrences,
+                })
+                .collect();
+            notices.push(Notice::resolved(verified, &summaries));
+        } else if !verified.reverification {
+            notices.push(Notice::success(verified, alert_on_success));
+        }
+        notices
     }
 
     /// A `dump.pruned` that really ran proves pruning works again; it does
@@ -346,6 +460,97 @@ mod tests {
         .unwrap()
     }
 
+    fn kinds(notices: &[Notice]) -> Vec<NoticeKind> {
+        notices.iter().map(|n| n.kind).collect()
+    }
+
+    /// A verification that proved the copies `proven` and not `failed`.
+    fn with_copies(
+        at: DateTime<Utc>,
+        proven: &[&str],
+        failed: &[&str],
+        reverification: bool,
+    ) -> DumpVerified {
+        use backup_core::events::{CopyProven, Proof};
+        let mut event = verified(at);
+        event.copies = proven
+            .iter()
+            .map(|label| CopyProven {
+                label: (*label).to_owned(),
+                destination: format!("sftp://b@{label}:22/b"),
+                proof: Proof::Checksum,
+            })
+            .collect();
+        event.copies_failed = failed
+            .iter()
+            .map(|label| CopyFailed {
+                label: (*label).to_owned(),
+                destination: format!("sftp://b@{label}:22/b"),
+                error: "checksum: the stored copy does not match".to_owned(),
+            })
+            .collect();
+        event.reverification = reverification;
+        event
+    }
+
+    #[test]
+    fn a_copy_behind_alerts_once_per_destination_until_proven_again() {
+        let mut state = Incidents::new(policy(), [], t0());
+        let db: DatabaseName = "viatique".parse().unwrap();
+        let first = state.on_verified(&with_copies(t0(), &["sftp"], &["nas"], false), t0());
+        assert_eq!(kinds(&first), [NoticeKind::CopyBehind, NoticeKind::Success]);
+        assert!(
+            first[0].subject.contains("sftp://b@nas:22/b"),
+            "{}",
+            first[0].subject
+        );
+        assert!(first[0].health.is_none(), "the backup itself is proven");
+        // Behind again within the interval: nothing new; the next
+        // verification settles nothing else either.
+        let again = state.on_verified(
+            &with_copies(t0() + HOUR, &["sftp"], &["nas"], false),
+            t0() + HOUR,
+        );
+        assert_eq!(kinds(&again), [NoticeKind::Success]);
+        assert_eq!(state.open(&db).len(), 1);
+        // A re-verification finds another copy behind, and a reminder is due.
+        let reverified = state.on_verified(
+            &with_copies(t0() + 7 * HOUR, &["sftp"], &["nas", "s3"], true),
+            t0() + 7 * HOUR,
+        );
+        assert_eq!(
+            kinds(&reverified),
+            [NoticeKind::Reminder, NoticeKind::CopyBehind]
+        );
+        assert_eq!(state.open(&db).len(), 2);
+        // A failure of the pipeline is not settled by a copy proven in a
+        // re-verification, only by a first verification.
+        let failure = state.on_failure(&failed("permission denied", 1, true), t0() + 8 * HOUR);
+        assert_eq!(failure.unwrap().kind, NoticeKind::Failure);
+        let proven = state.on_verified(
+            &with_copies(t0() + 9 * HOUR, &["sftp", "nas"], &["s3"], true),
+            t0() + 9 * HOUR,
+        );
+        assert_eq!(kinds(&proven), [NoticeKind::Resolved]);
+        assert!(proven[0].body.contains("copy on nas"), "{}", proven[0].body);
+        assert_eq!(state.open(&db).len(), 2, "s3 and the failure stay open");
+        // A verifier that stopped reading s3 settles it; so does a first
+        // verification for the failure.
+        let settled = state.on_verified(
+            &with_copies(t0() + 10 * HOUR, &["sftp", "nas"], &[], false),
+            t0() + 10 * HOUR,
+        );
+        assert_eq!(kinds(&settled), [NoticeKind::Resolved]);
+        assert!(state.open(&db).is_empty());
+        // Events without copies (an older verifier) leave copy incidents be.
+        state.on_verified(
+            &with_copies(t0() + 11 * HOUR, &["sftp"], &["nas"], false),
+            t0(),
+        );
+        state.on_verified(&verified(t0() + 12 * HOUR), t0() + 12 * HOUR);
+        assert_eq!(state.open(&db).len(), 1);
+    }
+
     #[test]
     fn retries_of_one_failure_alert_once_then_remind_then_give_up() {
         let mut state = Incidents::new(policy(), [], t0());
@@ -372,12 +577,16 @@ mod tests {
         // A different cause is a different incident.
         let other = state.on_failure(&failed("permission denied", 1, true), t0() + 8 * HOUR);
         assert_eq!(other.unwrap().kind, NoticeKind::Failure);
-        let resolved = state.on_verified(&verified(t0() + 9 * HOUR));
-        assert_eq!(resolved.kind, NoticeKind::Resolved);
-        assert!(resolved.body.contains("11 times"), "{}", resolved.body);
+        let resolved = state.on_verified(&verified(t0() + 9 * HOUR), t0() + 9 * HOUR);
+        assert_eq!(kinds(&resolved), [NoticeKind::Resolved]);
+        assert!(
+            resolved[0].body.contains("11 times"),
+            "{}",
+            resolved[0].body
+        );
         assert_eq!(
-            state.on_verified(&verified(t0() + 10 * HOUR)).kind,
-            NoticeKind::Success
+            kinds(&state.on_verified(&verified(t0() + 10 * HOUR), t0() + 10 * HOUR)),
+            [NoticeKind::Success]
         );
     }
 
@@ -418,8 +627,8 @@ mod tests {
             NoticeKind::StaleReminder
         );
         assert_eq!(
-            state.on_verified(&verified(t0() + 35 * HOUR)).kind,
-            NoticeKind::Resolved
+            kinds(&state.on_verified(&verified(t0() + 35 * HOUR), t0() + 35 * HOUR)),
+            [NoticeKind::Resolved]
         );
         assert!(state.check_stale(t0() + 36 * HOUR).is_empty());
     }

@@ -8,6 +8,10 @@
 //!   the pipeline stops retrying.
 //! - A `dump.verified` closes the database's incidents with one "resolved"
 //!   message (and pings the healthcheck).
+//! - A copy falls behind: a `dump.verified` (or re-verification) whose
+//!   `copies_failed` names a destination opens one incident for that
+//!   destination, alerted once (then reminders), closed when a later
+//!   `dump.verified` proves that destination again.
 //! - A `dump.skipped` (a scheduled dump that found the previous one still
 //!   running) is one warning, not an incident: nothing to resolve later.
 //! - The dead man's switch: a configured database with no `dump.verified`
@@ -298,31 +302,26 @@ impl Handler for NotifyHandler {
     ) -> Outcome {
         let now = self.shared.clock.now();
         self.shared.ledger().record(&message);
-        let notice = {
+        let notices: Vec<Notice> = {
             let mut incidents = self.shared.incidents();
             match message {
-                Message::Failed(failure) => incidents.on_failure(&failure, now),
-                // A periodic re-check of an older backup says nothing
-                // about whether today's backups work.
-                Message::Verified(verified) if verified.reverification => {
-                    incidents.note_verified(
-                        &verified.header.database,
-                        verified.artifact.artifact.taken_at(),
-                    );
-                    None
+                Message::Failed(failure) => {
+                    incidents.on_failure(&failure, now).into_iter().collect()
                 }
-                Message::Verified(verified) => Some(incidents.on_verified(&verified)),
+                // A re-verification only speaks of the copies it proved
+                // or found behind (see `Incidents::on_verified`).
+                Message::Verified(verified) => incidents.on_verified(&verified, now),
                 Message::Pruned(pruned) => {
                     incidents.on_pruned(&pruned);
-                    None
+                    Vec::new()
                 }
-                Message::Skipped(skipped) => Some(Notice::skipped(&skipped)),
-                Message::Created(_) | Message::Shipped(_) | Message::Other => None,
+                Message::Skipped(skipped) => vec![Notice::skipped(&skipped)],
+                Message::Created(_) | Message::Shipped(_) | Message::Other => Vec::new(),
             }
         };
-        if let Some(notice) = notice {
+        for notice in &notices {
             // Each channel has delivered or given up (and said so) by now.
-            self.shared.send(&notice).await;
+            self.shared.send(notice).await;
         }
         Outcome::Ack
     }

@@ -5,6 +5,8 @@
 
 #[path = "notifier/binary.rs"]
 mod binary;
+#[path = "notifier/copies.rs"]
+mod copies;
 #[path = "notifier/dead_mans_switch.rs"]
 mod dead_mans_switch;
 #[path = "notifier/delivery.rs"]

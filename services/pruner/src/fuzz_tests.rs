@@ -145,6 +145,7 @@ fn a_clock_jumped_forty_days_deletes_no_verified_backup_and_no_upload_in_flight(
             settings: test_support::pipeline::sftp_settings(&sshd),
             dir: base.display().to_string(),
         },
+        sftp2: None,
         // Two weeks of nightly backups all stay: anything deleted later is
         // the clock's doing.
         policy: Policy {

@@ -82,7 +82,11 @@ impl PruneError {
 /// The destinations this pruner prunes, in order: the ones
 /// `remote_store::targets` builds from the settings.
 pub fn destinations(settings: &Settings) -> Vec<StoreTarget> {
-    remote_store::targets(Some(settings.sftp.clone()), settings.s3.clone())
+    remote_store::targets(
+        Some(settings.sftp.clone()),
+        settings.sftp2.clone(),
+        settings.s3.clone(),
+    )
 }
 
 /// Which destination a run was about, as events name it.

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use backup_core::config::{ConfigError, SECRETS_HELP, ServiceArgs, parse_duration};
-use backup_core::sftp::{PruneIdentityArgs, SftpArgs, SftpTarget};
+use backup_core::sftp::{PruneIdentityArgs, SecondSftpArgs, SftpArgs, SftpTarget};
 use remote_s3::{S3_HELP, S3Args, S3Settings};
 
 use catalogue::Policy;
@@ -31,6 +31,9 @@ pub struct Args {
     /// (with the same credentials; objects under Object Lock are kept).
     #[command(flatten)]
     pub s3: S3Args,
+    /// The shipper's second SFTP server (`SHIP_SFTP2_*`), pruned too.
+    #[command(flatten)]
+    pub sftp2: SecondSftpArgs,
     #[command(flatten)]
     pub retention: RetentionArgs,
     /// Report what would be deleted, and why, without deleting anything.
@@ -82,6 +85,8 @@ pub struct Settings {
     pub sftp: SftpTarget,
     /// The shipper's S3 bucket, when `S3_BUCKET` is set.
     pub s3: Option<S3Settings>,
+    /// The shipper's second SFTP server, when configured.
+    pub sftp2: Option<SftpTarget>,
     pub policy: Policy,
     pub dry_run: bool,
     /// Lifts the brake that refuses to delete more than half the backups.
@@ -105,6 +110,7 @@ impl TryFrom<Args> for Settings {
             sftp.settings = own;
         }
         let s3 = args.s3.settings().map_err(|e| SettingsError::S3(e.0))?;
+        let sftp2 = args.sftp2.target(&args.sftp).map_err(SettingsError::Sftp)?;
         let policy = args
             .retention
             .policy()
@@ -114,6 +120,7 @@ impl TryFrom<Args> for Settings {
         Ok(Settings {
             sftp,
             s3,
+            sftp2,
             policy,
             dry_run: args.dry_run,
             force: args.retention.force,

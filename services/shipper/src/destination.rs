@@ -5,8 +5,9 @@
 //! destination gets the same treatment, in this order:
 //!
 //! 1. `<dir>/<database>/` is created (0700) if missing;
-//! 2. `.partial` files of this shipper left there by a killed run are
-//!    removed, except, on SFTP, the artifact's own `.partial` when an
+//! 2. the artifact's `.partial` files left there by a killed run are
+//!    removed (other artifacts' are left alone: another upload may be
+//!    writing them, and the pruner removes stale ones), except, on SFTP, the artifact's own `.partial` when an
 //!    earlier attempt of this process knows how much of it the server
 //!    acknowledged (see [`crate::resume`]), and except on an append-only
 //!    SFTP account (`SFTP_APPEND_ONLY`), whose key cannot: there each
@@ -328,21 +329,11 @@ where
     })
 }
 
-/// Whether `name` is a temporary file this shipper writes: the `.partial`
-/// of an artifact or of its manifest. Other writers' temporary files
-/// (the verifier's records) are left alone.
-fn is_own_partial(name: &str) -> bool {
-    // Either form the SFTP client writes (`.partial`, or a write-once
-    // `.<8 hex>.partial`); local copies use the first.
-    let Some(stem) = remote_sftp::partial_target(name) else {
-        return false;
-    };
-    let artifact = stem.strip_suffix(MANIFEST_SUFFIX).unwrap_or(stem);
-    artifact.parse::<ArtifactName>().is_ok()
-}
-
-/// Whether `name` is a temporary file of `artifact` (of the artifact
-/// itself or of its manifest), in either form [`is_own_partial`] knows.
+/// Whether `name` is a temporary file the shipper writes for `artifact`:
+/// the `.partial` of the artifact or of its manifest, in either form the
+/// SFTP client writes (`.partial`, or a write-once `.<8 hex>.partial`; local
+/// copies use the first). Other writers' temporary files (the verifier's
+/// records) and other artifacts' are left alone.
 fn is_partial_of(name: &str, artifact: &ArtifactName) -> bool {
     let Some(stem) = remote_sftp::partial_target(name) else {
         return false;
@@ -593,7 +584,7 @@ async fn deliver_local(
     let mut entries = tokio::fs::read_dir(&dir).await.map_err(at(&dir))?;
     while let Some(entry) = entries.next_entry().await.map_err(at(&dir))? {
         let name = entry.file_name().to_string_lossy().into_owned();
-        if is_own_partial(&name) {
+        if is_partial_of(&name, &artifact.name) {
             tracing::info!(path = %entry.path().display(), "removing a temporary file left by an interrupted copy");
             match tokio::fs::remove_file(entry.path()).await {
                 Ok(()) => {}
@@ -722,18 +713,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_our_own_partials_are_cleaned_up() {
-        assert!(is_own_partial("db_20260101_020000.sql.gz.partial"));
-        assert!(is_own_partial(
-            "db_20260101_020000.sql.gz.manifest.json.partial"
-        ));
-        assert!(!is_own_partial("db_20260101_020000.sql.gz"));
-        assert!(!is_own_partial(
-            "db_20260101_020000.sql.gz.verified.json.partial"
-        ));
-        assert!(!is_own_partial("notes.txt.partial"));
-        assert!(is_own_partial("db_20260101_020000.sql.gz.0badc0de.partial"));
-        assert!(is_own_partial(
+    fn only_the_artifacts_own_partials_are_cleaned_up() {
+        let artifact: ArtifactName = "db_20260101_020000.sql.gz".parse().unwrap();
+        let of = |name: &str| is_partial_of(name, &artifact);
+        assert!(of("db_20260101_020000.sql.gz.partial"));
+        assert!(of("db_20260101_020000.sql.gz.manifest.json.partial"));
+        assert!(!of("db_20260101_020000.sql.gz"));
+        assert!(!of("db_20260101_020000.sql.gz.verified.json.partial"));
+        assert!(!of("db_20250101_020000.sql.gz.partial"));
+        assert!(!of("notes.txt.partial"));
+        assert!(of("db_20260101_020000.sql.gz.0badc0de.partial"));
+        assert!(of(
             "db_20260101_020000.sql.gz.manifest.json.12345678.partial"
         ));
     }

@@ -10,9 +10,15 @@
 //! older backup per database, oldest-verified first ([`reverify`]); a
 //! backup found corrupt loses its verification record.
 //!
-//! Where from: the first of the destinations ([`destinations`], read
-//! through `remote_store`), the SFTP server today; the record is written
-//! beside the copy it proves.
+//! Where from: every destination ([`destinations`], read through
+//! `remote_store`: the SFTP server, and the shipper's second SFTP server
+//! when configured). The copy on `VERIFY_FROM` ([`source`], default the
+//! first destination) is restored; once it is proven, every other copy is
+//! read back whole against the manifest's size and sha256 ([`copies`]).
+//! `dump.verified` lists the copies proven (`copies`: `restored` or
+//! `checksum`) and those missing or wrong (`copies_failed`), which do not
+//! condemn the backup but are logged as errors and alerted by the
+//! notifier. A verification record is written beside each copy proven.
 //!
 //! Retries: only failures of the path to the data (the destination or the
 //! scratch server unreachable, local staging) are retried, with backoff through
@@ -35,6 +41,7 @@
 //! retried like an unreachable server. The handler only awaits I/O and
 //! timers, so the worker's progress acks keep the message meanwhile.
 
+pub mod copies;
 pub mod preflight;
 pub mod reverify;
 pub mod settings;
@@ -104,16 +111,21 @@ impl Restores {
 /// The destinations this verifier reads, in order: the ones
 /// `remote_store::targets` builds from the settings.
 pub fn destinations(settings: &Settings) -> Vec<StoreTarget> {
-    remote_store::targets(Some(settings.sftp.clone()), settings.s3.clone())
+    remote_store::targets(
+        Some(settings.sftp.clone()),
+        settings.sftp2.clone(),
+        settings.s3.clone(),
+    )
 }
 
-/// The destination verified: the first one (settings always configure
-/// one).
+/// The destination restored from: `VERIFY_FROM`, or the first one
+/// (settings always configure one, and check the label).
 pub fn source(settings: &Settings) -> StoreTarget {
-    destinations(settings)
-        .into_iter()
-        .next()
+    let destinations = destinations(settings);
+    remote_store::find(&destinations, settings.verify_from.as_deref())
+        .or_else(|_| remote_store::find(&destinations, None))
         .expect("the settings require a destination")
+        .clone()
 }
 
 /// The binary's default limits: 5 minutes without progress, 6 hours in all.
@@ -236,9 +248,20 @@ impl Handler for VerifyHandler {
                         &verification,
                         started,
                     );
-                    verify::write_record(&source, database, &record)
-                        .await
-                        .map(|()| (verification, record.duration_ms))
+                    match verify::write_record(&source, database, &record).await {
+                        Ok(()) => {
+                            let copies = copies::prove_copies(
+                                &self.settings,
+                                &source,
+                                database,
+                                &shipped.artifact,
+                                &record,
+                            )
+                            .await;
+                            Ok((verification, record.duration_ms, copies))
+                        }
+                        Err(error) => Err(error),
+                    }
                 }
                 Err(error) => Err(error),
             };
@@ -255,11 +278,11 @@ impl VerifyHandler {
         &self,
         shipped: &DumpShipped,
         delivery: &Delivery,
-        outcome: Result<(verify::Verification, u64), VerifyError>,
+        outcome: Result<(verify::Verification, u64, copies::Copies), VerifyError>,
     ) -> Outcome {
         let database = &shipped.header.database;
         match outcome {
-            Ok((verification, duration_ms)) => {
+            Ok((verification, duration_ms, copies)) => {
                 let verified = DumpVerified {
                     header: shipped.header.next(),
                     origin: shipped.origin.clone(),
@@ -272,6 +295,8 @@ impl VerifyHandler {
                     skipped: verification.skipped,
                     reverification: false,
                     limits: Some(self.settings.limits.for_event()),
+                    copies: copies.proven,
+                    copies_failed: copies.failed,
                 };
                 match self.bus.publish(&verified).await {
                     Ok(_) => {
@@ -280,6 +305,8 @@ impl VerifyHandler {
                             tables = verified.tables,
                             rows = verified.rows,
                             duration_ms,
+                            copies = verified.copies.len(),
+                            copies_failed = verified.copies_failed.len(),
                             "verified"
                         );
                         Outcome::Ack

@@ -47,7 +47,12 @@ async fn sftp_login(label: &str, target: &SftpTarget) -> Vec<Check> {
     let sftp = &target.settings;
     match preflight::sftp_login(label, sftp).await {
         Ok(remote) => {
-            backup_core::sftp::note_resolved_dir("SFTP_DIR", &target.dir, &remote);
+            let setting = if label == remote_store::SFTP2_LABEL {
+                "SHIP_SFTP2_DIR"
+            } else {
+                "SFTP_DIR"
+            };
+            backup_core::sftp::note_resolved_dir(setting, &target.dir, &remote);
             let _ = remote.close().await;
             vec![Check::pass(
                 label,

@@ -1,11 +1,14 @@
 //! Periodic re-verification, to catch rot on the remote: every interval,
-//! for each database on the destination verified ([`crate::source`]), the
-//! verified backup whose
-//! verification is the oldest is verified again from scratch. Success
-//! refreshes its record (so the next round picks another) and emits
-//! `dump.verified` with `reverification: true`; a finding about the backup
-//! withdraws its `.verified.json` (the pruner stops counting it) and emits
-//! `dump.failed` (stage `verify`), which alerts like any other failure.
+//! for each database on the destination restored from ([`crate::source`]),
+//! the verified backup whose
+//! verification is the oldest is verified again from scratch, and its
+//! other copies are read back whole as after a first verification
+//! ([`crate::copies`]). Success refreshes the records of the copies proven
+//! (so the next round picks another) and emits `dump.verified` with
+//! `reverification: true`, `copies` and `copies_failed`; a finding about
+//! the backup withdraws its `.verified.json` (the pruner stops counting
+//! it) and emits `dump.failed` (stage `verify`), which alerts like any
+//! other failure.
 //!
 //! Retries: a round that cannot reach the remote or the scratch server
 //! reports it and tries again at the next round. A re-verification runs
@@ -145,11 +148,13 @@ async fn reverify_one(
         let verification = verify::verify_remote(settings, source, database, &artifact).await?;
         let new_record = crate::record_of(&record.backup_id, &artifact, &verification, started);
         verify::write_record(source, database, &new_record).await?;
-        Ok::<_, VerifyError>((manifest, artifact, verification, new_record))
+        let copies =
+            crate::copies::prove_copies(settings, source, database, &artifact, &new_record).await;
+        Ok::<_, VerifyError>((manifest, artifact, verification, new_record, copies))
     }
     .await;
     match outcome {
-        Ok((manifest, artifact, mut verification, new_record)) => {
+        Ok((manifest, artifact, mut verification, new_record, copies)) => {
             let cleanup = std::mem::take(&mut verification.cleanup);
             let verified = DumpVerified {
                 // A re-verification's message id is its time: the record's.
@@ -167,6 +172,8 @@ async fn reverify_one(
                 skipped: verification.skipped,
                 reverification: true,
                 limits: Some(settings.limits.for_event()),
+                copies: copies.proven,
+                copies_failed: copies.failed,
             };
             if let Err(error) = bus.publish(&verified).await {
                 tracing::warn!(%error, "re-verified, but dump.verified could not be published");

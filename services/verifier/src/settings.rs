@@ -1,7 +1,8 @@
 //! The verifier's flags and environment variables ([`Args`]) and the checked
-//! [`Settings`] built from them: the remote, the scratch server, the
-//! operator's checks, limits the watchdog can work with. A refusal names
-//! the variable.
+//! [`Settings`] built from them: the destinations (the SFTP server, the
+//! shipper's second one when configured, and which one to restore from),
+//! the scratch server, the operator's checks, limits the watchdog can work
+//! with. A refusal names the variable.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -11,7 +12,7 @@ use backup_core::config::{
     watchdog_limits,
 };
 use backup_core::pg::{PgArgs, PgError, PgTarget};
-use backup_core::sftp::{SftpArgs, SftpTarget};
+use backup_core::sftp::{SecondSftpArgs, SftpArgs, SftpTarget};
 use backup_core::watchdog::Limits;
 use remote_s3::{S3_HELP, S3Args, S3Settings};
 
@@ -19,7 +20,7 @@ use restore::scratch::{SCRATCH_PREFIX, valid_scratch_prefix};
 
 use crate::{OperatorCheck, RestoreOptions};
 
-/// Reads each shipped artifact back from the SFTP server, restores it into a scratch database and emits `dump.verified`.
+/// Reads each shipped artifact back from a destination, restores it into a scratch database, checks every other copy by size and sha256 and emits `dump.verified`.
 #[derive(Debug, clap::Parser)]
 #[command(version, after_help = format!("{S3_HELP}\n\n{SECRETS_HELP}"))]
 pub struct Args {
@@ -30,6 +31,15 @@ pub struct Args {
     /// The shipper's S3 destination, read too when `S3_BUCKET` is set.
     #[command(flatten)]
     pub s3: S3Args,
+    /// The shipper's second SFTP server (`SHIP_SFTP2_*`), label `sftp2`:
+    /// its copy is checked too.
+    #[command(flatten)]
+    pub sftp2: SecondSftpArgs,
+    /// The destination to restore from (a label: sftp, sftp2, s3); every other
+    /// copy is read back whole against the manifest's size and sha256.
+    /// Default: the first destination (sftp).
+    #[arg(long = "verify-from", env = "VERIFY_FROM")]
+    pub verify_from: Option<String>,
     /// Used for the scratch server when VERIFY_DATABASE_URL is not set.
     #[command(flatten)]
     pub pg: PgArgs,
@@ -98,6 +108,11 @@ pub enum SettingsError {
     Sftp(#[source] ConfigError),
     #[error("S3 settings: {0}")]
     S3(String),
+    /// The second SFTP server's `SHIP_SFTP2_*` settings.
+    #[error("second SFTP server settings: {0}")]
+    Sftp2(#[source] ConfigError),
+    #[error("VERIFY_FROM: {0}")]
+    VerifyFrom(#[source] remote_store::UnknownTarget),
     /// The scratch server from `PG*` (`VERIFY_DATABASE_URL` unset).
     #[error("PostgreSQL settings: {0}")]
     Pg(#[source] ConfigError),
@@ -124,6 +139,11 @@ pub struct Settings {
     pub sftp: SftpTarget,
     /// The shipper's S3 bucket, when `S3_BUCKET` is set.
     pub s3: Option<S3Settings>,
+    /// The shipper's second SFTP server, when configured.
+    pub sftp2: Option<SftpTarget>,
+    /// The label of the destination restored from (`VERIFY_FROM`); the
+    /// first destination when `None`. Checked against the destinations.
+    pub verify_from: Option<String>,
     /// Server (and maintenance database) where scratch databases are made.
     pub scratch: PgTarget,
     /// Scratch databases are `<scratch_prefix>_<12 hex digits>`; a plain
@@ -163,6 +183,15 @@ impl TryFrom<Args> for Settings {
     fn try_from(args: Args) -> Result<Settings, SettingsError> {
         let sftp = args.sftp.target().map_err(SettingsError::Sftp)?;
         let s3 = args.s3.settings().map_err(|e| SettingsError::S3(e.0))?;
+        let sftp2 = args
+            .sftp2
+            .target(&args.sftp)
+            .map_err(SettingsError::Sftp2)?;
+        let verify_from = args.verify_from.filter(|label| !label.trim().is_empty());
+        if let Some(label) = &verify_from {
+            let destinations = remote_store::targets(Some(sftp.clone()), sftp2.clone(), s3.clone());
+            remote_store::find(&destinations, Some(label)).map_err(SettingsError::VerifyFrom)?;
+        }
         let scratch = scratch_target(&args.pg)?;
         let limits = watchdog_limits(
             ("VERIFY_STALL_TIMEOUT", args.stall_timeout),
@@ -182,6 +211,8 @@ impl TryFrom<Args> for Settings {
         Ok(Settings {
             sftp,
             s3,
+            sftp2,
+            verify_from,
             scratch,
             scratch_prefix: args.scratch_prefix,
             restore: RestoreOptions {
@@ -278,6 +309,38 @@ mod tests {
     }
 
     #[test]
+    fn the_copy_restored_is_chosen_among_every_destination() {
+        let second = [
+            "--sftp2-host",
+            "nas.example",
+            "--sftp2-user",
+            "u",
+            "--sftp2-dir",
+            "/b",
+            "--sftp2-key-file",
+            "/nonexistent/key2",
+            "--sftp2-host-fingerprint",
+            "SHA256:y",
+        ];
+        let default = settings(&second).expect("valid");
+        assert_eq!(default.verify_from, None);
+        assert_eq!(default.sftp2.as_ref().unwrap().dir, "/b");
+        let labels: Vec<String> = crate::destinations(&default)
+            .into_iter()
+            .map(|t| t.label)
+            .collect();
+        assert_eq!(labels, ["sftp", "sftp2"]);
+        assert_eq!(crate::source(&default).label, "sftp");
+        let from_second = settings(&[&second[..], &["--verify-from", "sftp2"]].concat()).unwrap();
+        assert_eq!(crate::source(&from_second).label, "sftp2");
+        let error = settings(&[&second[..], &["--verify-from", "nas"]].concat()).unwrap_err();
+        assert_eq!(
+            backup_core::error_chain(&error),
+            "VERIFY_FROM: no destination is labelled \"nas\"; configured: sftp, sftp2"
+        );
+    }
+
+    #[test]
     fn each_refusal_names_its_variable() {
         assert_eq!(
             refusal(&["--stall-timeout", "0s"]),
@@ -295,6 +358,15 @@ mod tests {
             "{missing}"
         );
         assert!(refusal(&["--sftp-dir", ".."]).starts_with("SFTP settings: SFTP_DIR "));
+        assert_eq!(
+            refusal(&["--verify-from", "s3"]),
+            "VERIFY_FROM: no destination is labelled \"s3\"; configured: sftp"
+        );
+        assert!(
+            refusal(&["--sftp2-host", "nas.example"]).starts_with(
+                "second SFTP server settings: SHIP_SFTP2_HOST is set: SHIP_SFTP2_USER"
+            )
+        );
         for bad in ["0", "33", "two"] {
             assert_eq!(
                 refusal(&["--concurrency", bad]),

@@ -320,7 +320,7 @@ async fn watch_scratch_server(
 
 /// Closes the connection to a destination politely, but without waiting
 /// on a server that stopped answering.
-async fn close_remote(remote: Store) {
+pub(crate) async fn close_remote(remote: Store) {
     if tokio::time::timeout(CLEANUP_TIMEOUT, remote.close())
         .await
         .is_err()

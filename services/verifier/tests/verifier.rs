@@ -7,6 +7,8 @@
 mod app_state;
 #[path = "verifier/binary.rs"]
 mod binary;
+#[path = "verifier/copies.rs"]
+mod copies;
 #[path = "verifier/failures.rs"]
 mod failures;
 #[path = "verifier/hangs.rs"]
@@ -36,6 +38,8 @@ use tokio_util::sync::CancellationToken;
 struct Rig {
     nats: NatsServer,
     sshd: Sshd,
+    /// The second SFTP server (`sftp2`), when the test asked for one.
+    sshd2: Option<Sshd>,
     prefix: String,
     runtime: tokio::runtime::Runtime,
     shutdown: CancellationToken,
@@ -51,6 +55,10 @@ struct Options {
     external: bool,
     /// Watchdog limits; the binary's defaults when `None`.
     limits: Option<Limits>,
+    /// A second SFTP server (`sftp2`) that [`Rig::ship`] copies to too.
+    second_copy: bool,
+    /// `VERIFY_FROM`.
+    verify_from: Option<&'static str>,
 }
 
 const NO_OPTIONS: Options = Options {
@@ -59,6 +67,8 @@ const NO_OPTIONS: Options = Options {
     reverify_every: None,
     external: false,
     limits: None,
+    second_copy: false,
+    verify_from: None,
 };
 
 impl Rig {
@@ -75,6 +85,7 @@ impl Rig {
         let mut rig = Rig {
             nats: NatsServer::start(),
             sshd: Sshd::start(),
+            sshd2: options.second_copy.then(Sshd::start),
             prefix: format!("vt{:08x}", rand::random::<u32>()),
             runtime: tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -85,7 +96,9 @@ impl Rig {
             worker: None,
             work: tempfile::tempdir().expect("work dir"),
         };
-        std::fs::create_dir_all(rig.remote_base()).expect("remote base");
+        for base in rig.remote_bases() {
+            std::fs::create_dir_all(base).expect("remote base");
+        }
         rig.chown_remote();
         before_start(&rig);
         if options.external {
@@ -103,6 +116,12 @@ impl Rig {
         let settings = verifier::Settings {
             sftp: sftp.target().expect("sftp settings"),
             s3: None,
+            sftp2: rig.sshd2.as_ref().map(|sshd2| {
+                sftp_args(sshd2, &sshd2.backups_dir())
+                    .target()
+                    .expect("sftp2 settings")
+            }),
+            verify_from: options.verify_from.map(str::to_owned),
             scratch: PgTarget::from_url("postgresql://postgres@127.0.0.1:5432/postgres").unwrap(),
             scratch_prefix: rig.prefix.clone(),
             restore: verifier::RestoreOptions {
@@ -133,24 +152,41 @@ impl Rig {
         self.sshd.backups_dir()
     }
 
-    fn chown_remote(&self) {
-        self.sshd.hand_over(&self.sshd.remote_root);
+    /// The base directory of every SFTP server of the rig, `sftp` first.
+    fn remote_bases(&self) -> Vec<PathBuf> {
+        std::iter::once(&self.sshd)
+            .chain(&self.sshd2)
+            .map(Sshd::backups_dir)
+            .collect()
     }
 
-    /// Puts an artifact and its manifest on the remote and publishes
-    /// `dump.shipped` for them; returns the backup id.
+    fn chown_remote(&self) {
+        for sshd in std::iter::once(&self.sshd).chain(&self.sshd2) {
+            sshd.hand_over(&sshd.remote_root);
+        }
+    }
+
+    /// Puts an artifact and its manifest on every SFTP server of the rig
+    /// and publishes `dump.shipped` for them; returns the backup id.
     fn ship(&self, database: &str, artifact_file: &Path, manifest: &Value) -> String {
-        let name = manifest["artifact"].as_str().unwrap().to_owned();
-        let dir = self.remote_base().join(database);
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::copy(artifact_file, dir.join(&name)).unwrap();
-        std::fs::write(
-            dir.join(format!("{name}.manifest.json")),
-            serde_json::to_vec_pretty(manifest).unwrap(),
-        )
-        .unwrap();
-        self.chown_remote();
+        self.place(database, artifact_file, manifest);
         self.publish_shipped(database, manifest)
+    }
+
+    /// Puts an artifact and its manifest on every SFTP server of the rig.
+    fn place(&self, database: &str, artifact_file: &Path, manifest: &Value) {
+        let name = manifest["artifact"].as_str().unwrap().to_owned();
+        for base in self.remote_bases() {
+            let dir = base.join(database);
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::copy(artifact_file, dir.join(&name)).unwrap();
+            std::fs::write(
+                dir.join(format!("{name}.manifest.json")),
+                serde_json::to_vec_pretty(manifest).unwrap(),
+            )
+            .unwrap();
+        }
+        self.chown_remote();
     }
 
     /// Publishes `dump.shipped` for what `manifest` describes; returns the

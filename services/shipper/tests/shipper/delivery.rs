@@ -9,23 +9,27 @@ async fn ships_once_cleans_stale_partials_and_answers_a_redelivery_without_uploa
     let mut rig = Rig::start().await;
     let sshd = Sshd::start();
     let created = prepare_artifact(rig.spool(), 3 << 20, 1, 0);
-    // Left by a shipper killed mid-upload: a .partial of this artifact, one
-    // of an older one and one of its manifest. The verifier's temporary
-    // record is not ours to remove.
+    // Left by a shipper killed mid-upload: a .partial of this artifact and
+    // one of its manifest. Those of an older artifact are left alone:
+    // another upload may be writing them (SHIP_CONCURRENCY), and the pruner
+    // removes them once stale. The verifier's temporary record is not ours
+    // to remove either.
     let remote = remote_db_dir(&sshd);
     std::fs::create_dir_all(&remote).unwrap();
     std::fs::set_permissions(&remote, std::fs::Permissions::from_mode(0o700)).unwrap();
     let name = created.artifact.artifact.as_str();
     let stale = [
         format!("{name}.partial"),
+        format!("{name}.manifest.json.partial"),
+    ];
+    let others = [
         format!("{DB}_20200101_000000.sql.gz.partial"),
         format!("{DB}_20200101_000000.sql.gz.manifest.json.partial"),
+        format!("{DB}_20200101_000000.sql.gz.verified.json.partial"),
     ];
-    for file in &stale {
+    for file in stale.iter().chain(&others) {
         std::fs::write(remote.join(file), b"half").unwrap();
     }
-    let foreign = format!("{DB}_20200101_000000.sql.gz.verified.json.partial");
-    std::fs::write(remote.join(&foreign), b"verifier").unwrap();
     std::process::Command::new("chown")
         .args(["-R", &format!("{0}:{0}", sshd.user)])
         .arg(sshd.remote_root.join("backups"))
@@ -50,7 +54,10 @@ async fn ships_once_cleans_stale_partials_and_answers_a_redelivery_without_uploa
             .unwrap()
             .starts_with("sftp://")
     );
-    std::fs::remove_file(remote.join(&foreign)).unwrap();
+    for file in &others {
+        assert_eq!(std::fs::read(remote.join(file)).unwrap(), b"half", "{file}");
+        std::fs::remove_file(remote.join(file)).unwrap();
+    }
     assert_delivered(&remote, &created, rig.spool());
 
     // A redelivery (here: the same event published again) finds everything
