@@ -36,7 +36,7 @@ use crate::error::{Context, S3Error, classify};
 use crate::settings::part_size_for;
 
 /// Parts sent at once by one upload.
-pub const PARTS_IN_FLIGHT: usize = 3;
+pub const PARTS_IN_FLIGHT: usize = 2;
 
 /// Metadata key of the whole object's SHA-256 (hex), `x-amz-meta-sha256`.
 pub const SHA256_METADATA: &str = "sha256";
