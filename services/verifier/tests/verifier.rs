@@ -28,11 +28,15 @@ use backup_core::sftp::SftpArgs;
 use backup_core::watchdog::Limits;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
+use test_support::moto::MotoServer;
 use test_support::nats::NatsServer;
 use test_support::pipeline::{EventLog, sftp_args};
 use test_support::postgres::{TestDatabase, databases_with_prefix, ensure_postgres_running};
 use test_support::sshd::Sshd;
 use tokio_util::sync::CancellationToken;
+
+/// The bucket of the rig's S3 copy.
+const S3_BUCKET: &str = "verifier-copies";
 
 /// NATS, sshd and one in-process verifier with its own scratch prefix.
 struct Rig {
@@ -40,6 +44,8 @@ struct Rig {
     sshd: Sshd,
     /// The second SFTP server (`sftp2`), when the test asked for one.
     sshd2: Option<Sshd>,
+    /// The S3 copy (`s3`): moto and the bucket's settings, when asked for.
+    s3: Option<(MotoServer, remote_s3::S3Settings)>,
     prefix: String,
     runtime: tokio::runtime::Runtime,
     shutdown: CancellationToken,
@@ -59,6 +65,8 @@ struct Options {
     second_copy: bool,
     /// `VERIFY_FROM`.
     verify_from: Option<&'static str>,
+    /// An S3 bucket (`s3`, on moto) that [`Rig::ship`] copies to too.
+    s3_copy: bool,
 }
 
 const NO_OPTIONS: Options = Options {
@@ -69,6 +77,7 @@ const NO_OPTIONS: Options = Options {
     limits: None,
     second_copy: false,
     verify_from: None,
+    s3_copy: false,
 };
 
 impl Rig {
@@ -86,6 +95,17 @@ impl Rig {
             nats: NatsServer::start(),
             sshd: Sshd::start(),
             sshd2: options.second_copy.then(Sshd::start),
+            s3: options.s3_copy.then(|| {
+                let mut moto = MotoServer::start();
+                moto.create_bucket(S3_BUCKET, false);
+                let settings = remote_s3::S3Settings::new(
+                    Some(moto.endpoint.clone()),
+                    S3_BUCKET,
+                    &moto.access_key_id,
+                    moto.secret_access_key.clone().into(),
+                );
+                (moto, settings)
+            }),
             prefix: format!("vt{:08x}", rand::random::<u32>()),
             runtime: tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -115,7 +135,7 @@ impl Rig {
         };
         let settings = verifier::Settings {
             sftp: sftp.target().expect("sftp settings"),
-            s3: None,
+            s3: rig.s3.as_ref().map(|(_, settings)| settings.clone()),
             sftp2: rig.sshd2.as_ref().map(|sshd2| {
                 sftp_args(sshd2, &sshd2.backups_dir())
                     .target()
@@ -187,6 +207,20 @@ impl Rig {
             .unwrap();
         }
         self.chown_remote();
+        if self.s3.is_some() {
+            let manifest = serde_json::to_vec_pretty(manifest).unwrap();
+            self.put_s3(database, &name, &std::fs::read(artifact_file).unwrap());
+            self.put_s3(database, &format!("{name}.manifest.json"), &manifest);
+        }
+    }
+
+    /// Writes `bytes` as `<database>/<name>` in the rig's bucket.
+    fn put_s3(&self, database: &str, name: &str, bytes: &[u8]) {
+        let (_, settings) = self.s3.as_ref().expect("the rig has an S3 copy");
+        let remote = remote_s3::S3Remote::connect(settings).expect("S3 client");
+        self.runtime
+            .block_on(remote.put_small(&remote.key(database, name), bytes))
+            .expect("put into the bucket");
     }
 
     /// Publishes `dump.shipped` for what `manifest` describes; returns the

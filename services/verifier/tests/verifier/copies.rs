@@ -1,6 +1,7 @@
 //! Every copy of a backup is proven: the one on `VERIFY_FROM` restored,
 //! the others read back whole; a bad copy is named in `copies_failed`
-//! without condemning the backup.
+//! without condemning the backup, whether it is on a second SFTP server
+//! or in an S3 bucket (moto).
 
 use super::*;
 
@@ -175,5 +176,70 @@ fn reverification_finds_rot_in_the_second_copy_without_condemning_the_backup() {
         record(&rig.remote_base().join(&source.name).join(&name)).exists(),
         "the backup stays verified"
     );
+    rig.assert_no_scratch_left();
+}
+
+#[test]
+fn a_backup_on_sftp_and_s3_is_restored_from_one_and_checksummed_on_the_other() {
+    let rig = Rig::start(Options {
+        s3_copy: true,
+        ..NO_OPTIONS
+    });
+    let (source, file, name) = small_source(&rig);
+    let manifest = manifest_for(Some(&source), &source.name, &name, &file);
+    let backup_id = rig.ship(&source.name, &file, &manifest);
+    let (subject, event) = rig.verdict(&backup_id);
+    assert_eq!(subject, "dump.verified", "{event:#}");
+    let (proven, failed) = copies(&event);
+    assert_eq!(
+        proven,
+        [pair("sftp", "restored"), pair("s3", "checksum")],
+        "{event:#}"
+    );
+    assert!(failed.is_empty(), "{event:#}");
+    assert!(
+        event["copies"][1]["destination"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("s3://{S3_BUCKET}")),
+        "{event:#}"
+    );
+    rig.assert_no_scratch_left();
+}
+
+#[test]
+fn reverification_finds_a_flipped_byte_in_the_s3_copy() {
+    let rig = Rig::start(Options {
+        s3_copy: true,
+        reverify_every: Some(Duration::from_secs(2)),
+        ..NO_OPTIONS
+    });
+    let (source, file, name) = small_source(&rig);
+    let manifest = manifest_for(Some(&source), &source.name, &name, &file);
+    let backup_id = rig.ship(&source.name, &file, &manifest);
+    let (subject, event) = rig.verdict(&backup_id);
+    assert_eq!(subject, "dump.verified", "{event:#}");
+    assert_eq!(copies(&event).0.len(), 2, "{event:#}");
+    // Rot in the bucket: the object is replaced by one byte different.
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes[100] ^= 0x80;
+    rig.put_s3(&source.name, &name, &bytes);
+    let mut found = None;
+    test_support::wait_until(
+        Duration::from_secs(120),
+        "a re-verification that finds the S3 copy rotten",
+        || {
+            found = rig.events("dump.verified").into_iter().find(|e| {
+                e["backup_id"] == backup_id.as_str()
+                    && e["reverification"] == true
+                    && e["copies_failed"][0]["label"] == "s3"
+            });
+            found.is_some()
+        },
+    );
+    let event = found.unwrap();
+    let (proven, failed) = copies(&event);
+    assert_eq!(proven, [pair("sftp", "restored")], "{event:#}");
+    assert!(failed[0].1.starts_with("checksum:"), "{event:#}");
     rig.assert_no_scratch_left();
 }
