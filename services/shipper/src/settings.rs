@@ -6,9 +6,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use backup_core::config::{
-    ConfigError, SECRETS_HELP, ServiceArgs, parse_duration, secret_from_env, watchdog_limits,
+    ConfigError, SECRETS_HELP, ServiceArgs, parse_duration, watchdog_limits,
 };
-use backup_core::sftp::SftpArgs;
+use backup_core::sftp::{SecondSftpArgs, SftpArgs};
 use backup_core::watchdog::{DEFAULT_STALL_AFTER, Limits};
 use remote_s3::{S3_HELP, S3Args, S3Remote};
 
@@ -39,8 +39,17 @@ pub struct Args {
         default_value_t = false
     )]
     pub sftp_append_only: bool,
+    /// The second SFTP server (`SHIP_SFTP2_*`), shared with the services
+    /// that read its copies.
     #[command(flatten)]
     pub sftp2: SecondSftpArgs,
+    /// The second server's account is append-only, as SFTP_APPEND_ONLY.
+    #[arg(
+        long = "sftp2-append-only",
+        env = "SHIP_SFTP2_APPEND_ONLY",
+        default_value_t = false
+    )]
+    pub sftp2_append_only: bool,
     #[command(flatten)]
     pub s3: S3Args,
     /// Where the dumper leaves finished artifacts.
@@ -84,53 +93,6 @@ impl AsRef<ServiceArgs> for Args {
     fn as_ref(&self) -> &ServiceArgs {
         &self.service
     }
-}
-
-/// The optional second SFTP server. Explicit ids: clap would otherwise
-/// merge these with the primary server's arguments of the same field name.
-#[derive(Debug, Clone, clap::Args)]
-pub struct SecondSftpArgs {
-    /// Second SFTP server host name; setting it enables that destination.
-    #[arg(id = "sftp2-host", long = "sftp2-host", env = "SHIP_SFTP2_HOST")]
-    pub host: Option<String>,
-    #[arg(
-        id = "sftp2-port",
-        long = "sftp2-port",
-        env = "SHIP_SFTP2_PORT",
-        default_value_t = 22
-    )]
-    pub port: u16,
-    #[arg(id = "sftp2-user", long = "sftp2-user", env = "SHIP_SFTP2_USER")]
-    pub user: Option<String>,
-    /// Base directory on the second server (absolute, or relative to the login directory).
-    #[arg(id = "sftp2-dir", long = "sftp2-dir", env = "SHIP_SFTP2_DIR")]
-    pub dir: Option<String>,
-    #[arg(
-        id = "sftp2-key-file",
-        long = "sftp2-key-file",
-        env = "SHIP_SFTP2_KEY_FILE"
-    )]
-    pub key_file: Option<PathBuf>,
-    #[arg(
-        id = "sftp2-known-hosts",
-        long = "sftp2-known-hosts",
-        env = "SHIP_SFTP2_KNOWN_HOSTS"
-    )]
-    pub known_hosts: Option<PathBuf>,
-    #[arg(
-        id = "sftp2-host-fingerprint",
-        long = "sftp2-host-fingerprint",
-        env = "SHIP_SFTP2_HOST_FINGERPRINT"
-    )]
-    pub host_fingerprint: Option<String>,
-    /// The second server's account is append-only, as SFTP_APPEND_ONLY.
-    #[arg(
-        id = "sftp2-append-only",
-        long = "sftp2-append-only",
-        env = "SHIP_SFTP2_APPEND_ONLY",
-        default_value_t = false
-    )]
-    pub append_only: bool,
 }
 
 /// A refused setting, named by its variable.
@@ -240,7 +202,20 @@ impl TryFrom<Args> for Settings {
             settings: sftp.settings,
             append_only: args.sftp_append_only,
         }];
-        destinations.extend(args.sftp2.destination(&args.sftp)?);
+        if let Some(sftp2) = args.sftp2.target(&args.sftp)? {
+            if !sftp2.settings.key_file.is_file() {
+                return Err(invalid(format!(
+                    "SHIP_SFTP2_KEY_FILE {} does not exist or is not a file",
+                    sftp2.settings.key_file.display()
+                )));
+            }
+            destinations.push(Destination::Sftp {
+                label: "sftp2".into(),
+                dir: sftp2.dir,
+                settings: sftp2.settings,
+                append_only: args.sftp2_append_only,
+            });
+        }
         if let Some(dir) = args.local_dir {
             if !dir.is_absolute() {
                 return Err(invalid(format!(
@@ -271,50 +246,6 @@ impl TryFrom<Args> for Settings {
             limits,
             concurrency: concurrency(&args.concurrency)?,
         })
-    }
-}
-
-impl SecondSftpArgs {
-    /// The second SFTP server, when `SHIP_SFTP2_HOST` is set: checked by the
-    /// primary server's rules (absolute dir, a pinned host key), with the
-    /// primary's timeouts, and named by its own variables.
-    fn destination(&self, primary: &SftpArgs) -> Result<Option<Destination>, SettingsError> {
-        let Some(host) = &self.host else {
-            return Ok(None);
-        };
-        let (Some(user), Some(dir), Some(key_file)) = (&self.user, &self.dir, &self.key_file)
-        else {
-            return Err(invalid(
-                "SHIP_SFTP2_HOST is set: SHIP_SFTP2_USER, SHIP_SFTP2_DIR and SHIP_SFTP2_KEY_FILE are required too".into(),
-            ));
-        };
-        let args = SftpArgs {
-            host: host.clone(),
-            port: self.port,
-            user: user.clone(),
-            dir: dir.clone(),
-            key_file: key_file.clone(),
-            known_hosts: self.known_hosts.clone(),
-            host_fingerprint: self.host_fingerprint.clone(),
-            connect_timeout: primary.connect_timeout,
-            io_timeout: primary.io_timeout,
-        };
-        let mut settings = args
-            .settings()
-            .map_err(|e| invalid(e.to_string().replace("SFTP_", "SHIP_SFTP2_")))?;
-        settings.key_passphrase = secret_from_env("SHIP_SFTP2_KEY_PASSPHRASE")?;
-        if !settings.key_file.is_file() {
-            return Err(invalid(format!(
-                "SHIP_SFTP2_KEY_FILE {} does not exist or is not a file",
-                settings.key_file.display()
-            )));
-        }
-        Ok(Some(Destination::Sftp {
-            label: "sftp2".into(),
-            dir: args.dir,
-            settings,
-            append_only: self.append_only,
-        }))
     }
 }
 
