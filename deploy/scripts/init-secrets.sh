@@ -12,7 +12,10 @@
 #   - sftp_key (+ .pub): an ed25519 key for the SFTP account;
 #   - sftp_known_hosts: the SFTP server's host key, read with ssh-keyscan from
 #     SFTP_HOST/SFTP_PORT (deploy/.env or the environment); compare its
-#     fingerprint with the one your provider publishes;
+#     fingerprint with the one your provider publishes (empty when S3_BUCKET
+#     is set without SFTP_HOST: backups go to S3 only);
+#   - s3_secret_access_key from S3_SECRET_ACCESS_KEY, required when S3_BUCKET
+#     is set;
 #   - smtp_url from SMTP_URL (required), and the optional channels, keys and
 #     the restore target (TELEGRAM_BOT_TOKEN, SLACK_WEBHOOK_URL,
 #     HEALTHCHECK_URL, AGE_IDENTITY, RESTORE_TARGET_URL) from the environment,
@@ -77,8 +80,12 @@ fi
 
 sftp_host=$(setting SFTP_HOST '')
 sftp_port=$(setting SFTP_PORT 22)
+s3_bucket=$(setting S3_BUCKET '')
 pin=$secrets/sftp_known_hosts
-if [[ ! -s $pin ]]; then
+if [[ -z $sftp_host && -n $s3_bucket ]]; then
+  # S3 only: compose mounts the file, no service reads it.
+  [[ -s $pin ]] || write_once sftp_known_hosts ""
+elif [[ ! -s $pin ]]; then
   rm -f "$pin"
   if [[ -z $sftp_host ]]; then
     problem "secrets/sftp_known_hosts: set SFTP_HOST (and SFTP_PORT) in deploy/.env and run again, or write the host key line your provider publishes into it"
@@ -105,7 +112,7 @@ if [[ ! -s $secrets/smtp_url ]]; then
 fi
 # Optional settings: written whenever their variable is set (so a run with
 # RESTORE_TARGET_URL set points restores elsewhere), empty until then.
-for optional in telegram_bot_token slack_webhook_url healthcheck_url age_identity restore_target_url; do
+for optional in telegram_bot_token slack_webhook_url healthcheck_url age_identity restore_target_url s3_secret_access_key; do
   upper=$(tr '[:lower:]' '[:upper:]' <<<"$optional")
   if [[ -n ${!upper:-} ]]; then
     rm -f "$secrets/$optional"
@@ -114,6 +121,10 @@ for optional in telegram_bot_token slack_webhook_url healthcheck_url age_identit
     write_once "$optional" ""
   fi
 done
+
+if [[ -n $s3_bucket && -z $(tr -d '\n' <"$secrets/s3_secret_access_key") ]]; then
+  problem "secrets/s3_secret_access_key: S3_BUCKET is set; run again with S3_SECRET_ACCESS_KEY set to the secret of S3_ACCESS_KEY_ID"
+fi
 
 # Ownership and modes, every run: a copied or restored secret gets them back.
 for file in "$secrets"/*; do

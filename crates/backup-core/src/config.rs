@@ -193,6 +193,12 @@ impl std::ops::Deref for ServiceArgs {
     }
 }
 
+/// The refusal of a service or command with nowhere to keep backups:
+/// neither an SFTP server nor an S3 bucket is configured.
+pub const NO_DESTINATION: &str = "no destination is configured: set SFTP_HOST (with SFTP_USER, \
+SFTP_DIR, SFTP_KEY_FILE and SFTP_KNOWN_HOSTS) for an SFTP server, or S3_BUCKET (with S3_*) \
+for an S3-compatible bucket, or both";
+
 /// Help text appended to every binary, listing the secret variables.
 pub const SECRETS_HELP: &str = "Secrets are read from the environment only, never from flags: \
 NATS_TOKEN, NATS_PASSWORD and each service's own (PGPASSWORD, SFTP_KEY_PASSPHRASE, \

@@ -208,7 +208,8 @@ pub struct DumpShipped {
     pub origin: Origin,
     #[serde(flatten)]
     pub artifact: ArtifactInfo,
-    /// Where it went, without credentials: `sftp://user@host:port/dir`.
+    /// Where it went, without credentials: the first destination,
+    /// `sftp://user@host:port/dir` or `s3://bucket/prefix at host`.
     pub destination: String,
     /// Every destination that has it (the one above first), when the
     /// shipper copies to several (3-2-1).

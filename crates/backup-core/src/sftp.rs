@@ -9,25 +9,29 @@ use remote_sftp::SftpSettings;
 use crate::config::{ConfigError, parse_duration, secret_from_env};
 use crate::names::DatabaseName;
 
+/// The SFTP destination of `SFTP_*`. Every field a destination needs is
+/// optional here so that a set-up without SFTP (S3 only) starts: unset
+/// `SFTP_HOST` means no SFTP destination, and [`SftpArgs::target`] names
+/// what is missing when it is set.
 #[derive(Debug, Clone, clap::Args)]
 pub struct SftpArgs {
-    /// SFTP server host name.
+    /// SFTP server host name; unset, there is no SFTP destination (S3 only).
     #[arg(long = "sftp-host", env = "SFTP_HOST")]
-    pub host: String,
+    pub host: Option<String>,
     /// SFTP server port.
     #[arg(long = "sftp-port", env = "SFTP_PORT", default_value_t = 22)]
     pub port: u16,
     /// Login on the SFTP server.
     #[arg(long = "sftp-user", env = "SFTP_USER")]
-    pub user: String,
+    pub user: Option<String>,
     /// Base directory on the server; artifacts go to <dir>/<database>/. A
     /// relative path starts at the SFTP login directory.
     #[arg(long = "sftp-dir", env = "SFTP_DIR")]
-    pub dir: String,
+    pub dir: Option<String>,
     /// Private key (ed25519 or RSA, OpenSSH or PEM); its passphrase comes
     /// from SFTP_KEY_PASSPHRASE or SFTP_KEY_PASSPHRASE_FILE.
     #[arg(long = "sftp-key-file", env = "SFTP_KEY_FILE")]
-    pub key_file: PathBuf,
+    pub key_file: Option<PathBuf>,
     /// known_hosts file pinning the server's host key.
     #[arg(long = "sftp-known-hosts", env = "SFTP_KNOWN_HOSTS")]
     pub known_hosts: Option<PathBuf>,
@@ -43,39 +47,75 @@ pub struct SftpArgs {
 }
 
 impl SftpArgs {
-    /// Resolves the settings; refuses to run without a host key pin.
-    pub fn settings(&self) -> Result<SftpSettings, ConfigError> {
+    /// The server and the base directory, or `None` when `SFTP_HOST`,
+    /// `SFTP_USER` and `SFTP_DIR` are unset or empty (the key and pin
+    /// files are then ignored). Refuses a half-configured server (naming
+    /// the missing variables) and a server without a host key pin.
+    pub fn target(&self) -> Result<Option<SftpTarget>, ConfigError> {
+        // Compose passes an unset variable as an empty one.
+        let host = given(self.host.as_deref());
+        let user = given(self.user.as_deref());
+        let dir = given(self.dir.as_deref());
+        let key_file = self
+            .key_file
+            .as_deref()
+            .filter(|path| !path.as_os_str().is_empty());
+        let Some(host) = host else {
+            // A deployment template may set the key and pin files for
+            // every service; a login or directory means a forgotten host.
+            let stray = names_of([("SFTP_USER", user.is_some()), ("SFTP_DIR", dir.is_some())]);
+            if stray.is_empty() {
+                return Ok(None);
+            }
+            return Err(ConfigError::Invalid(format!(
+                "{stray} set but SFTP_HOST is not: set SFTP_HOST for an SFTP destination, or unset them"
+            )));
+        };
+        let (Some(user), Some(dir), Some(key_file)) = (user, dir, key_file) else {
+            let missing = names_of([
+                ("SFTP_USER", user.is_none()),
+                ("SFTP_DIR", dir.is_none()),
+                ("SFTP_KEY_FILE", key_file.is_none()),
+            ]);
+            return Err(ConfigError::Invalid(format!(
+                "SFTP_HOST is set: {missing} required too"
+            )));
+        };
         if self.known_hosts.is_none() && self.host_fingerprint.is_none() {
             return Err(ConfigError::Invalid(
                 "SFTP_KNOWN_HOSTS (or SFTP_HOST_FINGERPRINT) must pin the server's host key; unknown keys are refused".into(),
             ));
         }
-        check_dir("SFTP_DIR", &self.dir)?;
-        Ok(SftpSettings {
-            host: self.host.clone(),
-            port: self.port,
-            user: self.user.clone(),
-            key_file: self.key_file.clone(),
-            key_passphrase: secret_from_env("SFTP_KEY_PASSPHRASE")?,
-            known_hosts: self.known_hosts.clone(),
-            host_key_fingerprint: self.host_fingerprint.clone(),
-            connect_timeout: self.connect_timeout,
-            io_timeout: self.io_timeout,
-        })
+        check_dir("SFTP_DIR", dir)?;
+        Ok(Some(SftpTarget {
+            settings: SftpSettings {
+                host: host.to_owned(),
+                port: self.port,
+                user: user.to_owned(),
+                key_file: key_file.to_owned(),
+                key_passphrase: secret_from_env("SFTP_KEY_PASSPHRASE")?,
+                known_hosts: self.known_hosts.clone(),
+                host_key_fingerprint: self.host_fingerprint.clone(),
+                connect_timeout: self.connect_timeout,
+                io_timeout: self.io_timeout,
+            },
+            dir: dir.to_owned(),
+        }))
     }
+}
 
-    /// The server and the base directory, checked as [`SftpArgs::settings`] does.
-    pub fn target(&self) -> Result<SftpTarget, ConfigError> {
-        Ok(SftpTarget {
-            settings: self.settings()?,
-            dir: self.dir.clone(),
-        })
-    }
+/// A setting's value, `None` when unset or blank.
+fn given(value: Option<&str>) -> Option<&str> {
+    value.map(str::trim).filter(|v| !v.is_empty())
+}
 
-    /// The remote directory of one database.
-    pub fn database_dir(&self, database: &DatabaseName) -> String {
-        database_dir(&self.dir, database)
-    }
+/// The names whose flag is true, comma-separated.
+fn names_of<const N: usize>(names: [(&str, bool); N]) -> String {
+    names
+        .into_iter()
+        .filter_map(|(name, flagged)| flagged.then_some(name))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The pruner's own SFTP identity on the same server, for an append-only
@@ -225,11 +265,11 @@ impl SecondSftpArgs {
             ));
         };
         let args = SftpArgs {
-            host: host.clone(),
+            host: Some(host.clone()),
             port: self.port,
-            user: user.clone(),
-            dir: dir.clone(),
-            key_file: key_file.clone(),
+            user: Some(user.clone()),
+            dir: Some(dir.clone()),
+            key_file: Some(key_file.clone()),
             known_hosts: self.known_hosts.clone(),
             host_fingerprint: self.host_fingerprint.clone(),
             connect_timeout: primary.connect_timeout,
@@ -237,12 +277,12 @@ impl SecondSftpArgs {
         };
         let rename =
             |e: ConfigError| ConfigError::Invalid(e.to_string().replace("SFTP_", "SHIP_SFTP2_"));
-        let mut settings = args.settings().map_err(rename)?;
-        settings.key_passphrase = secret_from_env("SHIP_SFTP2_KEY_PASSPHRASE")?;
-        Ok(Some(SftpTarget {
-            settings,
-            dir: args.dir,
-        }))
+        // Every field is set, so `None` (no server) cannot come back.
+        let Some(mut target) = args.target().map_err(rename)? else {
+            return Ok(None);
+        };
+        target.settings.key_passphrase = secret_from_env("SHIP_SFTP2_KEY_PASSPHRASE")?;
+        Ok(Some(target))
     }
 }
 
@@ -358,13 +398,74 @@ mod tests {
     }
 
     #[test]
+    fn sftp_is_optional_but_never_half_configured() {
+        let unset = SftpArgs {
+            host: None,
+            port: 22,
+            user: None,
+            dir: None,
+            key_file: None,
+            known_hosts: None,
+            host_fingerprint: None,
+            connect_timeout: std::time::Duration::from_secs(3),
+            io_timeout: std::time::Duration::from_secs(4),
+        };
+        assert!(unset.target().unwrap().is_none());
+        // What Compose passes for unset variables, and the secret files a
+        // template mounts for every service.
+        let blank = SftpArgs {
+            host: Some(String::new()),
+            user: Some(" ".into()),
+            key_file: Some("/run/secrets/sftp_key".into()),
+            known_hosts: Some("/run/secrets/sftp_known_hosts".into()),
+            ..unset.clone()
+        };
+        assert!(blank.target().unwrap().is_none());
+        let refused = |args: &SftpArgs| args.target().unwrap_err().to_string();
+
+        let stray = SftpArgs {
+            user: Some("backup".into()),
+            ..unset.clone()
+        };
+        let message = refused(&stray);
+        assert!(
+            message.starts_with("SFTP_USER set but SFTP_HOST is not"),
+            "{message}"
+        );
+
+        let half = SftpArgs {
+            host: Some("sftp.example".into()),
+            dir: Some("backups".into()),
+            ..unset.clone()
+        };
+        let message = refused(&half);
+        assert_eq!(
+            message,
+            "SFTP_HOST is set: SFTP_USER, SFTP_KEY_FILE required too"
+        );
+
+        let unpinned = SftpArgs {
+            user: Some("backup".into()),
+            key_file: Some("/k".into()),
+            ..half
+        };
+        assert!(refused(&unpinned).starts_with("SFTP_KNOWN_HOSTS"));
+        let pinned = SftpArgs {
+            host_fingerprint: Some("SHA256:x".into()),
+            ..unpinned
+        };
+        let target = pinned.target().unwrap().unwrap();
+        assert_eq!(target.describe(), "sftp://backup@sftp.example:22/~/backups");
+    }
+
+    #[test]
     fn the_second_server_is_optional_and_named_by_its_own_variables() {
         let primary = SftpArgs {
-            host: "sftp.example".into(),
+            host: Some("sftp.example".into()),
             port: 22,
-            user: "backup".into(),
-            dir: "/srv/backups".into(),
-            key_file: "/k".into(),
+            user: Some("backup".into()),
+            dir: Some("/srv/backups".into()),
+            key_file: Some("/k".into()),
             known_hosts: Some("/kh".into()),
             host_fingerprint: None,
             connect_timeout: std::time::Duration::from_secs(3),

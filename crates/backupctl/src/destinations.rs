@@ -13,7 +13,7 @@ use remote_store::StoreTarget;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct FromArgs {
-    /// Read from the destination with this label (default: the first one, sftp).
+    /// Read from the destination with this label (default: the first one: sftp, or s3 without SFTP_HOST).
     #[arg(long = "from", value_name = "LABEL")]
     pub from: Option<String>,
     /// The shipper's S3 destination (`--from s3`), when `S3_BUCKET` is set.
@@ -34,10 +34,11 @@ impl FromArgs {
             .map_err(|e| anyhow::anyhow!(e.0))
             .context("S3 settings")?;
         let targets = remote_store::targets(
-            Some(sftp.target().context("SFTP settings")?),
+            sftp.target().context("SFTP settings")?,
             self.sftp2.target(sftp)?,
             s3,
         );
+        anyhow::ensure!(!targets.is_empty(), backup_core::config::NO_DESTINATION);
         Ok(remote_store::find(&targets, self.from.as_deref())?.clone())
     }
 }

@@ -5,7 +5,8 @@
 //! code ([`docs`]), the resilience and security suite ([`resilience`]),
 //! scaling out: parallel workers and one dumper per PostgreSQL server
 //! ([`scale`], with the `#[ignore]`d scale benchmark), and the pipeline
-//! on a three-node NATS cluster losing nodes ([`cluster`]).
+//! on a three-node NATS cluster losing nodes ([`cluster`]), and S3 as the
+//! only destination ([`s3_only`]).
 
 #[path = "pipeline/binaries.rs"]
 mod binaries;
@@ -19,6 +20,8 @@ mod docs;
 mod journey;
 #[path = "pipeline/resilience.rs"]
 mod resilience;
+#[path = "pipeline/s3_only.rs"]
+mod s3_only;
 #[path = "pipeline/scale.rs"]
 mod scale;
 #[path = "pipeline/scripts.rs"]
@@ -142,11 +145,15 @@ impl<N: Nats> Rig<N> {
     }
 
     fn spawn_all(&self) -> Vec<ServiceProcess> {
-        let env = self.env();
+        self.spawn_all_with(&self.env())
+    }
+
+    /// The five services with `env` in place of [`Rig::env`].
+    fn spawn_all_with(&self, env: &[(String, String)]) -> Vec<ServiceProcess> {
         ["dumper", "shipper", "verifier", "pruner", "notifier"]
             .into_iter()
             .map(|name| {
-                let service = ServiceProcess::spawn(name, &[], &env);
+                let service = ServiceProcess::spawn(name, &[], env);
                 assert!(
                     service.wait_for_log("waiting for work", Duration::from_secs(60)),
                     "{name} did not start:\n{}",
@@ -158,7 +165,15 @@ impl<N: Nats> Rig<N> {
     }
 
     fn backupctl(&self, args: &[&str]) -> (Option<std::process::ExitStatus>, String) {
-        let mut env = self.env();
+        self.backupctl_with(self.env(), args)
+    }
+
+    /// `backupctl` with `env` in place of [`Rig::env`].
+    fn backupctl_with(
+        &self,
+        mut env: Vec<(String, String)>,
+        args: &[&str],
+    ) -> (Option<std::process::ExitStatus>, String) {
         // Its output is parsed: keep the connection logs out of it.
         env.push(("RUST_LOG".into(), "warn".into()));
         let mut ctl = ServiceProcess::spawn("backupctl", args, &env);

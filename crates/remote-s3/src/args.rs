@@ -113,7 +113,10 @@ impl S3Args {
             .filter(|e| !e.trim().is_empty())
             .map(|e| check_endpoint(e.trim()))
             .transpose()?;
-        let region = self.region.unwrap_or_else(|| "us-east-1".into());
+        let region = self
+            .region
+            .filter(|r| !r.trim().is_empty())
+            .unwrap_or_else(|| "us-east-1".into());
         let region = region.trim();
         if region.is_empty()
             || !region

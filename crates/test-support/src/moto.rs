@@ -143,6 +143,21 @@ impl MotoServer {
         self.make_bucket(name, object_lock);
     }
 
+    /// The `S3_*` variables of a service keeping backups under `prefix`
+    /// in `bucket` on this server.
+    pub fn env(&self, bucket: &str, prefix: &str) -> Vec<(String, String)> {
+        [
+            ("S3_BUCKET", bucket),
+            ("S3_ENDPOINT", &self.endpoint),
+            ("S3_PREFIX", prefix),
+            ("S3_ACCESS_KEY_ID", &self.access_key_id),
+            ("S3_SECRET_ACCESS_KEY", &self.secret_access_key),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+    }
+
     fn make_bucket(&self, name: &str, object_lock: bool) {
         let lock = if object_lock { "True" } else { "False" };
         self.python(&format!(

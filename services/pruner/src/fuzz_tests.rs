@@ -141,10 +141,10 @@ fn a_clock_jumped_forty_days_deletes_no_verified_backup_and_no_upload_in_flight(
     let spool = tempfile::tempdir().expect("spool");
     let settings = Settings {
         s3: None,
-        sftp: SftpTarget {
+        sftp: Some(SftpTarget {
             settings: test_support::pipeline::sftp_settings(&sshd),
             dir: base.display().to_string(),
-        },
+        }),
         sftp2: None,
         // Two weeks of nightly backups all stay: anything deleted later is
         // the clock's doing.

@@ -83,7 +83,7 @@ impl PruneError {
 /// `remote_store::targets` builds from the settings.
 pub fn destinations(settings: &Settings) -> Vec<StoreTarget> {
     remote_store::targets(
-        Some(settings.sftp.clone()),
+        settings.sftp.clone(),
         settings.sftp2.clone(),
         settings.s3.clone(),
     )

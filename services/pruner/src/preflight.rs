@@ -48,7 +48,12 @@ async fn sftp_checks(label: &str, target: &SftpTarget) -> Vec<Check> {
         Err(check) => return vec![check],
     };
     let dir = &target.dir;
-    backup_core::sftp::note_resolved_dir("SFTP_DIR", dir, &remote);
+    let setting = if label == remote_store::SFTP2_LABEL {
+        "SHIP_SFTP2_DIR"
+    } else {
+        "SFTP_DIR"
+    };
+    backup_core::sftp::note_resolved_dir(setting, dir, &remote);
     let listed = remote.list_dir(dir).await;
     let _ = remote.close().await;
     let name = format!("{label}.list");

@@ -76,13 +76,17 @@ pub enum SettingsError {
     Retention(String),
     #[error("prune schedule: {0}")]
     Schedule(String),
+    /// Neither `SFTP_HOST` nor `S3_BUCKET` is set.
+    #[error("{}", backup_core::config::NO_DESTINATION)]
+    NoDestination,
 }
 
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// The remote whose backups are pruned, logged in to with the
-    /// pruner's own identity when `PRUNE_SFTP_KEY_FILE` is set.
-    pub sftp: SftpTarget,
+    /// The SFTP server whose backups are pruned (when `SFTP_HOST` is
+    /// set), logged in to with the pruner's own identity when
+    /// `PRUNE_SFTP_KEY_FILE` is set.
+    pub sftp: Option<SftpTarget>,
     /// The shipper's S3 bucket, when `S3_BUCKET` is set.
     pub s3: Option<S3Settings>,
     /// The shipper's second SFTP server, when configured.
@@ -102,15 +106,28 @@ impl TryFrom<Args> for Settings {
 
     fn try_from(args: Args) -> Result<Settings, SettingsError> {
         let mut sftp = args.sftp.target().map_err(SettingsError::Sftp)?;
-        if let Some(own) = args
-            .identity
-            .identity(&sftp.settings)
-            .map_err(SettingsError::Identity)?
-        {
-            sftp.settings = own;
+        match &mut sftp {
+            Some(sftp) => {
+                if let Some(own) = args
+                    .identity
+                    .identity(&sftp.settings)
+                    .map_err(SettingsError::Identity)?
+                {
+                    sftp.settings = own;
+                }
+            }
+            None if args.identity.key_file.is_some() || args.identity.user.is_some() => {
+                return Err(SettingsError::Identity(ConfigError::Invalid(
+                    "PRUNE_SFTP_USER or PRUNE_SFTP_KEY_FILE is set but SFTP_HOST is not: the pruner's own identity is for the SFTP server".into(),
+                )));
+            }
+            None => {}
         }
         let s3 = args.s3.settings().map_err(|e| SettingsError::S3(e.0))?;
         let sftp2 = args.sftp2.target(&args.sftp).map_err(SettingsError::Sftp)?;
+        if sftp.is_none() && sftp2.is_none() && s3.is_none() {
+            return Err(SettingsError::NoDestination);
+        }
         let policy = args
             .retention
             .policy()
@@ -160,7 +177,7 @@ mod tests {
     fn defaults_build_settings_for_the_binary() {
         let settings = settings(&["--retention-force"]).expect("valid");
         assert_eq!(
-            settings.sftp.database_dir(&"app".parse().unwrap()),
+            settings.sftp.unwrap().database_dir(&"app".parse().unwrap()),
             "/srv/backups/app"
         );
         assert_eq!(settings.policy.min_keep, 3);
@@ -178,7 +195,10 @@ mod tests {
         );
         assert!(line(&["--schedule", "0 25 * * *"]).starts_with("prune schedule: PRUNE_SCHEDULE"));
         assert!(line(&["--interval", "0s"]).contains("PRUNE_INTERVAL"));
-        assert!(line(&["--sftp-dir", ""]).starts_with("SFTP settings: SFTP_DIR"));
+        assert_eq!(
+            line(&["--sftp-dir", ""]),
+            "SFTP settings: SFTP_HOST is set: SFTP_DIR required too"
+        );
         assert!(
             line(&["--prune-sftp-user", "pruner"]).starts_with(
                 "pruner identity: PRUNE_SFTP_USER or PRUNE_SFTP_KEY_PASSPHRASE is set"
@@ -191,14 +211,27 @@ mod tests {
     }
 
     #[test]
+    fn without_sftp_or_s3_there_is_nothing_to_prune() {
+        let refusal = |argv: &[&str]| {
+            let args = Args::try_parse_from(argv).expect("flags parse");
+            backup_core::error_chain(&Settings::try_from(args).expect_err("refused"))
+        };
+        assert_eq!(refusal(&["pruner"]), backup_core::config::NO_DESTINATION);
+        assert!(
+            refusal(&["pruner", "--prune-sftp-key-file", "/k"])
+                .starts_with("pruner identity: PRUNE_SFTP_USER or PRUNE_SFTP_KEY_FILE is set but SFTP_HOST is not")
+        );
+    }
+
+    #[test]
     fn the_pruner_logs_in_with_its_own_key_when_given() {
         let dir = tempfile::tempdir().unwrap();
         let key = dir.path().join("prune_key");
         std::fs::write(&key, "k").unwrap();
         let key_text = key.to_str().unwrap();
         let own = settings(&["--prune-sftp-key-file", key_text]).expect("valid");
-        assert_eq!(own.sftp.settings.key_file, key);
-        assert_eq!(own.sftp.settings.user, "backup");
+        let own = own.sftp.unwrap().settings;
+        assert_eq!((own.key_file, own.user.as_str()), (key.clone(), "backup"));
         let other = settings(&[
             "--prune-sftp-key-file",
             key_text,
@@ -206,10 +239,10 @@ mod tests {
             "pruner",
         ])
         .expect("valid");
-        assert_eq!(other.sftp.settings.user, "pruner");
+        assert_eq!(other.sftp.unwrap().settings.user, "pruner");
         let shared = settings(&[]).expect("valid");
         assert_eq!(
-            shared.sftp.settings.key_file,
+            shared.sftp.unwrap().settings.key_file,
             std::path::Path::new("/nonexistent/key")
         );
     }

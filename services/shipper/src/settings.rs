@@ -14,11 +14,12 @@ use remote_s3::{S3_HELP, S3Args, S3Remote};
 
 use crate::{DEFAULT_DEADLINE, Destination, MAX_ALERT_AFTER, Rate};
 
-const DESTINATIONS_HELP: &str = "Destinations: the SFTP server (SFTP_*) always; a second SFTP \
-server when SHIP_SFTP2_HOST is set (its key passphrase from SHIP_SFTP2_KEY_PASSPHRASE or \
-SHIP_SFTP2_KEY_PASSPHRASE_FILE); a local or mounted directory (e.g. a NAS) when \
-SHIP_LOCAL_DIR is set; an S3-compatible bucket when S3_BUCKET is set (S3_*). Each artifact \
-must reach all of them to count as shipped; each failure names its destination.";
+const DESTINATIONS_HELP: &str = "Destinations: the SFTP server when SFTP_HOST is set (SFTP_*); \
+a second SFTP server when SHIP_SFTP2_HOST is set (its key passphrase from \
+SHIP_SFTP2_KEY_PASSPHRASE or SHIP_SFTP2_KEY_PASSPHRASE_FILE); an S3-compatible bucket when \
+S3_BUCKET is set (S3_*); a local or mounted directory (e.g. a NAS) when SHIP_LOCAL_DIR is set. \
+At least one SFTP server or bucket is required. Each artifact must reach all of them to count \
+as shipped; each failure names its destination.";
 
 /// Uploads artifacts announced by `dump.created` to the SFTP server (and
 /// optional further destinations) and emits `dump.shipped`.
@@ -101,6 +102,10 @@ pub enum SettingsError {
     /// The primary server's `SFTP_*` settings.
     #[error("SFTP settings: {0}")]
     Sftp(#[source] ConfigError),
+    /// Neither `SFTP_HOST` nor `S3_BUCKET` is set (a local directory alone
+    /// is not offsite, and nothing can verify it).
+    #[error("{}", backup_core::config::NO_DESTINATION)]
+    NoDestination,
     #[error(transparent)]
     Invalid(#[from] ConfigError),
 }
@@ -181,7 +186,9 @@ impl TryFrom<Args> for Settings {
     /// hosts are pinned, the local directory is absolute, limits are sane.
     fn try_from(args: Args) -> Result<Settings, SettingsError> {
         let sftp = args.sftp.target().map_err(SettingsError::Sftp)?;
-        if !sftp.settings.key_file.is_file() {
+        if let Some(sftp) = &sftp
+            && !sftp.settings.key_file.is_file()
+        {
             return Err(invalid(format!(
                 "SFTP_KEY_FILE {} does not exist or is not a file",
                 sftp.settings.key_file.display()
@@ -196,12 +203,15 @@ impl TryFrom<Args> for Settings {
                 "SHIP_ALERT_AFTER must be at most 60s: operators hear of failures early".into(),
             ));
         }
-        let mut destinations = vec![Destination::Sftp {
-            label: "sftp".into(),
-            dir: sftp.dir,
-            settings: sftp.settings,
-            append_only: args.sftp_append_only,
-        }];
+        let mut destinations: Vec<Destination> = sftp
+            .into_iter()
+            .map(|sftp| Destination::Sftp {
+                label: "sftp".into(),
+                dir: sftp.dir,
+                settings: sftp.settings,
+                append_only: args.sftp_append_only,
+            })
+            .collect();
         if let Some(sftp2) = args.sftp2.target(&args.sftp)? {
             if !sftp2.settings.key_file.is_file() {
                 return Err(invalid(format!(
@@ -216,6 +226,18 @@ impl TryFrom<Args> for Settings {
                 append_only: args.sftp2_append_only,
             });
         }
+        if let Some(s3) = args.s3.settings().map_err(|e| invalid(e.0))? {
+            let remote = S3Remote::connect(&s3).map_err(|e| invalid(e.to_string()))?;
+            destinations.push(Destination::S3 {
+                label: "s3".into(),
+                remote,
+            });
+        }
+        if destinations.is_empty() {
+            return Err(SettingsError::NoDestination);
+        }
+        // Last: `dump.shipped`'s `destination` names the first one, which
+        // must be a copy the verifier can read.
         if let Some(dir) = args.local_dir {
             if !dir.is_absolute() {
                 return Err(invalid(format!(
@@ -226,13 +248,6 @@ impl TryFrom<Args> for Settings {
             destinations.push(Destination::Local {
                 label: "local".into(),
                 dir,
-            });
-        }
-        if let Some(s3) = args.s3.settings().map_err(|e| invalid(e.0))? {
-            let remote = S3Remote::connect(&s3).map_err(|e| invalid(e.to_string()))?;
-            destinations.push(Destination::S3 {
-                label: "s3".into(),
-                remote,
             });
         }
         Ok(Settings {
@@ -327,6 +342,24 @@ mod tests {
         assert_eq!(settings.concurrency, 1);
         let four = self::settings(&key, &["--concurrency", "4"]).expect("valid");
         assert_eq!(four.concurrency, 4);
+    }
+
+    #[test]
+    fn a_local_directory_alone_is_no_destination() {
+        let dir = tempfile::tempdir().unwrap();
+        let argv = ["shipper", "--local-dir", dir.path().to_str().unwrap()];
+        let error = Settings::try_from(Args::try_parse_from(argv).expect("flags parse"))
+            .expect_err("refused");
+        assert_eq!(
+            backup_core::error_chain(&error),
+            backup_core::config::NO_DESTINATION
+        );
+        let half = Args::try_parse_from(["shipper", "--sftp-user", "backup"]).expect("flags parse");
+        let error = Settings::try_from(half).expect_err("refused");
+        assert_eq!(
+            backup_core::error_chain(&error),
+            "SFTP settings: SFTP_USER set but SFTP_HOST is not: set SFTP_HOST for an SFTP destination, or unset them"
+        );
     }
 
     #[test]

@@ -112,7 +112,7 @@ impl Restores {
 /// `remote_store::targets` builds from the settings.
 pub fn destinations(settings: &Settings) -> Vec<StoreTarget> {
     remote_store::targets(
-        Some(settings.sftp.clone()),
+        settings.sftp.clone(),
         settings.sftp2.clone(),
         settings.s3.clone(),
     )

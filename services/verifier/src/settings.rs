@@ -113,6 +113,9 @@ pub enum SettingsError {
     Sftp2(#[source] ConfigError),
     #[error("VERIFY_FROM: {0}")]
     VerifyFrom(#[source] remote_store::UnknownTarget),
+    /// Neither `SFTP_HOST` nor `S3_BUCKET` is set.
+    #[error("{}", backup_core::config::NO_DESTINATION)]
+    NoDestination,
     /// The scratch server from `PG*` (`VERIFY_DATABASE_URL` unset).
     #[error("PostgreSQL settings: {0}")]
     Pg(#[source] ConfigError),
@@ -135,8 +138,8 @@ pub enum SettingsError {
 
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// The remote the shipper wrote to, read back here.
-    pub sftp: SftpTarget,
+    /// The shipper's SFTP server, when `SFTP_HOST` is set.
+    pub sftp: Option<SftpTarget>,
     /// The shipper's S3 bucket, when `S3_BUCKET` is set.
     pub s3: Option<S3Settings>,
     /// The shipper's second SFTP server, when configured.
@@ -188,8 +191,11 @@ impl TryFrom<Args> for Settings {
             .target(&args.sftp)
             .map_err(SettingsError::Sftp2)?;
         let verify_from = args.verify_from.filter(|label| !label.trim().is_empty());
+        let destinations = remote_store::targets(sftp.clone(), sftp2.clone(), s3.clone());
+        if destinations.is_empty() {
+            return Err(SettingsError::NoDestination);
+        }
         if let Some(label) = &verify_from {
-            let destinations = remote_store::targets(Some(sftp.clone()), sftp2.clone(), s3.clone());
             remote_store::find(&destinations, Some(label)).map_err(SettingsError::VerifyFrom)?;
         }
         let scratch = scratch_target(&args.pg)?;
@@ -289,7 +295,7 @@ mod tests {
     #[test]
     fn defaults_build_settings_for_the_binary() {
         let settings = settings(&[]).expect("valid");
-        assert_eq!(settings.sftp.dir, "backups");
+        assert_eq!(settings.sftp.unwrap().dir, "backups");
         assert_eq!(settings.scratch.dbname, "postgres");
         assert_eq!(settings.scratch_prefix, SCRATCH_PREFIX);
         assert_eq!(
@@ -337,6 +343,16 @@ mod tests {
         assert_eq!(
             backup_core::error_chain(&error),
             "VERIFY_FROM: no destination is labelled \"nas\"; configured: sftp, sftp2"
+        );
+    }
+
+    #[test]
+    fn without_sftp_or_s3_there_is_nothing_to_verify() {
+        let error = Settings::try_from(Args::try_parse_from(["verifier"]).expect("flags parse"))
+            .expect_err("refused");
+        assert_eq!(
+            backup_core::error_chain(&error),
+            backup_core::config::NO_DESTINATION
         );
     }
 

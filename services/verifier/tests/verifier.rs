@@ -140,6 +140,7 @@ impl Rig {
                 sftp_args(sshd2, &sshd2.backups_dir())
                     .target()
                     .expect("sftp2 settings")
+                    .expect("SFTP_HOST is set")
             }),
             verify_from: options.verify_from.map(str::to_owned),
             scratch: PgTarget::from_url("postgresql://postgres@127.0.0.1:5432/postgres").unwrap(),

@@ -10,37 +10,13 @@ use backup_core::names::DatabaseName;
 use backup_core::pg::PgArgs;
 use backup_core::sftp::{PruneIdentityArgs, SftpArgs};
 
-/// SFTP settings, all optional so that a missing one is reported as a
-/// failed check rather than refused by the command line.
+/// The services' SFTP settings (all optional there too: unset
+/// `SFTP_HOST` means no SFTP destination), with what the doctor checks
+/// the account's posture against.
 #[derive(Debug, Clone, clap::Args)]
 pub struct SftpOptions {
-    /// SFTP server host name.
-    #[arg(long = "sftp-host", env = "SFTP_HOST")]
-    pub host: Option<String>,
-    /// SFTP server port.
-    #[arg(long = "sftp-port", env = "SFTP_PORT", default_value_t = 22)]
-    pub port: u16,
-    /// Login on the SFTP server.
-    #[arg(long = "sftp-user", env = "SFTP_USER")]
-    pub user: Option<String>,
-    /// Base directory on the server.
-    #[arg(long = "sftp-dir", env = "SFTP_DIR")]
-    pub dir: Option<String>,
-    /// Private key; its passphrase comes from SFTP_KEY_PASSPHRASE(_FILE).
-    #[arg(long = "sftp-key-file", env = "SFTP_KEY_FILE")]
-    pub key_file: Option<PathBuf>,
-    /// known_hosts file pinning the server's host key.
-    #[arg(long = "sftp-known-hosts", env = "SFTP_KNOWN_HOSTS")]
-    pub known_hosts: Option<PathBuf>,
-    /// Alternative pin: the host key's SHA256 fingerprint.
-    #[arg(long = "sftp-host-fingerprint", env = "SFTP_HOST_FINGERPRINT")]
-    pub host_fingerprint: Option<String>,
-    /// Time allowed to connect, verify the host and authenticate.
-    #[arg(long = "sftp-connect-timeout", env = "SFTP_CONNECT_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
-    pub connect_timeout: Duration,
-    /// A request unanswered for this long means the connection is dead.
-    #[arg(long = "sftp-io-timeout", env = "SFTP_IO_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
-    pub io_timeout: Duration,
+    #[command(flatten)]
+    pub args: SftpArgs,
     /// The shipper treats the account as append-only (its key may not
     /// delete or replace): the writer's posture must say so.
     #[arg(
@@ -53,35 +29,6 @@ pub struct SftpOptions {
     /// posture probes the writer's key cannot.
     #[command(flatten)]
     pub pruner: PruneIdentityArgs,
-}
-
-impl SftpOptions {
-    /// The services' settings, or which variables are missing.
-    pub fn to_args(&self) -> Result<SftpArgs, String> {
-        let missing: Vec<&str> = [
-            ("SFTP_HOST", self.host.is_none()),
-            ("SFTP_USER", self.user.is_none()),
-            ("SFTP_DIR", self.dir.is_none()),
-            ("SFTP_KEY_FILE", self.key_file.is_none()),
-        ]
-        .into_iter()
-        .filter_map(|(name, absent)| absent.then_some(name))
-        .collect();
-        match (&self.host, &self.user, &self.dir, &self.key_file) {
-            (Some(host), Some(user), Some(dir), Some(key_file)) => Ok(SftpArgs {
-                host: host.clone(),
-                port: self.port,
-                user: user.clone(),
-                dir: dir.clone(),
-                key_file: key_file.clone(),
-                known_hosts: self.known_hosts.clone(),
-                host_fingerprint: self.host_fingerprint.clone(),
-                connect_timeout: self.connect_timeout,
-                io_timeout: self.io_timeout,
-            }),
-            _ => Err(format!("not configured: {} unset", missing.join(", "))),
-        }
-    }
 }
 
 /// Everything the doctor looks at, read from the same variables the

@@ -125,26 +125,37 @@ pub async fn check_all(common: &CommonArgs, args: &DoctorArgs) -> Report {
         }
     };
     let sftp_checks = async {
-        match args.sftp.to_args() {
-            Ok(sftp_args) => {
+        match args.sftp.args.target() {
+            Ok(Some(target)) => {
                 let (mut checks, posture_checks) = tokio::join!(
                     bounded(
                         "sftp",
                         limit,
                         "check that SFTP_HOST:SFTP_PORT answers from here",
-                        sftp(&sftp_args, args.sftp.append_only),
+                        sftp(&target, args.sftp.append_only),
                     ),
                     bounded(
                         "sftp.posture",
                         limit,
                         "check that SFTP_HOST:SFTP_PORT answers from here",
-                        posture(&sftp_args, args.sftp.append_only, &args.sftp.pruner),
+                        posture(&target, args.sftp.append_only, &args.sftp.pruner),
                     )
                 );
                 checks.extend(posture_checks);
                 checks
             }
-            Err(e) => vec![Check::fail("sftp", e).with_fix("set SFTP_HOST, SFTP_USER, SFTP_DIR, SFTP_KEY_FILE and SFTP_KNOWN_HOSTS (see docs/guides/backup-setup-guide.md)")],
+            // S3 only is a valid set-up; with no bucket either, nothing
+            // would be kept anywhere.
+            Ok(None) if matches!(args.s3.clone().settings(), Ok(Some(_))) => vec![Check::skip(
+                "sftp",
+                "no SFTP destination (SFTP_HOST unset): backups go to S3 only",
+            )],
+            Ok(None) => vec![Check::fail("sftp", backup_core::config::NO_DESTINATION).with_fix(
+                "set SFTP_HOST, SFTP_USER, SFTP_DIR, SFTP_KEY_FILE and SFTP_KNOWN_HOSTS, or S3_BUCKET and S3_* (see docs/guides/backup-setup-guide.md)",
+            )],
+            Err(e) => vec![Check::fail("sftp", e.to_string()).with_fix(
+                "set SFTP_HOST, SFTP_USER, SFTP_DIR and SFTP_KEY_FILE together; pin the host key with SFTP_KNOWN_HOSTS (ssh-keyscan -p PORT HOST, checked out of band) or SFTP_HOST_FINGERPRINT; SFTP_DIR is a directory on the server without `..` components (see docs/guides/backup-setup-guide.md)",
+            )],
         }
     };
     let s3_checks = bounded(

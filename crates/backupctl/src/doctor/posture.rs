@@ -16,7 +16,7 @@
 //! Retries: none; run the doctor again after a fix.
 
 use backup_core::preflight::Check;
-use backup_core::sftp::{PruneIdentityArgs, SftpArgs};
+use backup_core::sftp::{PruneIdentityArgs, SftpTarget};
 use remote_sftp::{RemoteError, SftpRemote, WritePosture};
 
 use super::probe_name;
@@ -25,17 +25,19 @@ const DELETE: &str = "sftp.writer_delete";
 const OVERWRITE: &str = "sftp.writer_overwrite";
 
 /// The posture checks of the SFTP target (see the module docs).
-pub async fn posture(args: &SftpArgs, append_only: bool, pruner: &PruneIdentityArgs) -> Vec<Check> {
+pub async fn posture(
+    args: &SftpTarget,
+    append_only: bool,
+    pruner: &PruneIdentityArgs,
+) -> Vec<Check> {
     let skipped = |because: &str| {
         vec![
             Check::not_checked(DELETE, because),
             Check::not_checked(OVERWRITE, because),
         ]
     };
-    let Ok(settings) = args.settings() else {
-        return skipped("the SFTP settings are incomplete (see the sftp checks)");
-    };
-    let pruner_settings = match pruner.identity(&settings) {
+    let settings = &args.settings;
+    let pruner_settings = match pruner.identity(settings) {
         Ok(own) => own,
         Err(e) => {
             return vec![
@@ -46,7 +48,7 @@ pub async fn posture(args: &SftpArgs, append_only: bool, pruner: &PruneIdentityA
             ];
         }
     };
-    let mut writer = match SftpRemote::connect(&settings).await {
+    let mut writer = match SftpRemote::connect(settings).await {
         Ok(remote) => remote,
         Err(_) => return skipped("no SFTP login with SFTP_KEY_FILE (see sftp.auth)"),
     };
@@ -101,13 +103,17 @@ async fn clean_up(
 const RESTRICT_FIX: &str = "restrict the shipper's key in the account's authorized_keys: restrict,command=\"internal-sftp -P remove,rmdir,posix-rename,setstat,fsetstat,lsetstat,symlink,hardlink,copy-data\" ssh-ed25519 ...; give the pruner its own unrestricted key (PRUNE_SFTP_KEY_FILE) and set SFTP_APPEND_ONLY=true for the shipper (see the append-only account in docs/guides/backup-setup-guide.md)";
 
 fn delete_check(
-    args: &SftpArgs,
+    args: &SftpTarget,
     posture: &WritePosture,
     expect_append_only: bool,
     append_only: bool,
     left: &[String],
 ) -> Check {
-    let key = format!("{} with {}", args.user, args.key_file.display());
+    let key = format!(
+        "{} with {}",
+        args.settings.user,
+        args.settings.key_file.display()
+    );
     if posture.can_delete {
         let detail = format!(
             "{key} may delete files in {}: a stolen production host can erase the backups",
@@ -150,8 +156,12 @@ fn delete_check(
     }
 }
 
-fn overwrite_check(args: &SftpArgs, posture: &WritePosture, expect_append_only: bool) -> Check {
-    let key = format!("{} with {}", args.user, args.key_file.display());
+fn overwrite_check(args: &SftpTarget, posture: &WritePosture, expect_append_only: bool) -> Check {
+    let key = format!(
+        "{} with {}",
+        args.settings.user,
+        args.settings.key_file.display()
+    );
     match posture.overwrite {
         None => Check::pass(
             OVERWRITE,

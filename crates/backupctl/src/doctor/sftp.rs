@@ -5,7 +5,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use backup_core::preflight::Check;
-use backup_core::sftp::SftpArgs;
+use backup_core::sftp::SftpTarget;
 use remote_sftp::{RemoteError, SftpRemote};
 
 use super::{MIB, mib, probe_name};
@@ -16,14 +16,9 @@ use super::{MIB, mib, probe_name};
 /// deleted (`sftp.write`; on an append-only account, `append_only`, only
 /// created and listed: `posture` probes what its key may do), and the free
 /// space the server reports (`sftp.space`).
-pub async fn sftp(args: &SftpArgs, append_only: bool) -> Vec<Check> {
+pub async fn sftp(args: &SftpTarget, append_only: bool) -> Vec<Check> {
     const LATER: [&str; 4] = ["sftp.host_key", "sftp.auth", "sftp.write", "sftp.space"];
-    let settings = match args.settings() {
-        Ok(settings) => settings,
-        Err(e) => {
-            return vec![Check::fail("sftp", e.to_string()).with_fix("pin the host key with SFTP_KNOWN_HOSTS (ssh-keyscan -p PORT HOST, checked out of band) or SFTP_HOST_FINGERPRINT; SFTP_DIR is a directory on the server without `..` components")];
-        }
-    };
+    let settings = &args.settings;
     let target = format!("{}:{}", settings.host, settings.port);
     let mut checks = Vec::new();
     let skip_from = |checks: &mut Vec<Check>, from: usize, because: &str| {
@@ -32,7 +27,7 @@ pub async fn sftp(args: &SftpArgs, append_only: bool) -> Vec<Check> {
         }
     };
 
-    let presented = match SftpRemote::presented_host_key(&settings).await {
+    let presented = match SftpRemote::presented_host_key(settings).await {
         Ok(fingerprint) => {
             checks.push(Check::pass(
                 "sftp.host",
@@ -60,7 +55,7 @@ pub async fn sftp(args: &SftpArgs, append_only: bool) -> Vec<Check> {
         (None, Some(fingerprint)) => format!("SFTP_HOST_FINGERPRINT {fingerprint}"),
         (None, None) => "no pin".to_owned(),
     };
-    let remote = match SftpRemote::connect(&settings).await {
+    let remote = match SftpRemote::connect(settings).await {
         Ok(remote) => remote,
         Err(
             e @ (RemoteError::HostKeyChanged { .. }
@@ -182,11 +177,11 @@ fn key_file_usable(path: &Path) -> Result<(), (String, String)> {
     }
 }
 
-async fn sftp_write(remote: &SftpRemote, args: &SftpArgs, append_only: bool) -> Check {
+async fn sftp_write(remote: &SftpRemote, args: &SftpTarget, append_only: bool) -> Check {
     let dir = args.dir.trim_end_matches('/');
     let write_fix = format!(
         "give {} write access to {} on the server (the shipper creates <database>/ there and renames files into it)",
-        args.user, args.dir
+        args.settings.user, args.dir
     );
     // The shipper creates the base directory the same way.
     if let Err(e) = remote.create_dir_all(dir).await {
@@ -225,7 +220,7 @@ async fn sftp_write(remote: &SftpRemote, args: &SftpArgs, append_only: bool) -> 
     if let Err(e) = remote.remove_file(&probe).await {
         return Check::fail("sftp.write", format!("wrote {probe} but could not delete it: {e}")).with_fix(format!(
                 "the pruner deletes old backups: give {} delete rights in {}, and remove {probe} by hand",
-                args.user, args.dir
+                args.settings.user, args.dir
             ));
     }
     let features = remote.features();

@@ -3,8 +3,8 @@
 //! key with the pruner's own key beside it.
 
 use backup_core::preflight::{Check, Verdict};
-use backup_core::sftp::{PruneIdentityArgs, SftpArgs};
-use test_support::pipeline::sftp_args;
+use backup_core::sftp::{PruneIdentityArgs, SftpTarget};
+use test_support::pipeline::sftp_target;
 
 use super::*;
 
@@ -27,18 +27,17 @@ fn files_in(dir: &Path) -> Vec<String> {
     names
 }
 
-fn restricted(args: &SftpArgs, key: &Path) -> SftpArgs {
-    SftpArgs {
-        key_file: key.to_owned(),
-        ..args.clone()
-    }
+fn restricted(target: &SftpTarget, key: &Path) -> SftpTarget {
+    let mut restricted = target.clone();
+    restricted.settings.key_file = key.to_owned();
+    restricted
 }
 
 #[tokio::test]
 async fn doctor_reports_the_posture_of_both_kinds_of_account() {
     let sshd = Sshd::start();
     let base = sshd.remote_root.join("backups");
-    let full = sftp_args(&sshd, &base);
+    let full = sftp_target(&sshd, &base);
     let append_only_key = sshd.generate_append_only_key();
     let writer = restricted(&full, &append_only_key);
     let pruner = PruneIdentityArgs {

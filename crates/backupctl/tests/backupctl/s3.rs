@@ -1,7 +1,8 @@
 //! The S3 destination (moto): `backupctl list --from s3` and `restore
 //! --from s3` read the bucket's copy (the SFTP copy is gone, so nothing
 //! else could answer), and `backupctl doctor` reports the bucket's Object
-//! Lock against `S3_OBJECT_LOCK_DAYS` (`s3.object_lock`).
+//! Lock against `S3_OBJECT_LOCK_DAYS` (`s3.object_lock`) with the bucket as
+//! the only destination (the `sftp` check skipped).
 
 use remote_s3::{S3Remote, S3Settings};
 use test_support::moto::MotoServer;
@@ -11,16 +12,7 @@ use super::*;
 const PREFIX: &str = "pg";
 
 fn s3_env(moto: &MotoServer, bucket: &str) -> Vec<(String, String)> {
-    [
-        ("S3_BUCKET", bucket.to_owned()),
-        ("S3_ENDPOINT", moto.endpoint.clone()),
-        ("S3_PREFIX", PREFIX.to_owned()),
-        ("S3_ACCESS_KEY_ID", moto.access_key_id.clone()),
-        ("S3_SECRET_ACCESS_KEY", moto.secret_access_key.clone()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect()
+    moto.env(bucket, PREFIX)
 }
 
 #[test]
@@ -109,7 +101,7 @@ fn list_and_restore_read_the_s3_copy_with_from_s3() {
 }
 
 #[test]
-fn the_doctor_reports_the_buckets_object_lock() {
+fn the_doctor_reports_the_buckets_object_lock_with_s3_as_the_only_destination() {
     let mut moto = MotoServer::start();
     moto.create_bucket("locked", true);
     moto.create_bucket("plain", false);
@@ -137,13 +129,24 @@ fn the_doctor_reports_the_buckets_object_lock() {
         let out = command.output().expect("run backupctl doctor");
         let report: serde_json::Value =
             serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)));
-        report["checks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["name"] == "s3.object_lock")
-            .unwrap_or_else(|| panic!("no s3.object_lock in {report}"))
-            .clone()
+        let check = |name: &str| {
+            report["checks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["name"] == name)
+                .unwrap_or_else(|| panic!("no {name} in {report}"))
+                .clone()
+        };
+        // No SFTP_* at all: the bucket is the only destination, which is
+        // a set-up, not a failure.
+        let sftp = check("sftp");
+        assert_eq!(sftp["verdict"], "skip", "{sftp}");
+        assert!(
+            sftp["detail"].as_str().unwrap().contains("S3 only"),
+            "{sftp}"
+        );
+        check("s3.object_lock")
     };
 
     let on = object_lock("locked", Some("30"));

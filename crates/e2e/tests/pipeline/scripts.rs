@@ -153,9 +153,47 @@ fn init_secrets(deploy: &Path, env: &[(&str, String)]) -> Output {
         .env_remove("SFTP_HOST")
         .env_remove("SFTP_PORT")
         .env_remove("SMTP_URL")
+        .env_remove("S3_BUCKET")
+        .env_remove("S3_SECRET_ACCESS_KEY")
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .output()
         .expect("run init-secrets.sh")
+}
+
+/// S3 as the only destination: no SFTP host to pin, but the bucket's
+/// secret key is required until given.
+#[test]
+fn init_secrets_for_s3_only_asks_for_the_secret_key_not_a_host_pin() {
+    let checkout = deploy_copy();
+    let deploy = checkout.path().join("deploy");
+    let s3_only = [
+        ("S3_BUCKET", "korrigo-backups".to_owned()),
+        ("SMTP_URL", "smtp://mail.example.org".to_owned()),
+        ("SECRETS_UID", "4321".to_owned()),
+    ];
+    let out = init_secrets(&deploy, &s3_only);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("secrets/s3_secret_access_key: S3_BUCKET is set"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("sftp_known_hosts"), "{stderr}");
+
+    let with_secret = [
+        &s3_only[..],
+        &[("S3_SECRET_ACCESS_KEY", "s3cr3t".to_owned())],
+    ]
+    .concat();
+    let out = init_secrets(&deploy, &with_secret);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let secret = std::fs::read_to_string(deploy.join("secrets/s3_secret_access_key")).unwrap();
+    assert_eq!(secret, "s3cr3t\n");
+    assert!(deploy.join("secrets/sftp_known_hosts").exists());
 }
 
 /// An SFTP host that cannot be reached leaves no empty pin behind, and every

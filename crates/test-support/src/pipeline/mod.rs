@@ -20,7 +20,7 @@ pub use bus::TestBus;
 pub use clock::WatchedClock;
 pub use consumers::{consumer_info, wait_acked, wait_idle, wait_idle_within};
 pub use events::{Event, EventLog};
-pub use sftp::{sftp_args, sftp_settings};
+pub use sftp::{sftp_args, sftp_settings, sftp_target};
 
 use std::time::Duration;
 

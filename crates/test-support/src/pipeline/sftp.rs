@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use backup_core::sftp::SftpArgs;
+use backup_core::sftp::{SftpArgs, SftpTarget};
 use remote_sftp::SftpSettings;
 
 use crate::sshd::Sshd;
@@ -28,16 +28,25 @@ pub fn sftp_settings(sshd: &Sshd) -> SftpSettings {
     }
 }
 
+/// The checked destination of a service using `sshd` with `dir` as
+/// `SFTP_DIR`, as [`SftpArgs::target`] builds it from [`sftp_args`].
+pub fn sftp_target(sshd: &Sshd, dir: &Path) -> SftpTarget {
+    SftpTarget {
+        settings: sftp_settings(sshd),
+        dir: dir.display().to_string(),
+    }
+}
+
 /// The `SFTP_*` arguments of a service using `sshd` with `dir` as
 /// `SFTP_DIR`, with the same pin and limits as [`sftp_settings`].
 pub fn sftp_args(sshd: &Sshd, dir: &Path) -> SftpArgs {
     let settings = sftp_settings(sshd);
     SftpArgs {
-        host: settings.host,
+        host: Some(settings.host),
         port: settings.port,
-        user: settings.user,
-        dir: dir.display().to_string(),
-        key_file: settings.key_file,
+        user: Some(settings.user),
+        dir: Some(dir.display().to_string()),
+        key_file: Some(settings.key_file),
         known_hosts: settings.known_hosts,
         host_fingerprint: None,
         connect_timeout: settings.connect_timeout,

@@ -199,8 +199,9 @@ async fn s3_unreachable_for_a_while_is_reported_once_and_shipped_once_when_back(
 /// Uploads the same file to moto with the shipper binary (through NATS,
 /// as in production), with `rclone copy` and, when installed, `aws s3 cp`,
 /// and prints throughput, ratios and the shipper's peak RSS. Size in MB
-/// (10^6 bytes) from `SHIP_BENCH_S3_MB`, default 1000. The shipper also
-/// needs its SFTP server: its S3 upload is timed from its own log line.
+/// (10^6 bytes) from `SHIP_BENCH_S3_MB`, default 1000. The bucket is the
+/// shipper's only destination, so its peak RSS is the S3 upload's; the
+/// upload is timed from its own log line.
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "benchmark: slow, run by hand with --release"]
 async fn benchmark_s3() {
@@ -208,22 +209,16 @@ async fn benchmark_s3() {
         .map(|v| v.trim().parse().unwrap())
         .unwrap_or(1000);
     let rig = Rig::start().await;
-    let sshd = Sshd::start();
     let mut moto = MotoServer::start();
     moto.create_bucket(BUCKET, false);
     let env: Vec<(String, String)> = [
         ("NATS_URL", rig.nats.url.clone()),
         ("RUST_LOG", "info".into()),
         ("BACKUP_SPOOL_DIR", rig.spool().display().to_string()),
-        ("S3_BUCKET", BUCKET.into()),
-        ("S3_ENDPOINT", moto.endpoint.clone()),
-        ("S3_PREFIX", "shipper".into()),
-        ("S3_ACCESS_KEY_ID", moto.access_key_id.clone()),
-        ("S3_SECRET_ACCESS_KEY", moto.secret_access_key.clone()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
-    .chain(sshd.sftp_env(&sshd.remote_root.join("backups")))
+    .chain(moto.env(BUCKET, "shipper"))
     .collect();
     let service = test_support::ServiceProcess::spawn("shipper", &[], &env);
     assert!(
