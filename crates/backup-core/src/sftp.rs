@@ -436,7 +436,7 @@ mod tests {
         let half = SftpArgs {
             host: Some("sftp.example".into()),
             dir: Some("backups".into()),
-            ..unset.clone()
+            ..unset
         };
         let message = refused(&half);
         assert_eq!(
