@@ -66,7 +66,7 @@ pub struct S3Args {
         env = "S3_OBJECT_LOCK_MODE"
     )]
     pub object_lock_mode: Option<String>,
-    /// Multipart part size, 5MiB to 5GiB; default 8MiB.
+    /// Multipart part size, 5MiB to 5GiB; default 16MiB.
     #[arg(id = "s3-part-size", long = "s3-part-size", env = "S3_PART_SIZE")]
     pub part_size: Option<String>,
     /// Bound on connecting to the endpoint; default 10s.

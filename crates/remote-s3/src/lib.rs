@@ -12,7 +12,8 @@
 //! itself (no hand-made signer) and speaks to any endpoint.
 //!
 //! One concern per module: `settings` and `args` (the `S3_*` variables),
-//! `client` (the SDK client, keys, descriptions), `upload`, `read`,
+//! `client` (the SDK client, keys, descriptions), `upload` (with
+//! `part_buffers`, the memory of an upload), `read`,
 //! `listing`, `delete`, `posture`, `error`.
 //!
 //! # Retries
@@ -30,6 +31,7 @@ mod client;
 mod delete;
 mod error;
 mod listing;
+mod part_buffers;
 mod posture;
 mod read;
 mod settings;
