@@ -57,6 +57,7 @@ use backup_core::manifest::VerificationRecord;
 use backup_core::retry::Backoff;
 use backup_core::watchdog::{DEFAULT_STALL_AFTER, Limits};
 use chrono::Utc;
+use remote_s3::S3Settings;
 use remote_store::StoreTarget;
 use tokio_util::sync::CancellationToken;
 
@@ -114,8 +115,19 @@ pub fn destinations(settings: &Settings) -> Vec<StoreTarget> {
     remote_store::targets(
         settings.sftp.clone(),
         settings.sftp2.clone(),
-        settings.s3.clone(),
+        unlocked(settings.s3.clone()),
     )
+}
+
+/// The bucket as the verifier writes to it: without Object Lock, whatever
+/// `S3_OBJECT_LOCK_DAYS` says (the shipper's setting, which compose passes
+/// to every service). The verifier writes only its records, and a
+/// re-verification that finds a copy rotten must be able to withdraw one.
+fn unlocked(s3: Option<S3Settings>) -> Option<S3Settings> {
+    s3.map(|settings| S3Settings {
+        object_lock: None,
+        ..settings
+    })
 }
 
 /// The destination restored from: `VERIFY_FROM`, or the first one
@@ -369,6 +381,19 @@ pub(crate) fn record_of(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn records_are_never_written_under_object_lock() {
+        let mut locked = S3Settings::new(None, "backups", "key", "secret".to_owned().into());
+        locked.object_lock = Some(remote_s3::ObjectLock {
+            days: 30,
+            mode: remote_s3::LockMode::Compliance,
+        });
+        let written = unlocked(Some(locked)).expect("the bucket stays a destination");
+        assert_eq!(written.object_lock, None);
+        assert_eq!(written.bucket, "backups");
+        assert!(unlocked(None).is_none());
+    }
 
     #[test]
     fn the_consumer_holds_as_many_messages_as_the_setting() {
