@@ -180,6 +180,19 @@ impl<N: Nats> Rig<N> {
         let status = ctl.wait_timeout(Duration::from_secs(180));
         (status, ctl.log())
     }
+
+    /// `backupctl list --database <db> --json`, with `env`, shows
+    /// `artifact` first and verified.
+    fn assert_listed_verified(&self, env: Vec<(String, String)>, db: &str, artifact: &str) {
+        let (status, output) = self.backupctl_with(env, &["list", "--database", db, "--json"]);
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "backupctl list:\n{output}"
+        );
+        let catalog = first_json(&output, '[');
+        assert_eq!(catalog[0]["artifact"], artifact, "{catalog}");
+        assert_eq!(catalog[0]["verified"], true, "{catalog}");
+    }
 }
 
 fn files_in(dir: &Path) -> BTreeSet<String> {

@@ -129,14 +129,7 @@ fn one_backup_travels_from_trigger_to_verified() {
             .all(|s| s["alive"] == true),
         "{report}"
     );
-    let (status, output) = rig.backupctl(&["list", "--database", &db, "--json"]);
-    assert!(
-        status.is_some_and(|s| s.success()),
-        "backupctl list:\n{output}"
-    );
-    let catalog = first_json(&output, '[');
-    assert_eq!(catalog[0]["artifact"], artifact.as_str());
-    assert_eq!(catalog[0]["verified"], true);
+    rig.assert_listed_verified(rig.env(), &db, &artifact);
     // Success sends no alert.
     assert!(
         rig.smtp.messages().is_empty(),

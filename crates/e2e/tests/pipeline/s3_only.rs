@@ -62,13 +62,5 @@ fn a_backup_is_verified_with_s3_as_the_only_destination() {
         !rig.remote_dir().exists() || files_in(&rig.remote_dir()).is_empty(),
         "nothing goes to the SFTP server"
     );
-
-    let (status, output) = rig.backupctl_with(env, &["list", "--database", &db, "--json"]);
-    assert!(
-        status.is_some_and(|s| s.success()),
-        "backupctl list:\n{output}"
-    );
-    let catalog = first_json(&output, '[');
-    assert_eq!(catalog[0]["artifact"], artifact.as_str());
-    assert_eq!(catalog[0]["verified"], true);
+    rig.assert_listed_verified(env, &db, &artifact);
 }
