@@ -15,7 +15,8 @@
 #     fingerprint with the one your provider publishes (empty when S3_BUCKET
 #     is set without SFTP_HOST: backups go to S3 only);
 #   - s3_secret_access_key from S3_SECRET_ACCESS_KEY, required when S3_BUCKET
-#     is set;
+#     is set, and prune_s3_secret_access_key from PRUNE_S3_SECRET_ACCESS_KEY
+#     (the pruner's own key, optional);
 #   - smtp_url from SMTP_URL (required), and the optional channels, keys and
 #     the restore target (TELEGRAM_BOT_TOKEN, SLACK_WEBHOOK_URL,
 #     HEALTHCHECK_URL, AGE_IDENTITY, RESTORE_TARGET_URL) from the environment,
@@ -112,7 +113,7 @@ if [[ ! -s $secrets/smtp_url ]]; then
 fi
 # Optional settings: written whenever their variable is set (so a run with
 # RESTORE_TARGET_URL set points restores elsewhere), empty until then.
-for optional in telegram_bot_token slack_webhook_url healthcheck_url age_identity restore_target_url s3_secret_access_key; do
+for optional in telegram_bot_token slack_webhook_url healthcheck_url age_identity restore_target_url s3_secret_access_key prune_s3_secret_access_key; do
   upper=$(tr '[:lower:]' '[:upper:]' <<<"$optional")
   if [[ -n ${!upper:-} ]]; then
     rm -f "$secrets/$optional"

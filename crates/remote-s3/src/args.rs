@@ -86,7 +86,7 @@ pub struct S3Args {
 #[error("{0}")]
 pub struct S3ConfigError(pub String);
 
-fn refuse(message: impl Into<String>) -> S3ConfigError {
+pub(crate) fn refuse(message: impl Into<String>) -> S3ConfigError {
     S3ConfigError(message.into())
 }
 
@@ -271,7 +271,7 @@ fn duration(
 /// Reads a secret from `name` or from the file named by `<name>_FILE`
 /// (Docker secrets); one trailing newline in the file is dropped. Empty
 /// means unset, as Compose passes unset variables.
-fn secret_from_env(name: &str) -> Result<Option<SecretString>, S3ConfigError> {
+pub(crate) fn secret_from_env(name: &str) -> Result<Option<SecretString>, S3ConfigError> {
     let direct = std::env::var_os(name).filter(|v| !v.is_empty());
     let file = std::env::var_os(format!("{name}_FILE")).filter(|v| !v.is_empty());
     match (direct, file) {

@@ -14,7 +14,8 @@
 //! One concern per module: `settings` and `args` (the `S3_*` variables),
 //! `client` (the SDK client, keys, descriptions), `upload` (with
 //! `part_buffers`, the memory of an upload), `read`,
-//! `listing`, `delete`, `posture`, `error`.
+//! `listing`, `delete`, `posture`, `prune_identity` (the pruner's own key),
+//! `error`.
 //!
 //! # Retries
 //!
@@ -33,6 +34,7 @@ mod error;
 mod listing;
 mod part_buffers;
 mod posture;
+mod prune_identity;
 mod read;
 mod settings;
 mod upload;
@@ -42,6 +44,7 @@ pub use client::S3Remote;
 pub use error::S3Error;
 pub use listing::ObjectInfo;
 pub use posture::{DefaultRetention, Posture};
+pub use prune_identity::PruneS3Args;
 pub use read::S3Reader;
 pub use settings::{
     DEFAULT_PART_SIZE, LockMode, MAX_PART_SIZE, MAX_PARTS, MIN_PART_SIZE, ObjectLock, S3Settings,

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use backup_core::config::{ConfigError, SECRETS_HELP, ServiceArgs, parse_duration};
 use backup_core::sftp::{PruneIdentityArgs, SecondSftpArgs, SftpArgs, SftpTarget};
-use remote_s3::{S3_HELP, S3Args, S3Settings};
+use remote_s3::{PruneS3Args, S3_HELP, S3Args, S3Settings};
 
 use catalogue::Policy;
 pub use catalogue::RetentionArgs;
@@ -28,9 +28,14 @@ pub struct Args {
     #[command(flatten)]
     pub identity: PruneIdentityArgs,
     /// The shipper's S3 destination, pruned too when `S3_BUCKET` is set
-    /// (with the same credentials; objects under Object Lock are kept).
+    /// (with PRUNE_S3_* credentials when set; objects under Object Lock
+    /// are kept).
     #[command(flatten)]
     pub s3: S3Args,
+    /// The pruner's own S3 key (`PRUNE_S3_*`), for a bucket whose `S3_*`
+    /// key (the shipper's) may not delete.
+    #[command(flatten)]
+    pub s3_identity: PruneS3Args,
     /// The shipper's second SFTP server (`SHIP_SFTP2_*`), pruned too.
     #[command(flatten)]
     pub sftp2: SecondSftpArgs,
@@ -123,7 +128,10 @@ impl TryFrom<Args> for Settings {
             }
             None => {}
         }
-        let s3 = args.s3.settings().map_err(|e| SettingsError::S3(e.0))?;
+        let s3 = args
+            .s3_identity
+            .apply(args.s3.settings().map_err(|e| SettingsError::S3(e.0))?)
+            .map_err(|e| SettingsError::S3(e.0))?;
         let sftp2 = args.sftp2.target(&args.sftp).map_err(SettingsError::Sftp)?;
         if sftp.is_none() && sftp2.is_none() && s3.is_none() {
             return Err(SettingsError::NoDestination);

@@ -41,7 +41,7 @@ fn compose_config(env_file: &Path) -> serde_json::Value {
 
 /// Variables a binary reads without a clap flag: secrets (and their `_FILE`
 /// form) and libpq's own.
-const SECRET_VARIABLES: [&str; 12] = [
+const SECRET_VARIABLES: [&str; 13] = [
     "NATS_PASSWORD",
     "NATS_TOKEN",
     "PGPASSWORD",
@@ -54,6 +54,7 @@ const SECRET_VARIABLES: [&str; 12] = [
     "HEALTHCHECK_URL",
     "RESTORE_TARGET_URL",
     "S3_SECRET_ACCESS_KEY",
+    "PRUNE_S3_SECRET_ACCESS_KEY",
 ];
 
 fn accepted_by(binary: &str, variable: &str) -> bool {
@@ -121,6 +122,7 @@ fn compose_environment_runs_natively_to_a_verified_backup() {
         "age_identity",
         "restore_target_url",
         "s3_secret_access_key",
+        "prune_s3_secret_access_key",
     ] {
         std::fs::write(secrets.join(unused), "\n").unwrap();
     }

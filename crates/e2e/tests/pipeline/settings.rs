@@ -101,7 +101,8 @@ fn a_bad_value_names_the_variable_in_one_line() {
         &[("LOG_FORMAT", "xml")],
         &["LOG_FORMAT \"xml\""],
     );
-    // A missing required setting is named by its variable too.
+    // Missing settings are named by their variables too: with no
+    // destination at all, both kinds.
     let out = Command::new(workspace_bin("shipper"))
         .env_clear()
         .env("NATS_URL", "nats://127.0.0.1:1")
@@ -111,7 +112,9 @@ fn a_bad_value_names_the_variable_in_one_line() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(
-        stderr.contains("SFTP_HOST") && stderr.contains("must be set"),
+        stderr.contains("no destination is configured")
+            && stderr.contains("SFTP_HOST")
+            && stderr.contains("S3_BUCKET"),
         "{stderr}"
     );
     // A flag typed on the command line is named as typed.
