@@ -73,7 +73,12 @@ mod tests {
     use super::*;
 
     fn bucket() -> S3Settings {
-        S3Settings::new(None, "backups", "SHIPPER", "shipper-secret".to_owned().into())
+        S3Settings::new(
+            None,
+            "backups",
+            "SHIPPER",
+            "shipper-secret".to_owned().into(),
+        )
     }
 
     fn secret(text: &str) -> Option<SecretString> {
@@ -120,9 +125,6 @@ mod tests {
             message(PruneS3Args::default().apply_with(Some(bucket()), secret("s")))
                 .starts_with("PRUNE_S3_SECRET_ACCESS_KEY is set: PRUNE_S3_ACCESS_KEY_ID")
         );
-        assert!(
-            message(own.apply_with(None, secret("s")))
-                .contains("S3_BUCKET is not")
-        );
+        assert!(message(own.apply_with(None, secret("s"))).contains("S3_BUCKET is not"));
     }
 }
