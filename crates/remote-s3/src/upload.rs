@@ -6,8 +6,10 @@
 //!   time into memory, once a slot is free, and sent by at most
 //!   [`PARTS_IN_FLIGHT`] tasks, so an upload holds `PARTS_IN_FLIGHT × part
 //!   size` whatever the file size, in buffers reused from part to part
-//!   (see `part_buffers` for why). Every part carries its SHA-256 (`ChecksumAlgorithm::Sha256`),
-//!   and the upload is completed only when the bytes read hash to the
+//!   (see `part_buffers` for why). Every part carries its SHA-256
+//!   (`ChecksumAlgorithm::Sha256`, which the service checks; the payload
+//!   itself goes unsigned, as the signature covers that header), and the
+//!   upload is completed only when the bytes read hash to the
 //!   SHA-256 the caller announced and add up to the announced size. On any
 //!   failure, and when the upload future is dropped (a watchdog), the
 //!   multipart upload is aborted: S3 shows the object only once
