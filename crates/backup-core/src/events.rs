@@ -24,6 +24,8 @@ pub const SCHEMA_VERSION: u32 = 1;
 pub mod subject {
     pub const TRIGGER: &str = "backup.trigger";
     pub const STARTED: &str = "dump.started";
+    /// The artifact's `.partial` is open in the spool and growing.
+    pub const WRITING: &str = "dump.writing";
     pub const CREATED: &str = "dump.created";
     pub const SHIPPED: &str = "dump.shipped";
     pub const VERIFIED: &str = "dump.verified";
@@ -179,6 +181,20 @@ pub struct DumpStarted {
     pub origin: Origin,
     /// Every database this trigger covers, so a waiter knows when it is done.
     pub batch: Vec<DatabaseName>,
+}
+
+/// `dump.writing`: the dumper has opened `<artifact>.partial` in the spool
+/// and is writing it; `dump.created` (complete, renamed) or `dump.failed`
+/// (the `.partial` removed) follows. A shipper may follow the growing file
+/// and upload while the dump runs; nothing else depends on it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DumpWriting {
+    #[serde(flatten)]
+    pub header: EventHeader,
+    #[serde(flatten)]
+    pub origin: Origin,
+    /// The final name; the file being written is this name plus `.partial`.
+    pub artifact: ArtifactName,
 }
 
 /// `dump.created`: an artifact and its manifest are complete in the spool.
@@ -560,6 +576,29 @@ impl BackupEvent for DumpStarted {
     }
 }
 
+impl Event for DumpWriting {
+    fn header(&self) -> &EventHeader {
+        &self.header
+    }
+
+    fn check(&self) -> Result<(), DecodeError> {
+        if self.artifact.database() == &self.header.database {
+            Ok(())
+        } else {
+            Err(DecodeError::Invalid(format!(
+                "artifact {} does not belong to database {}",
+                self.artifact, self.header.database
+            )))
+        }
+    }
+}
+
+impl BackupEvent for DumpWriting {
+    fn origin(&self) -> &Origin {
+        &self.origin
+    }
+}
+
 /// `<backup_id>:<what>`: one event of its kind per backup.
 fn once_per_backup(header: &EventHeader, what: &str) -> String {
     format!("{}:{what}", header.backup_id)
@@ -570,6 +609,15 @@ impl StageEvent for DumpStarted {
 
     fn message_id(&self) -> String {
         once_per_backup(&self.header, "started")
+    }
+}
+
+impl StageEvent for DumpWriting {
+    const SUBJECT: &'static str = subject::WRITING;
+
+    /// A retry of the same trigger writes a new artifact: news again.
+    fn message_id(&self) -> String {
+        once_per_backup(&self.header, &format!("writing:{}", self.artifact))
     }
 }
 
@@ -790,6 +838,23 @@ mod tests {
     }
 
     #[test]
+    fn dump_writing_names_an_artifact_of_its_own_database() {
+        let created = created();
+        let writing = DumpWriting {
+            header: created.header,
+            origin: Origin::default(),
+            artifact: created.artifact.artifact,
+        };
+        let decoded = DumpWriting::decode(&serde_json::to_vec(&writing).unwrap()).unwrap();
+        assert_eq!(decoded, writing);
+        let mut other = serde_json::to_value(&writing).unwrap();
+        other["database"] = "another".into();
+        let other = DumpWriting::decode(&serde_json::to_vec(&other).unwrap()).unwrap();
+        assert!(other.check().is_err(), "an artifact of another database");
+        assert!(decoded.check().is_ok());
+    }
+
+    #[test]
     fn every_stage_event_names_its_subject_and_message_id_as_documented() {
         let started = DumpStarted {
             header: header(),
@@ -799,6 +864,16 @@ mod tests {
         assert_eq!(DumpStarted::SUBJECT, "dump.started");
         assert_eq!(started.message_id(), "viatique-t42:started");
         let created = created();
+        let writing = DumpWriting {
+            header: started.header.next(),
+            origin: Origin::default(),
+            artifact: created.artifact.artifact.clone(),
+        };
+        assert_eq!(DumpWriting::SUBJECT, "dump.writing");
+        assert_eq!(
+            writing.message_id(),
+            format!("viatique-t42:writing:{}", created.artifact.artifact)
+        );
         assert_eq!(DumpCreated::SUBJECT, "dump.created");
         assert_eq!(created.message_id(), "viatique-t42:created");
         let shipped = DumpShipped {

@@ -114,6 +114,62 @@ impl SftpRemote {
             .map(|end| end - start)
     }
 
+    /// Streams `reader` to its end into a fresh `<final_path>.partial`
+    /// (mode 0600) and leaves it there, closed and not renamed, for a later
+    /// [`SftpRemote::resume_reader`] to finish: the first part of an upload
+    /// whose data is still being produced, so that its length and checksum
+    /// are not known yet. `progress` gets the bytes acknowledged so far.
+    /// Returns the bytes written, every one of them acknowledged. On
+    /// failure the `.partial` is removed if the connection still allows it.
+    ///
+    /// Not in write-once mode, whose `.partial` can never be reopened for
+    /// writing: that is refused as [`RemoteError::Config`].
+    pub async fn upload_partial<R: AsyncRead + Unpin + Send>(
+        &self,
+        reader: &mut R,
+        source: &Path,
+        final_path: &str,
+        progress: &(dyn Fn(u64) + Send + Sync),
+    ) -> Result<u64, RemoteError> {
+        self.check_alive()?;
+        if self.write_once {
+            return Err(RemoteError::Config(
+                "an append-only account cannot continue an upload later".into(),
+            ));
+        }
+        let partial = self.partial_path(&self.resolve(final_path));
+        let (flags, attrs) = self.partial_open();
+        let handle = self.open(&partial, flags, attrs).await?;
+        let source = Source {
+            reader,
+            local: Some(source),
+            start: 0,
+            len: u64::MAX,
+            progress,
+        };
+        let filled = async {
+            self.sftp
+                .fsetstat(handle.as_str(), private_file())
+                .await
+                .map_err(|e| self.error("chmod", &partial, e))?;
+            self.write_pipelined(&handle, &partial, source).await
+        };
+        let result = match filled.await {
+            Ok(sent) => match self.sftp.close(handle.as_str()).await {
+                Ok(_) => Ok(sent),
+                Err(error) => Err(self.write_error("close", &partial, error).await),
+            },
+            Err(error) => {
+                self.close_quietly(handle).await;
+                Err(error)
+            }
+        };
+        if result.is_err() && !self.is_lost() {
+            let _ = self.sftp.remove(partial.as_str()).await;
+        }
+        result
+    }
+
     /// [`SftpRemote::upload_file`] for a small in-memory file (manifests,
     /// records): same `.partial` + fsync + size check + rename discipline.
     pub async fn write_file_atomic(

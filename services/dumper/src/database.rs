@@ -15,10 +15,9 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use backup_core::app_state::{self, AppState, DjangoMigrations};
-use backup_core::events::Origin;
 use backup_core::files;
 use backup_core::manifest::Manifest;
-use backup_core::names::{BackupId, DatabaseName, DumpFormat};
+use backup_core::names::{DatabaseName, DumpFormat};
 use backup_core::pg::{PgError, PgTarget};
 use backup_core::spool_space;
 use backup_core::watchdog::{self, Counted, Progress};
@@ -29,6 +28,7 @@ use crate::error::{DumpError, io_err};
 use crate::job::Job;
 use crate::producer::{CONNECTION_CHECK_MS, Producer, millis};
 use crate::spool::{ArtifactFacts, commit_artifact, open_artifact, settle};
+use crate::writing::ForBackup;
 
 /// How long cancelling the row-count query of an aborted dump may take.
 const CANCEL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -87,8 +87,7 @@ fn app_version(settings: &Settings, database: &DatabaseName) -> Option<String> {
 pub async fn write_dump(
     settings: &Settings,
     database: &DatabaseName,
-    backup_id: &BackupId,
-    origin: &Origin,
+    backup: &ForBackup<'_>,
 ) -> Result<Manifest, DumpError> {
     let started = Instant::now();
     let dir = settings.spool_dir.join(database.as_str());
@@ -136,7 +135,7 @@ pub async fn write_dump(
     }
 
     let (kind, artifact, partial, file) =
-        open_artifact(settings, &dir, database, settings.format).await?;
+        open_artifact(settings, &dir, database, settings.format, backup).await?;
 
     let format_args: &[&str] = match settings.format {
         // Our compressor does the work; pg_dump's own would be single-threaded.
@@ -186,8 +185,8 @@ pub async fn write_dump(
         written,
         ArtifactFacts {
             database,
-            backup_id,
-            origin,
+            backup_id: backup.id,
+            origin: backup.origin,
             artifact: &artifact,
             kind,
             server_version,

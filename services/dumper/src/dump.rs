@@ -23,6 +23,7 @@ use backup_core::watchdog;
 use crate::Settings;
 use crate::error::DumpError;
 use crate::job::Job;
+use crate::writing::ForBackup;
 
 // The reserved names, where the binary's settings look for them.
 pub use crate::job::{GLOBALS_NAME, MEDIA_NAME};
@@ -45,7 +46,7 @@ pub async fn dump_and_announce(
     started: &DumpStarted,
 ) -> Result<DumpOutcome, DumpError> {
     let backup_id = &started.header.backup_id;
-    let origin = &started.origin;
+    let backup = ForBackup::announced(bus, started);
     let dir = settings.spool_dir.join(job.name().as_str());
     let manifest = match find_existing(&dir, backup_id).await {
         Some(manifest) => {
@@ -54,10 +55,10 @@ pub async fn dump_and_announce(
         }
         None => match job {
             Job::Database(database) => {
-                crate::database::write_dump(settings, database, backup_id, origin).await?
+                crate::database::write_dump(settings, database, &backup).await?
             }
-            Job::Globals => crate::globals::write_globals(settings, backup_id, origin).await?,
-            Job::Media => crate::media::write_media(settings, backup_id, origin).await?,
+            Job::Globals => crate::globals::write_globals(settings, &backup).await?,
+            Job::Media => crate::media::write_media(settings, &backup).await?,
         },
     };
     let created = created_event(started, &manifest, settings.limits_for(job));

@@ -6,9 +6,8 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use backup_core::events::Origin;
 use backup_core::manifest::Manifest;
-use backup_core::names::{BackupId, DumpFormat};
+use backup_core::names::DumpFormat;
 use backup_core::watchdog::{self, Counted, Progress};
 
 use crate::Settings;
@@ -18,13 +17,13 @@ use crate::error::DumpError;
 use crate::job::Job;
 use crate::producer::Producer;
 use crate::spool::{ArtifactFacts, commit_artifact, open_artifact, settle};
+use crate::writing::ForBackup;
 
 /// `pg_dumpall --globals-only`: roles (with their password hashes) and
 /// tablespaces, what a fresh server needs before the databases.
 pub async fn write_globals(
     settings: &Settings,
-    backup_id: &BackupId,
-    origin: &Origin,
+    backup: &ForBackup<'_>,
 ) -> Result<Manifest, DumpError> {
     let started = Instant::now();
     let name = Job::Globals.name();
@@ -45,7 +44,7 @@ pub async fn write_globals(
         crate::pg_dump::select(server_major, settings.pg_bin_dir.as_deref()).await?;
     let pg_dumpall = pg_dump.with_file_name("pg_dumpall");
     let (kind, artifact, partial, file) =
-        open_artifact(settings, &dir, &name, DumpFormat::Globals).await?;
+        open_artifact(settings, &dir, &name, DumpFormat::Globals, backup).await?;
     let (producer, stdout) = Producer::spawn(
         "pg_dumpall",
         &pg_dumpall,
@@ -69,8 +68,8 @@ pub async fn write_globals(
         written,
         ArtifactFacts {
             database: &name,
-            backup_id,
-            origin,
+            backup_id: backup.id,
+            origin: backup.origin,
             artifact: &artifact,
             kind,
             server_version,

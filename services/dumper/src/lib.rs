@@ -61,6 +61,7 @@ pub mod running;
 pub mod schedule;
 pub mod settings;
 mod spool;
+pub mod writing;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -7,9 +7,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use backup_core::events::Origin;
 use backup_core::manifest::Manifest;
-use backup_core::names::{BackupId, DumpFormat};
+use backup_core::names::DumpFormat;
 use backup_core::watchdog::{self, Counted, Progress};
 
 use crate::Settings;
@@ -17,12 +16,12 @@ use crate::compress;
 use crate::error::DumpError;
 use crate::job::Job;
 use crate::spool::{ArtifactFacts, commit_artifact, open_artifact, settle};
+use crate::writing::ForBackup;
 
 /// A tar stream of `BACKUP_FILES_DIRS`, each directory under its own name.
 pub async fn write_media(
     settings: &Settings,
-    backup_id: &BackupId,
-    origin: &Origin,
+    backup: &ForBackup<'_>,
 ) -> Result<Manifest, DumpError> {
     let started = Instant::now();
     let name = Job::Media.name();
@@ -36,7 +35,7 @@ pub async fn write_media(
         }
     }
     let (kind, artifact, partial, file) =
-        open_artifact(settings, &dir, &name, DumpFormat::Tar).await?;
+        open_artifact(settings, &dir, &name, DumpFormat::Tar, backup).await?;
 
     let (to_reader, from_tar) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(4);
     let sources = settings.files_dirs.clone();
@@ -82,8 +81,8 @@ pub async fn write_media(
         written,
         ArtifactFacts {
             database: &name,
-            backup_id,
-            origin,
+            backup_id: backup.id,
+            origin: backup.origin,
             artifact: &artifact,
             kind,
             server_version: String::new(),

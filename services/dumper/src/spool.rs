@@ -20,14 +20,17 @@ use chrono::Utc;
 use crate::Settings;
 use crate::compress::Written;
 use crate::error::{DumpError, io_err};
+use crate::writing::ForBackup;
 
 /// Names the next artifact of `database` in `format` with the configured
-/// compression and encryption, and opens its `.partial` file.
+/// compression and encryption, opens its `.partial` file and announces it
+/// (`dump.writing`).
 pub(crate) async fn open_artifact(
     settings: &Settings,
     dir: &Path,
     database: &DatabaseName,
     format: DumpFormat,
+    backup: &ForBackup<'_>,
 ) -> Result<(ArtifactKind, ArtifactName, PartialFile, std::fs::File), DumpError> {
     let kind = ArtifactKind {
         format,
@@ -40,6 +43,7 @@ pub(crate) async fn open_artifact(
         .await
         .map_err(io_err(&final_path))?;
     let file = std_file(&mut partial).await?;
+    backup.writing(&artifact).await;
     Ok((kind, artifact, partial, file))
 }
 

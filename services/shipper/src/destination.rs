@@ -196,6 +196,18 @@ impl Destination {
         }
     }
 
+    /// Whether an upload may start while the dump is written
+    /// ([`crate::follow`]): SFTP accounts that can continue an upload.
+    pub fn can_follow(&self) -> bool {
+        matches!(
+            self,
+            Destination::Sftp {
+                append_only: false,
+                ..
+            }
+        )
+    }
+
     /// Where it goes, without secrets, for events and logs:
     /// `sftp://user@host:port/dir`, `file:///dir` or
     /// `s3://bucket/prefix at host`.
@@ -489,7 +501,7 @@ async fn deliver_sftp(
             offset,
             bytes_saved = offset,
             bytes_left = artifact.size - offset,
-            "resuming an interrupted upload from the acknowledged offset"
+            "continuing the upload from the acknowledged offset"
         );
         remote
             .resume_reader(

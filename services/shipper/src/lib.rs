@@ -17,6 +17,10 @@
 //! the messages in flight (`SHIP_CONCURRENCY`, the consumer's
 //! `max_ack_pending`) would wait behind the same dead server either way.
 //!
+//! Overlap: on `dump.writing`, a second consumer starts the upload to SFTP
+//! servers while the dumper is still writing the artifact ([`follow`]);
+//! the upload `dump.created` starts then resumes from what it sent.
+//!
 //! Concurrency: up to `SHIP_CONCURRENCY` artifacts (default 1) are shipped
 //! at once, each in its own task of the worker ([`bus::run_worker`]) with
 //! its own progress acks, watchdog and shutdown grace. Artifacts have
@@ -52,6 +56,8 @@
 //! same `Nats-Msg-Id`.
 
 pub mod destination;
+pub mod follow;
+pub mod growing;
 pub mod preflight;
 pub mod resume;
 pub mod settings;
@@ -113,11 +119,25 @@ pub async fn run(
     bus.ensure_stream().await?;
     let grace = settings.shutdown_grace;
     let spec = consumer(settings.concurrency);
+    let follows = settings.follow_dumps.then(|| {
+        let spec = follow::consumer(settings.concurrency);
+        let handler = std::sync::Arc::new(follow::FollowHandler {
+            settings: settings.clone(),
+        });
+        (spec, handler)
+    });
     let handler = std::sync::Arc::new(ShipHandler {
         bus: bus.clone(),
         settings,
     });
-    bus::run_worker(&bus, &spec, handler, shutdown, grace).await
+    let ship = bus::run_worker(&bus, &spec, handler, shutdown.clone(), grace);
+    match follows {
+        Some((follow_spec, follow_handler)) => {
+            let follow = bus::run_worker(&bus, &follow_spec, follow_handler, shutdown, grace);
+            tokio::try_join!(ship, follow).map(|_| ())
+        }
+        None => ship.await,
+    }
 }
 
 #[derive(Debug)]
@@ -139,6 +159,7 @@ impl Handler for ShipHandler {
         delivery: &Delivery,
         shutdown: &CancellationToken,
     ) -> Outcome {
+        follow::wait_for_follow(&created.header.database, &created.artifact.artifact).await;
         let started = Instant::now();
         let artifact = match check_spool(&self.settings, &created).await {
             Ok(artifact) => artifact,

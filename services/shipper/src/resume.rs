@@ -13,6 +13,10 @@
 //! Anything that cannot be shown to be ours starts over; the verifier's
 //! full read-back stays the proof of every byte.
 //!
+//! An upload that followed the dump while it was written
+//! ([`crate::follow`]) records its point the same way once the file is
+//! complete, and the upload that `dump.created` starts resumes from it.
+//!
 //! The points live in this process's memory only: after a restart nothing
 //! is known and uploads start over (the leftover `.partial` is removed).
 //! Nothing here retries; the shipper's retry loop calls deliver again.
@@ -20,6 +24,8 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+
+use backup_core::names::{ArtifactName, Sha256Hex};
 
 use crate::destination::LocalArtifact;
 
@@ -60,6 +66,25 @@ impl ResumePoints {
         let slot = Arc::clone(self.lock().entry(key(destination, artifact)).or_default());
         slot.store(from, Ordering::SeqCst);
         slot
+    }
+
+    /// Records that `destination` acknowledged the first `acknowledged`
+    /// bytes of the artifact `name` with checksum `sha256`: what an upload
+    /// that followed the growing spool file (see [`crate::follow`]) leaves
+    /// for the upload that `dump.created` starts.
+    pub fn record(
+        &self,
+        destination: &str,
+        name: &ArtifactName,
+        sha256: &Sha256Hex,
+        acknowledged: u64,
+    ) {
+        let slot = Arc::clone(
+            self.lock()
+                .entry((destination.to_owned(), name.to_string(), sha256.to_string()))
+                .or_default(),
+        );
+        slot.store(acknowledged, Ordering::SeqCst);
     }
 
     /// Drops the point once the artifact is there (or cannot be resumed).

@@ -88,6 +88,15 @@ pub struct Args {
     /// max_ack_pending), 1 to 32; each instance takes at most this many.
     #[arg(long, env = "SHIP_CONCURRENCY", default_value = "1")]
     pub concurrency: String,
+    /// Start uploading to SFTP servers while the dumper is still writing
+    /// the artifact (dump.writing); false waits for dump.created.
+    #[arg(
+        long,
+        env = "SHIP_FOLLOW_DUMPS",
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
+    pub follow_dumps: bool,
 }
 
 impl AsRef<ServiceArgs> for Args {
@@ -135,6 +144,8 @@ pub struct Settings {
     pub limits: Limits,
     /// Artifacts shipped at once (`SHIP_CONCURRENCY`).
     pub concurrency: usize,
+    /// Upload while the dump is written (`SHIP_FOLLOW_DUMPS`).
+    pub follow_dumps: bool,
 }
 
 /// Highest `SHIP_CONCURRENCY`: each upload holds an SFTP session per
@@ -168,6 +179,7 @@ impl Settings {
             bandwidth_limit: None,
             limits: Limits::new(DEFAULT_STALL_AFTER, DEFAULT_DEADLINE),
             concurrency: 1,
+            follow_dumps: true,
         }
     }
 
@@ -260,6 +272,7 @@ impl TryFrom<Args> for Settings {
             bandwidth_limit: args.bandwidth_limit,
             limits,
             concurrency: concurrency(&args.concurrency)?,
+            follow_dumps: args.follow_dumps,
         })
     }
 }
@@ -342,6 +355,16 @@ mod tests {
         assert_eq!(settings.concurrency, 1);
         let four = self::settings(&key, &["--concurrency", "4"]).expect("valid");
         assert_eq!(four.concurrency, 4);
+    }
+
+    #[test]
+    fn uploads_follow_dumps_unless_turned_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("key");
+        std::fs::write(&key, "k").unwrap();
+        assert!(self::settings(&key, &[]).expect("valid").follow_dumps);
+        let off = self::settings(&key, &["--follow-dumps", "false"]).expect("valid");
+        assert!(!off.follow_dumps);
     }
 
     #[test]

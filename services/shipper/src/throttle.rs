@@ -86,6 +86,11 @@ impl<R> Throttled<R> {
         }
     }
 
+    /// The reader it wraps.
+    pub fn into_inner(self) -> R {
+        self.inner
+    }
+
     /// When the bytes read so far (minus the burst) are due, if that is in
     /// the future.
     fn not_before(&self, rate: Rate, started: Instant) -> Option<Instant> {

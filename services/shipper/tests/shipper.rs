@@ -18,6 +18,8 @@ mod binary;
 mod delivery;
 #[path = "shipper/outages.rs"]
 mod outages;
+#[path = "shipper/overlap.rs"]
+mod overlap;
 #[path = "shipper/resume.rs"]
 mod resume;
 #[path = "shipper/s3.rs"]

@@ -42,7 +42,7 @@ async fn upload_cut_at_80_percent_resumes_from_the_acknowledged_offset() {
     );
     let final_path = remote_db_dir(&sshd).join(created.artifact.artifact.as_str());
     let resumed = test_support::pipeline::logs::wait_for_line("the resume", |line| {
-        line.contains("resuming an interrupted upload")
+        line.contains("continuing the upload from the acknowledged offset")
             && line.contains(&*final_path.to_string_lossy())
     })
     .await;

@@ -9,6 +9,7 @@ use std::time::Instant;
 use anyhow::{Context, ensure};
 use backup_core::events::Origin;
 use backup_core::names::{BackupId, DatabaseName};
+use dumper::writing::ForBackup;
 
 use crate::Args;
 use crate::report::Run;
@@ -63,10 +64,13 @@ async fn stage(args: &Args, codec: &str) -> anyhow::Result<StageReport> {
     }
     let backup_id: BackupId = format!("bench-{}", std::process::id()).parse()?;
     let started = Instant::now();
-    let manifest =
-        dumper::database::write_dump(&settings, &database, &backup_id, &Origin::default())
-            .await
-            .context("dumper dump stage")?;
+    let manifest = dumper::database::write_dump(
+        &settings,
+        &database,
+        &ForBackup::quiet(&backup_id, &Origin::default()),
+    )
+    .await
+    .context("dumper dump stage")?;
     let seconds = started.elapsed().as_secs_f64();
     let peak_rss_kib = std::fs::read_to_string("/proc/self/status")?
         .lines()
