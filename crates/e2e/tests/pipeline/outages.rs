@@ -315,7 +315,14 @@ fn a_full_spool_fails_one_dump_cleanly_and_disturbs_nothing_else() {
             .contains(small_verified["artifact"].as_str().expect("artifact")),
         "the small database's artifact waits in the spool"
     );
-    assert!(!p.remote_base().join(&big_name).exists());
+    // The shipper began uploading the big dump while it was written; once
+    // the dumper gave it up, that upload removed its remote .partial.
+    wait_drained(&p.events, "shipper-follow", Duration::from_secs(120));
+    assert!(
+        files_in(&p.remote_base().join(&big_name)).is_empty(),
+        "the failed dump left {:?} on the server",
+        files_in(&p.remote_base().join(&big_name))
+    );
     p.assert_alive();
     // And the dumper keeps working on that disk.
     p.events.trigger(&small_name, "after-full");
