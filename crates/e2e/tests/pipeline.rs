@@ -5,8 +5,9 @@
 //! code ([`docs`]), the resilience and security suite ([`resilience`]),
 //! scaling out: parallel workers and one dumper per PostgreSQL server
 //! ([`scale`], with the `#[ignore]`d scale benchmark), and the pipeline
-//! on a three-node NATS cluster losing nodes ([`cluster`]), and S3 as the
-//! only destination ([`s3_only`]).
+//! on a three-node NATS cluster losing nodes ([`cluster`]), S3 as the
+//! only destination ([`s3_only`]), and the `#[ignore]`d benchmark of every
+//! stage of one backup over an emulated WAN ([`stages_bench`]).
 
 #[path = "pipeline/binaries.rs"]
 mod binaries;
@@ -28,6 +29,8 @@ mod scale;
 mod scripts;
 #[path = "pipeline/settings.rs"]
 mod settings;
+#[path = "pipeline/stages_bench.rs"]
+mod stages_bench;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

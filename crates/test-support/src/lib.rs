@@ -5,7 +5,9 @@
 //! loopback ports and torn down on drop, so tests can run in parallel.
 //! [`wan`] puts an sshd behind an emulated WAN (network namespace, rate
 //! limit, latency, loss); [`delay_proxy`] also cuts connections at a
-//! chosen byte; [`sftp_peers`] times OpenSSH `sftp` and rclone.
+//! chosen byte; [`sftp_peers`] times OpenSSH `sftp` and rclone;
+//! [`korrigo_dataset`] makes (or reuses) the benchmarks' Korrigo-like
+//! database.
 //!
 //! The harness is synchronous on purpose: `Drop` cannot await, and tests of
 //! every crate (async or not) can use it the same way. The [`pipeline`]
@@ -15,6 +17,7 @@
 pub mod delay_proxy;
 pub mod flags;
 pub mod http_stub;
+pub mod korrigo_dataset;
 pub mod moto;
 pub mod nats;
 pub mod nats_cluster;

@@ -458,7 +458,7 @@ fn one_dumper_per_postgresql_server_each_dumps_its_own() {
 }
 
 /// Peak resident set size of a process, in MiB (`VmHWM`).
-fn peak_rss_mib(pid: u32) -> f64 {
+pub(super) fn peak_rss_mib(pid: u32) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|status| {
