@@ -11,11 +11,14 @@
 //! 3. the upload of that artifact over loopback: the shipper binary, OpenSSH
 //!    `sftp put` on aes128-gcm and on its default cipher, `rclone copy`;
 //! 4. the same over the emulated WAN (100 Mbit/s, 40 ms, 0.1 % loss): the
-//!    shipper of the pipeline run, `sftp put`, `rclone copy`;
+//!    shipper binary on its own (fed the `dump.created`, as on loopback),
+//!    `sftp put`, `rclone copy`;
 //! 5. the verifier's `dump.verified` `duration_ms` in the pipeline run;
 //! 6. the pipeline run itself: dumper, shipper and verifier binaries with
 //!    the WAN's sshd as destination, from publishing `backup.trigger` to
-//!    receiving `dump.verified`;
+//!    receiving `dump.verified`, with the upload following the dump (the
+//!    default) and again with `SHIP_FOLLOW_DUMPS=false` (one stage after
+//!    the other), and how long the shipper still took after `dump.created`;
 //! 7. the peak RSS (`VmHWM`) of the three services, read before each stops.
 //!
 //! Ratios and goals are printed, never asserted. Needs root (the WAN's
@@ -81,8 +84,15 @@ fn bench_scale(scale: u32, script: &Path) -> String {
         .tempdir_in("/var/tmp")
         .expect("spool dir");
     let wan = EmulatedWan::start(WanSpec::HOSTED);
-    let run = pipeline_over_wan(&wan, spool.path(), &database);
+    let sequential = pipeline_over_wan(&wan, spool.path(), &database, false);
+    let run = pipeline_over_wan(&wan, spool.path(), &database, true);
     let artifact = spool_artifact(spool.path(), &run.created);
+    clear_remote(&wan.sshd.backups_dir().join(&database));
+    let wan_upload = shipper_upload(
+        spool.path(),
+        &run.created,
+        wan.sftp_env(&wan.sshd.backups_dir()),
+    );
     let wan_peers = wan_peer_uploads(&wan, &artifact);
     let link = Link {
         spec: wan.spec,
@@ -100,8 +110,9 @@ fn bench_scale(scale: u32, script: &Path) -> String {
         size: run.created["size_bytes"].as_u64().expect("size_bytes"),
         pg_dump,
         run: &run,
+        sequential: sequential.trigger_to_verified,
         loopback,
-        wan_peers,
+        wan: (wan_upload, wan_peers),
         link,
     };
     format!("\n{}\n\n{}", header(&figures), render(&figures))
@@ -305,9 +316,10 @@ fn pipeline_env(
 
 /// Dumper, shipper and verifier binaries, one trigger, timed to
 /// `dump.verified`; then each service's peak RSS just before it stops.
-fn pipeline_over_wan(wan: &EmulatedWan, spool: &Path, database: &str) -> PipelineRun {
+fn pipeline_over_wan(wan: &EmulatedWan, spool: &Path, database: &str, follow: bool) -> PipelineRun {
     let nats = NatsServer::start();
-    let env = pipeline_env(&nats, wan, spool, database);
+    let mut env = pipeline_env(&nats, wan, spool, database);
+    env.push(("SHIP_FOLLOW_DUMPS".into(), follow.to_string()));
     let mut services: Vec<(&'static str, ServiceProcess)> = ["dumper", "shipper", "verifier"]
         .into_iter()
         .map(|name| (name, spawn(name, &env)))
@@ -319,7 +331,9 @@ fn pipeline_over_wan(wan: &EmulatedWan, spool: &Path, database: &str) -> Pipelin
     bus.publish("backup.trigger", format!(r#"{{"database": "{database}"}}"#));
     let verified = bus.wait_for(&log, "dump.verified", PIPELINE_TIMEOUT);
     let trigger_to_verified = started.elapsed();
-    eprintln!("trigger → dump.verified over the WAN: {trigger_to_verified:.2?}");
+    eprintln!(
+        "trigger → dump.verified over the WAN (SHIP_FOLLOW_DUMPS={follow}): {trigger_to_verified:.2?}"
+    );
 
     // The scratch database is dropped before the message is acked.
     bus.wait_idle("verifier");
@@ -377,23 +391,8 @@ struct Peers {
 /// The shipper binary (its own NATS, fed the pipeline run's `dump.created`
 /// on the same spool) and the peers, to a loopback sshd.
 fn loopback_uploads(spool: &Path, created: &Value, artifact: &Path) -> (Duration, Peers) {
-    let nats = NatsServer::start();
     let sshd = Sshd::start();
-    let env: Vec<(String, String)> = [
-        ("NATS_URL", nats.url.clone()),
-        ("RUST_LOG", "info".into()),
-        ("BACKUP_SPOOL_DIR", spool.display().to_string()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .chain(sshd.sftp_env(&sshd.backups_dir()))
-    .collect();
-    let mut shipper = spawn("shipper", &env);
-    let bus = Bus::connect(&nats.url);
-    let log = bus.events();
-    bus.publish("dump.created", created.to_string());
-    let shipped = bus.wait_for(&log, "dump.shipped", Duration::from_secs(600));
-    shipper.terminate(Duration::from_secs(10));
+    let shipped = shipper_upload(spool, created, sshd.sftp_env(&sshd.backups_dir()));
 
     let put = |cipher: Option<&str>| {
         let remote = sshd.remote_root.join("openssh.bin");
@@ -409,7 +408,38 @@ fn loopback_uploads(spool: &Path, created: &Value, artifact: &Path) -> (Duration
         openssh: put(None),
         rclone: rclone_copy(&SftpEndpoint::of(&sshd), &sshd.remote_root, artifact),
     };
-    (duration_ms(&shipped), peers)
+    (shipped, peers)
+}
+
+/// The shipper binary on its own (its own NATS, fed `created` on the same
+/// spool) uploading to the SFTP server of `sftp_env`: `dump.shipped`'s
+/// `duration_ms`, from connect to the renamed manifest.
+fn shipper_upload(spool: &Path, created: &Value, sftp_env: Vec<(String, String)>) -> Duration {
+    let nats = NatsServer::start();
+    let env: Vec<(String, String)> = [
+        ("NATS_URL", nats.url.clone()),
+        ("RUST_LOG", "info".into()),
+        ("BACKUP_SPOOL_DIR", spool.display().to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .chain(sftp_env)
+    .collect();
+    let mut shipper = spawn("shipper", &env);
+    let bus = Bus::connect(&nats.url);
+    let log = bus.events();
+    bus.publish("dump.created", created.to_string());
+    let shipped = bus.wait_for(&log, "dump.shipped", Duration::from_secs(1800));
+    shipper.terminate(Duration::from_secs(10));
+    duration_ms(&shipped)
+}
+
+/// Removes what the pipeline run left in a remote directory, so the next
+/// upload of the same artifact is a whole one.
+fn clear_remote(dir: &Path) {
+    for entry in std::fs::read_dir(dir).expect("the remote database directory") {
+        std::fs::remove_file(entry.expect("entry").path()).expect("remove a remote file");
+    }
 }
 
 fn duration_ms(event: &Value) -> Duration {
@@ -431,8 +461,10 @@ struct Figures<'a> {
     size: u64,
     pg_dump: Duration,
     run: &'a PipelineRun,
+    /// Trigger to verified with `SHIP_FOLLOW_DUMPS=false`.
+    sequential: Duration,
     loopback: (Duration, Peers),
-    wan_peers: Peers,
+    wan: (Duration, Peers),
     link: Link,
 }
 
@@ -519,8 +551,8 @@ fn render(f: &Figures<'_>) -> String {
         ),
     );
     rows.extend(loopback_rows(f));
-    let wan_ship = duration_ms(&f.run.shipped);
-    rows.extend(wan_rows(f, wan_ship));
+    let wan_ship = f.wan.0;
+    rows.extend(wan_rows(f));
     let verify = duration_ms(&f.run.verified);
     rows.push(Row::seconds(
         5,
@@ -545,6 +577,18 @@ fn render(f: &Figures<'_>) -> String {
             Goal::AtMost(1.2),
         ),
     );
+    rows.push(Row::seconds(
+        6,
+        "the same run: `dump.created` → `dump.shipped` (`duration_ms`: the upload after the dump)",
+        duration_ms(&f.run.shipped),
+        None,
+    ));
+    rows.push(Row::seconds(
+        6,
+        "trigger → `dump.verified` with `SHIP_FOLLOW_DUMPS=false` (stages one after the other)",
+        f.sequential,
+        None,
+    ));
     for (name, rss) in &f.run.rss_mib {
         rows.push(
             Row::new(
@@ -600,10 +644,10 @@ fn loopback_rows(f: &Figures<'_>) -> Vec<Row> {
     ]
 }
 
-/// Row 4: the pipeline run's upload against the link rate and the better
-/// of OpenSSH and rclone over the same link.
-fn wan_rows(f: &Figures<'_>, shipper: Duration) -> Vec<Row> {
-    let peers = &f.wan_peers;
+/// Row 4: the shipper's upload over the link against the link rate and
+/// the better of OpenSSH and rclone over the same link.
+fn wan_rows(f: &Figures<'_>) -> Vec<Row> {
+    let (shipper, peers) = (f.wan.0, &f.wan.1);
     let rate = |d: Duration| f.size as f64 / d.as_secs_f64();
     let (best_name, best) = if peers.openssh <= peers.rclone {
         ("OpenSSH sftp put", peers.openssh)
@@ -611,7 +655,7 @@ fn wan_rows(f: &Figures<'_>, shipper: Duration) -> Vec<Row> {
         ("rclone copy", peers.rclone)
     };
     let size = Some(f.size);
-    let what = "WAN: shipper in the pipeline run (`dump.shipped` `duration_ms`)";
+    let what = "WAN: shipper binary (`dump.shipped` `duration_ms`)";
     vec![
         Row::seconds(4, what, shipper, size).goal(
             rate(shipper) / f.link.spec.bytes_per_second(),

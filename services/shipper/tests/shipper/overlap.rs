@@ -59,7 +59,7 @@ async fn the_upload_starts_while_the_dump_is_written_and_dump_created_only_finis
     const SIZE: usize = 8_000_000;
     let mut rig = Rig::start().await;
     let sshd = Sshd::start();
-    let created = prepare_artifact(rig.spool(), SIZE, 31, 0);
+    let created = prepare_artifact(rig.spool(), SIZE, 31, 41);
     let (bytes, partial) = rewind_to_partial(rig.spool(), &created, SIZE / 2);
     rig.run_shipper(settings(
         rig.spool(),
@@ -96,15 +96,19 @@ async fn the_upload_starts_while_the_dump_is_written_and_dump_created_only_finis
     .unwrap();
     test_support::pipeline::logs::wait_for_line("the follow's end", |line| {
         line.contains("uploaded while the dump was written")
+            && line.contains(created.artifact.artifact.as_str())
             && line.contains(&format!("bytes={SIZE}"))
     })
     .await;
     rig.publish(&created, "created").await;
     rig.wait_for(subject::SHIPPED, |_| true).await;
 
+    // Log lines of every test of this binary are captured together: the
+    // path names this test's server.
+    let final_path = remote_db_dir(&sshd).join(created.artifact.artifact.as_str());
     let finished = test_support::pipeline::logs::wait_for_line("the finishing upload", |line| {
         line.contains("continuing the upload from the acknowledged offset")
-            && line.contains(created.artifact.artifact.as_str())
+            && line.contains(&*final_path.to_string_lossy())
     })
     .await;
     assert!(finished.contains("bytes_left=0"), "{finished}");
@@ -116,7 +120,7 @@ async fn a_dump_given_up_while_followed_leaves_nothing_on_the_server() {
     const SIZE: usize = 4_000_000;
     let mut rig = Rig::start().await;
     let sshd = Sshd::start();
-    let created = prepare_artifact(rig.spool(), SIZE, 32, 0);
+    let created = prepare_artifact(rig.spool(), SIZE, 32, 42);
     let (_, partial) = rewind_to_partial(rig.spool(), &created, SIZE / 4);
     rig.run_shipper(settings(
         rig.spool(),
@@ -135,6 +139,7 @@ async fn a_dump_given_up_while_followed_leaves_nothing_on_the_server() {
     wait_for("the remote .partial to be removed", || !on_server.exists()).await;
     test_support::pipeline::logs::wait_for_line("the follow's end", |line| {
         line.contains("the dump was given up; its remote .partial was removed")
+            && line.contains(created.artifact.artifact.as_str())
     })
     .await;
     assert!(
