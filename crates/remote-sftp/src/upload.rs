@@ -53,10 +53,10 @@ impl SftpRemote {
             reader: &mut file,
             local: Some(local),
             start: 0,
-            len: expected,
+            len: Some(expected),
             progress,
         };
-        self.write_atomic(final_path, source).await
+        self.write_atomic(final_path, source, Then::Rename).await
     }
 
     /// [`SftpRemote::upload_file`] from any reader that yields exactly
@@ -75,10 +75,10 @@ impl SftpRemote {
             reader,
             local: Some(source),
             start: 0,
-            len,
+            len: Some(len),
             progress,
         };
-        self.write_atomic(final_path, source).await
+        self.write_atomic(final_path, source, Then::Rename).await
     }
 
     /// [`SftpRemote::upload_reader`] continuing an interrupted upload of
@@ -105,17 +105,18 @@ impl SftpRemote {
             reader,
             local: Some(source),
             start: offset.min(len),
-            len,
+            len: Some(len),
             progress,
         };
         let start = source.start;
-        self.write_atomic(final_path, source)
+        self.write_atomic(final_path, source, Then::Rename)
             .await
             .map(|end| end - start)
     }
 
     /// Streams `reader` to its end into a fresh `<final_path>.partial`
-    /// (mode 0600) and leaves it there, closed and not renamed, for a later
+    /// (mode 0600), fsyncs it and checks its size as any upload, and leaves
+    /// it there, closed and not renamed, for a later
     /// [`SftpRemote::resume_reader`] to finish: the first part of an upload
     /// whose data is still being produced, so that its length and checksum
     /// are not known yet. `progress` gets the bytes acknowledged so far.
@@ -131,43 +132,19 @@ impl SftpRemote {
         final_path: &str,
         progress: &(dyn Fn(u64) + Send + Sync),
     ) -> Result<u64, RemoteError> {
-        self.check_alive()?;
         if self.write_once {
             return Err(RemoteError::Config(
                 "an append-only account cannot continue an upload later".into(),
             ));
         }
-        let partial = self.partial_path(&self.resolve(final_path));
-        let (flags, attrs) = self.partial_open();
-        let handle = self.open(&partial, flags, attrs).await?;
         let source = Source {
             reader,
             local: Some(source),
             start: 0,
-            len: u64::MAX,
+            len: None,
             progress,
         };
-        let filled = async {
-            self.sftp
-                .fsetstat(handle.as_str(), private_file())
-                .await
-                .map_err(|e| self.error("chmod", &partial, e))?;
-            self.write_pipelined(&handle, &partial, source).await
-        };
-        let result = match filled.await {
-            Ok(sent) => match self.sftp.close(handle.as_str()).await {
-                Ok(_) => Ok(sent),
-                Err(error) => Err(self.write_error("close", &partial, error).await),
-            },
-            Err(error) => {
-                self.close_quietly(handle).await;
-                Err(error)
-            }
-        };
-        if result.is_err() && !self.is_lost() {
-            let _ = self.sftp.remove(partial.as_str()).await;
-        }
-        result
+        self.write_atomic(final_path, source, Then::Keep).await
     }
 
     /// [`SftpRemote::upload_file`] for a small in-memory file (manifests,
@@ -182,19 +159,23 @@ impl SftpRemote {
             reader: &mut reader,
             local: None,
             start: 0,
-            len: contents.len() as u64,
+            len: Some(contents.len() as u64),
             progress: &|_| {},
         };
-        self.write_atomic(final_path, source).await.map(|_| ())
+        self.write_atomic(final_path, source, Then::Rename)
+            .await
+            .map(|_| ())
     }
 
     /// The temp-then-rename discipline shared by uploads of files and
-    /// in-memory data. On failure the `.partial` file is removed if the
+    /// in-memory data, and by the first part of an upload that is kept
+    /// (`then`). On failure the `.partial` file is removed if the
     /// connection still allows it.
     async fn write_atomic<R: AsyncRead + Unpin + Send>(
         &self,
         final_path: &str,
         source: Source<'_, R>,
+        then: Then,
     ) -> Result<u64, RemoteError> {
         self.check_alive()?;
         let final_path = &self.resolve(final_path);
@@ -211,6 +192,7 @@ impl SftpRemote {
         let handle = self.open(&partial, flags, attrs).await?;
         let result = match self.fill_partial(&handle, &partial, source).await {
             Ok(sent) => match self.sftp.close(handle.as_str()).await {
+                Ok(_) if then == Then::Keep => Ok(sent),
                 Ok(_) if self.write_once => {
                     self.rename_new(&partial, final_path).await.map(|()| sent)
                 }
@@ -252,7 +234,9 @@ impl SftpRemote {
         let expected = source.len;
         let local = source.local;
         let sent = self.write_pipelined(handle, partial, source).await?;
-        if sent != expected {
+        if let Some(expected) = expected
+            && sent != expected
+        {
             // The dump is still being written or was truncated: renaming
             // would ship a broken backup under its final name.
             return Err(RemoteError::LocalIo {
@@ -423,10 +407,20 @@ struct Source<'a, R> {
     /// Offset of the reader's first byte in the data: 0, or where a
     /// resumed upload continues.
     start: u64,
-    /// Bytes the reader must yield; anything else means the file changed.
-    len: u64,
+    /// Bytes the reader must yield, anything else meaning the file
+    /// changed; `None`: everything up to its end.
+    len: Option<u64>,
     /// Called with the bytes acknowledged so far (by this call).
     progress: &'a (dyn Fn(u64) + Send + Sync),
+}
+
+/// What becomes of a filled and closed `.partial`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Then {
+    /// Renamed to the final name.
+    Rename,
+    /// Left for a later upload to continue.
+    Keep,
 }
 
 /// Attributes of the files this crate creates: owner read/write only.

@@ -159,8 +159,10 @@ impl Handler for ShipHandler {
         delivery: &Delivery,
         shutdown: &CancellationToken,
     ) -> Outcome {
-        follow::wait_for_follow(&created.header.database, &created.artifact.artifact).await;
+        // Counted from here: what shipping took once the dump was complete,
+        // the end of an upload that followed the dump included.
         let started = Instant::now();
+        follow::wait_for_follow(&created.header.database, &created.artifact.artifact).await;
         let artifact = match check_spool(&self.settings, &created).await {
             Ok(artifact) => artifact,
             Err(error) => {

@@ -10,18 +10,57 @@ use backup_core::names::PARTIAL_SUFFIX;
 
 use super::*;
 
-/// Turns the artifact `prepare_artifact` wrote into a dump in progress:
-/// its first `written` bytes under `<artifact>.partial`, the final name
-/// gone. Returns the artifact's bytes and the `.partial`'s path.
-fn rewind_to_partial(spool: &Path, created: &DumpCreated, written: usize) -> (Vec<u8>, PathBuf) {
-    let final_path = spool.join(DB).join(created.artifact.artifact.as_str());
-    let bytes = std::fs::read(&final_path).unwrap();
-    std::fs::remove_file(&final_path).unwrap();
-    let partial = spool
-        .join(DB)
-        .join(format!("{}{PARTIAL_SUFFIX}", created.artifact.artifact));
-    std::fs::write(&partial, &bytes[..written]).unwrap();
-    (bytes, partial)
+/// A shipper following a dump in progress: the artifact of
+/// `prepare_artifact` cut back to its first `written` bytes under
+/// `<artifact>.partial` (the final name gone), `dump.writing` published,
+/// and those bytes, but for the last unfinished 255 KiB write, in the
+/// remote `.partial`.
+struct DumpInProgress {
+    rig: Rig,
+    sshd: Sshd,
+    created: DumpCreated,
+    /// The whole artifact.
+    bytes: Vec<u8>,
+    /// `<artifact>.partial` in the spool.
+    partial: PathBuf,
+    /// `<artifact>.partial` on the server.
+    on_server: PathBuf,
+}
+
+impl DumpInProgress {
+    async fn start(size: usize, written: usize, seed: u64, second: u32) -> DumpInProgress {
+        let mut rig = Rig::start().await;
+        let sshd = Sshd::start();
+        let created = prepare_artifact(rig.spool(), size, seed, second);
+        let dir = rig.spool().join(DB);
+        let final_path = dir.join(created.artifact.artifact.as_str());
+        let bytes = std::fs::read(&final_path).unwrap();
+        std::fs::remove_file(&final_path).unwrap();
+        let partial = dir.join(format!("{}{PARTIAL_SUFFIX}", created.artifact.artifact));
+        std::fs::write(&partial, &bytes[..written]).unwrap();
+        rig.run_shipper(settings(
+            rig.spool(),
+            vec![sftp_destination("sftp", &sshd, sftp_settings(&sshd))],
+        ))
+        .await;
+
+        publish_writing(&rig, &created).await;
+        let on_server =
+            remote_db_dir(&sshd).join(format!("{}{PARTIAL_SUFFIX}", created.artifact.artifact));
+        // Writes go in full 255 KiB blocks: the last block waits for more.
+        wait_for("what was written in the remote .partial", || {
+            size_of(&on_server) >= (written - 255 * 1024) as u64
+        })
+        .await;
+        DumpInProgress {
+            rig,
+            sshd,
+            created,
+            bytes,
+            partial,
+            on_server,
+        }
+    }
 }
 
 async fn publish_writing(rig: &Rig, created: &DumpCreated) {
@@ -46,10 +85,6 @@ async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
-fn remote_partial(sshd: &Sshd, created: &DumpCreated) -> PathBuf {
-    remote_db_dir(sshd).join(format!("{}{PARTIAL_SUFFIX}", created.artifact.artifact))
-}
-
 fn size_of(path: &Path) -> u64 {
     std::fs::metadata(path).map_or(0, |m| m.len())
 }
@@ -57,24 +92,14 @@ fn size_of(path: &Path) -> u64 {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_upload_starts_while_the_dump_is_written_and_dump_created_only_finishes_it() {
     const SIZE: usize = 8_000_000;
-    let mut rig = Rig::start().await;
-    let sshd = Sshd::start();
-    let created = prepare_artifact(rig.spool(), SIZE, 31, 41);
-    let (bytes, partial) = rewind_to_partial(rig.spool(), &created, SIZE / 2);
-    rig.run_shipper(settings(
-        rig.spool(),
-        vec![sftp_destination("sftp", &sshd, sftp_settings(&sshd))],
-    ))
-    .await;
-
-    publish_writing(&rig, &created).await;
-    let on_server = remote_partial(&sshd, &created);
-    // Writes go in full 255 KiB blocks, so the last block of the half
-    // waits for more data.
-    wait_for("most of the first half in the remote .partial", || {
-        size_of(&on_server) >= (SIZE / 2 - 255 * 1024) as u64
-    })
-    .await;
+    let DumpInProgress {
+        rig,
+        sshd,
+        created,
+        bytes,
+        partial,
+        ..
+    } = DumpInProgress::start(SIZE, SIZE / 2, 31, 41).await;
     assert!(
         rig.events(subject::SHIPPED).await.is_empty(),
         "shipped before the dump was complete"
@@ -117,23 +142,14 @@ async fn the_upload_starts_while_the_dump_is_written_and_dump_created_only_finis
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_dump_given_up_while_followed_leaves_nothing_on_the_server() {
-    const SIZE: usize = 4_000_000;
-    let mut rig = Rig::start().await;
-    let sshd = Sshd::start();
-    let created = prepare_artifact(rig.spool(), SIZE, 32, 42);
-    let (_, partial) = rewind_to_partial(rig.spool(), &created, SIZE / 4);
-    rig.run_shipper(settings(
-        rig.spool(),
-        vec![sftp_destination("sftp", &sshd, sftp_settings(&sshd))],
-    ))
-    .await;
-
-    publish_writing(&rig, &created).await;
-    let on_server = remote_partial(&sshd, &created);
-    wait_for("most of the first quarter in the remote .partial", || {
-        size_of(&on_server) >= (SIZE / 4 - 255 * 1024) as u64
-    })
-    .await;
+    let DumpInProgress {
+        rig,
+        sshd,
+        created,
+        partial,
+        on_server,
+        ..
+    } = DumpInProgress::start(4_000_000, 1_000_000, 32, 42).await;
     // The dump fails: the dumper's guard removes its .partial.
     std::fs::remove_file(&partial).unwrap();
     wait_for("the remote .partial to be removed", || !on_server.exists()).await;
